@@ -1,0 +1,1 @@
+"""Data: corpora of sentences, their word-level labels, tokenisation and word-to-token alignment."""

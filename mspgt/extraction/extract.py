@@ -1,0 +1,265 @@
+"""The one pass over the corpus (paper 4.1.1; method.md "Data unit"): hooks on the real blocks, and per
+sentence group only what the three signals need. Memory does not grow with the number of sentences.
+
+Per group: the unbiased HSIC matrix between all states h_0..h_L for each CKA variant; the summed JS
+divergences between adjacent blocks' attention; and, for a bounded sample of words, the states at the
+word's last sub-word token with its labels. Results go to a resumable on-disk cache (cache.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from mspgt.data.alignment import EncodedSentence
+from mspgt.data.labels import LabeledSentence
+from mspgt.extraction.cache import StatisticsCache
+from mspgt.extraction.hooks import residual_stream
+from mspgt.extraction.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatistics, ProbeSample
+from mspgt.model.loading import LoadedModel
+from mspgt.signals.attention_drift import attention_js_sums
+from mspgt.signals.cka import group_hsic
+
+log = logging.getLogger(__name__)
+
+STATS_VERSION = 1  # bump when what is stored changes: old cache entries are then never used
+
+
+@dataclass
+class PreparedCorpus:
+    """Sentences, their tokens and labels, the groups they form and which words enter the probe sample."""
+
+    encoded: list[EncodedSentence]
+    group_of: np.ndarray  # [S] group index of each sentence
+    group_is_eval: np.ndarray  # [G] held out for probe evaluation
+    label_names: dict[str, list[str]]
+    label_ids: list[dict[str, np.ndarray]]  # per sentence: task -> [words] class ids (-1 = none)
+    word_types: list[np.ndarray]  # per sentence: [words] id of the lower-cased word
+    probe_take: list[np.ndarray]  # per sentence: [words] 0 = not sampled, 1 = train, 2 = held out
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.group_is_eval.shape[0])
+
+
+def prepare_corpus(
+    labeled: list[LabeledSentence], encoded: list[EncodedSentence], tasks: list[str], group_size: int,
+    probes: DictConfig,
+) -> PreparedCorpus:
+    """Groups of `group_size` consecutive sentences; a seeded split of groups into probe train / held out;
+    the bounded word sample (first words in corpus order up to the caps). Deterministic."""
+    n = len(labeled)
+    group_of = np.arange(n) // group_size
+    n_groups = int(group_of[-1]) + 1
+    n_eval = max(1, round(probes.eval_fraction * n_groups))
+    order = np.random.default_rng(probes.seed).permutation(n_groups)
+    group_is_eval = np.zeros(n_groups, dtype=bool)
+    group_is_eval[order[:n_eval]] = True
+    label_names = {t: sorted({lab for s in labeled for lab in s.labels[t]}) for t in tasks}
+    index = {t: {name: i for i, name in enumerate(names)} for t, names in label_names.items()}
+    types = {w: i for i, w in enumerate(sorted({w.lower() for s in labeled for w in s.words}))}
+    label_ids, word_types, probe_take = [], [], []
+    taken = {1: 0, 2: 0}
+    caps = {1: probes.max_train_words, 2: probes.max_eval_words}
+    for s, enc, g in zip(labeled, encoded, group_of, strict=True):
+        label_ids.append({t: np.array([index[t][x] for x in s.labels[t]], dtype=np.int64) for t in tasks})
+        word_types.append(np.array([types[w.lower()] for w in s.words], dtype=np.int64))
+        split = 2 if group_is_eval[g] else 1
+        take = np.zeros(len(s.words), dtype=np.int8)
+        for w, tok in enumerate(enc.word_token):
+            if tok >= 0 and taken[split] < caps[split]:
+                take[w] = split
+                taken[split] += 1
+        probe_take.append(take)
+    return PreparedCorpus(encoded, group_of, group_is_eval, label_names, label_ids, word_types, probe_take)
+
+
+def cache_material(cfg: DictConfig, data_identity: dict) -> dict:
+    """What the cached statistics depend on (and nothing else: fusion and bootstrap settings are not here)."""
+    model = OmegaConf.to_container(cfg.model, resolve=True)
+    for k in ("device", "device_map"):
+        model.pop(k, None)
+    return {
+        "version": STATS_VERSION,
+        "model": model,
+        "data": data_identity,
+        "group_size": cfg.bootstrap.group_size,
+        "batch_size": cfg.extraction.batch_size,
+        "probes": {k: cfg.probes[k] for k in ("tasks", "eval_fraction", "max_train_words", "max_eval_words", "seed")},
+    }
+
+
+def _batches(group_of: np.ndarray, lo: int, hi: int, per_batch: int) -> list[list[int]]:
+    """Sentence indices of groups lo..hi-1, in batches of whole groups (at most `per_batch` sentences)."""
+    sents = np.nonzero((group_of >= lo) & (group_of < hi))[0].tolist()
+    group_size = int(np.sum(group_of == group_of[0]))
+    step = max(group_size, per_batch - per_batch % group_size)
+    return [sents[i : i + step] for i in range(0, len(sents), step)]
+
+
+@torch.no_grad()
+def _chunk_statistics(
+    loaded: LoadedModel, corpus: PreparedCorpus, lo: int, hi: int, batch_size: int, sleep_s: float,
+    bar: tqdm | None,
+) -> dict[str, np.ndarray]:
+    """Statistics of groups lo..hi-1: one forward pass per batch, nothing kept beyond the chunk."""
+    L, m = loaded.n_blocks, loaded.n_blocks + 1
+    ng = hi - lo
+    out: dict[str, np.ndarray] = {}
+    for v in CKA_VARIANTS:
+        out[f"hsic_{v}"] = np.zeros((ng, m, m))
+        out[f"ntok_{v}"] = np.zeros(ng, dtype=np.int64)
+    for v in JS_VARIANTS:
+        out[f"js_sum_{v}"] = np.zeros((ng, L))
+        out[f"js_first_{v}"] = np.zeros(ng)
+        out[f"js_count_{v}"] = np.zeros(ng, dtype=np.int64)
+    act_sum, act_sq, act_count = np.zeros(m), np.zeros(m), 0
+    probe: dict[int, dict[str, list]] = {1: {}, 2: {}}
+    pad = loaded.tokenizer.pad_token_id
+    decoder = loaded.model.get_decoder()
+    for batch in _batches(corpus.group_of, lo, hi, batch_size):
+        enc = [corpus.encoded[i] for i in batch]
+        T = max(len(e.input_ids) for e in enc)
+        ids = torch.full((len(enc), T), pad, dtype=torch.long)
+        mask = torch.zeros((len(enc), T), dtype=torch.long)
+        for b, e in enumerate(enc):
+            ids[b, : len(e.input_ids)] = torch.tensor(e.input_ids)
+            mask[b, : len(e.input_ids)] = 1
+        ids, mask = ids.to(loaded.device), mask.to(loaded.device)
+        with residual_stream(loaded.blocks) as states:
+            res = decoder(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
+        hs = torch.stack(states, 0).float()  # (m, B, T, d)
+        lengths = mask.sum(1).tolist()
+        # activation scale s_l (interventions): per token, mean over dims of h and h^2
+        real = mask.bool()
+        act_sum += hs.mean(-1)[:, real].sum(-1).double().cpu().numpy()
+        act_sq += hs.pow(2).mean(-1)[:, real].sum(-1).double().cpu().numpy()
+        act_count += int(real.sum())
+        # representation change: unbiased HSIC between every pair of states, per group and variant
+        groups = corpus.group_of[batch]
+        for g in np.unique(groups):
+            members = [b for b in range(len(batch)) if groups[b] == g]
+            for v, (standardise, no_first) in CKA_VARIANTS.items():
+                start = 1 if no_first else 0
+                rows = torch.cat([hs[:, b, start : lengths[b]] for b in members], dim=1)  # (m, n, d)
+                out[f"hsic_{v}"][g - lo] = group_hsic(rows, standardise=standardise).cpu().numpy()
+                out[f"ntok_{v}"][g - lo] = rows.shape[1]
+        # attention drift: JS sums per sentence, added into its group
+        for v in JS_VARIANTS:
+            js, first, count = attention_js_sums(res.attentions, mask, drop_sink=(v == "nosink"))
+            for b, g in enumerate(groups):
+                out[f"js_sum_{v}"][g - lo] += js[b].double().cpu().numpy()
+                out[f"js_first_{v}"][g - lo] += float(first[b])
+                out[f"js_count_{v}"][g - lo] += int(count[b])
+        # probe sample: states at each sampled word's last sub-word token
+        for b, i in enumerate(batch):
+            take = corpus.probe_take[i]
+            for split in (1, 2):
+                words = np.nonzero(take == split)[0]
+                if len(words) == 0:
+                    continue
+                toks = torch.tensor([enc[b].word_token[w] for w in words], device=hs.device)
+                feats = hs[:, b, toks].permute(1, 0, 2)  # (words, m, d)
+                p = probe[split]
+                p.setdefault("feat", []).append(feats.half().cpu().numpy())
+                p.setdefault("group", []).append(np.full(len(words), corpus.group_of[i], dtype=np.int64))
+                p.setdefault("type", []).append(corpus.word_types[i][words])
+                for t, ids_t in corpus.label_ids[i].items():
+                    p.setdefault(f"lab_{t}", []).append(ids_t[words])
+        del hs, res
+        if bar is not None:
+            bar.update(len(batch))
+        if sleep_s:
+            time.sleep(sleep_s)
+    out["act_sum"], out["act_sq"], out["act_count"] = act_sum, act_sq, np.array(act_count)
+    d = loaded.model.config.hidden_size
+    for split, name in ((1, "train"), (2, "eval")):
+        p = probe[split]
+        out[f"{name}_feat"] = np.concatenate(p["feat"]) if p else np.zeros((0, m, d), np.float16)
+        out[f"{name}_group"] = np.concatenate(p["group"]) if p else np.zeros(0, np.int64)
+        out[f"{name}_type"] = np.concatenate(p["type"]) if p else np.zeros(0, np.int64)
+        for t in corpus.label_ids[0]:
+            out[f"{name}_lab_{t}"] = np.concatenate(p[f"lab_{t}"]) if p else np.zeros(0, np.int64)
+    return out
+
+
+def n_chunks_for(n_groups: int, chunk_groups: int) -> int:
+    return -(-n_groups // chunk_groups)
+
+
+def build_statistics(
+    loaded: LoadedModel, corpus: PreparedCorpus, cache: StatisticsCache, cfg: DictConfig
+) -> None:
+    """Compute every missing chunk of the cache entry (resuming after the last finished one)."""
+    cg = cfg.extraction.chunk_groups
+    n_chunks = n_chunks_for(corpus.n_groups, cg)
+    cache.check_manifest(n_chunks, {
+        "label_names": corpus.label_names, "n_blocks": loaded.n_blocks, "n_sentences": len(corpus.encoded),
+        "n_groups": corpus.n_groups, "weights_id": loaded.weights_id, "hidden_size": loaded.model.config.hidden_size,
+    })
+    todo = [i for i in range(n_chunks) if cache.load_chunk(i) is None]
+    if len(todo) < n_chunks:
+        log.info("resuming extraction: %d of %d chunks already in the cache", n_chunks - len(todo), n_chunks)
+    n_sent = len(corpus.encoded)
+    done_sent = sum(int(np.sum((corpus.group_of >= i * cg) & (corpus.group_of < (i + 1) * cg)))
+                    for i in range(n_chunks) if i not in todo)
+    bar = tqdm(total=n_sent, initial=done_sent, desc=f"extracting {loaded.name}", unit="sent",
+               disable=not cfg.extraction.progress, mininterval=2.0)
+    for i in todo:
+        lo, hi = i * cg, min((i + 1) * cg, corpus.n_groups)
+        arrays = _chunk_statistics(loaded, corpus, lo, hi, cfg.extraction.batch_size,
+                                   cfg.extraction.sleep_per_batch_s, bar)
+        arrays["group_range"] = np.array([lo, hi])
+        arrays["group_is_eval"] = corpus.group_is_eval[lo:hi]
+        cache.save_chunk(i, arrays)
+    bar.close()
+
+
+def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
+    """Assemble the statistics from a complete cache entry; None if a chunk is missing or corrupt."""
+    if not cache.is_complete():
+        return None
+    info = cache.info()
+    label_names, n_blocks = info["label_names"], int(info["n_blocks"])
+    chunks = []
+    for i in range(cache.n_chunks or 0):
+        c = cache.load_chunk(i)
+        if c is None:
+            return None
+        chunks.append(c)
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([c[key] for c in chunks])
+
+    tasks = list(label_names)
+
+    def sample(name: str) -> ProbeSample:
+        return ProbeSample(
+            features=cat(f"{name}_feat"),
+            labels={t: cat(f"{name}_lab_{t}") for t in tasks},
+            group=cat(f"{name}_group"),
+            word_type=cat(f"{name}_type"),
+        )
+
+    return CorpusStatistics(
+        n_blocks=n_blocks,
+        hsic={v: cat(f"hsic_{v}") for v in CKA_VARIANTS},
+        n_tokens={v: cat(f"ntok_{v}") for v in CKA_VARIANTS},
+        js_sum={v: cat(f"js_sum_{v}") for v in JS_VARIANTS},
+        js_first_uniform={v: cat(f"js_first_{v}") for v in JS_VARIANTS},
+        js_count={v: cat(f"js_count_{v}") for v in JS_VARIANTS},
+        act_sum=sum(c["act_sum"] for c in chunks),
+        act_sq_sum=sum(c["act_sq"] for c in chunks),
+        act_count=int(sum(int(c["act_count"]) for c in chunks)),
+        probe_train=sample("train"),
+        probe_eval=sample("eval"),
+        label_names=label_names,
+        group_is_eval=cat("group_is_eval"),
+        meta={"cache_dir": str(cache.dir), "n_chunks": cache.n_chunks, **info},
+    )

@@ -1,0 +1,72 @@
+"""The statistics one pass over the corpus keeps, per group of consecutive sentences (the bootstrap unit).
+
+A bootstrap resample is a vector of group weights (how often each group was drawn); every signal is
+recomputed from these arrays with those weights, without the model (method.md "Data unit").
+Shapes: G groups, L blocks, so L + 1 residual-stream states h_0..h_L; d hidden size; N probe words.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# CKA variants computed in the one pass: (standardise per dimension?, exclude position 0?)
+CKA_VARIANTS = {
+    "raw": (False, False),
+    "raw_nofirst": (False, True),
+    "std": (True, False),
+    "std_nofirst": (True, True),
+}
+# Attention variants: full distribution, or key 0 (the attention sink) dropped and the rest renormalised.
+JS_VARIANTS = ("full", "nosink")
+
+
+def cka_variant(standardise: bool, exclude_first_position: bool) -> str:
+    """The key of the CKA variant that fusion settings select."""
+    for key, flags in CKA_VARIANTS.items():
+        if flags == (standardise, exclude_first_position):
+            return key
+    raise AssertionError("unreachable")
+
+
+@dataclass
+class ProbeSample:
+    """A bounded sample of words: their states at every layer and their labels (method.md, Signal 2).
+
+    One row per word, taken at the LAST sub-word token of the word.
+    """
+
+    features: np.ndarray  # [N, L+1, d] float16, h_0..h_L at the word's last sub-word token
+    labels: dict[str, np.ndarray]  # task -> [N] int64 class ids (-1: no label)
+    group: np.ndarray  # [N] int64 index of the word's sentence group
+    word_type: np.ndarray  # [N] int64 id of the lower-cased word form (control task)
+
+
+@dataclass
+class CorpusStatistics:
+    """Everything the three layer-wise signals need, stored per sentence group."""
+
+    n_blocks: int  # L
+    hsic: dict[str, np.ndarray]  # CKA variant -> [G, L+1, L+1] unbiased HSIC of linear kernels of h_i, h_j
+    n_tokens: dict[str, np.ndarray]  # CKA variant -> [G] tokens that entered the group's kernels
+    js_sum: dict[str, np.ndarray]  # JS variant -> [G, L]; [:, l-1] sums JS(A_l, A_{l-1}) over queries
+    js_first_uniform: dict[str, np.ndarray]  # JS variant -> [G]; sums JS(A_1, uniform over allowed keys)
+    js_count: dict[str, np.ndarray]  # JS variant -> [G] query positions that entered the sums
+    act_sum: np.ndarray  # [L+1] sum over tokens of mean_dim(h_l)        (activation scale s_l, interventions)
+    act_sq_sum: np.ndarray  # [L+1] sum over tokens of mean_dim(h_l ** 2)
+    act_count: int
+    probe_train: ProbeSample
+    probe_eval: ProbeSample
+    label_names: dict[str, list[str]]  # task -> class names (index = class id)
+    group_is_eval: np.ndarray  # [G] bool: the group is held out for probe evaluation
+    meta: dict = field(default_factory=dict)
+
+    @property
+    def n_groups(self) -> int:
+        return int(self.group_is_eval.shape[0])
+
+    def activation_std(self) -> np.ndarray:
+        """s_l: the standard deviation of the entries of h_l over all tokens and dimensions, l = 0..L."""
+        mean = self.act_sum / self.act_count
+        return np.sqrt(np.maximum(self.act_sq_sum / self.act_count - mean**2, 0.0))

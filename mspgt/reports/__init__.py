@@ -1,0 +1,1 @@
+"""Reports: results JSON, the boundary store, figures, markdown tables and W&B tracking."""

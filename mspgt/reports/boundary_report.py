@@ -1,0 +1,110 @@
+"""Boundary experiment reports: the figure (in the style of the paper's Figures 3-6), markdown, W&B."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from mspgt.fusion.fuse import minmax_normalise
+from mspgt.reports.tracking import Tracker
+
+SIGNAL_LABELS = {
+    "representation_change": "1 - CKA(h_{l-1}, h_l)",
+    "probe_jump": "|F(l) - F(l-1)| (probe F1)",
+    "attention_drift": "JS(A_l, A_{l-1})",
+}
+BOUNDARY_COLOURS = {"L-I": "tab:red", "I-G": "tab:purple"}
+
+
+def boundary_figure(result: dict, path: Path) -> Path:
+    """Normalised signals, the fused evidence curve (bold black), the two peaks (dashed) and CIs (shaded)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    layers = np.array(result["layers"])
+    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=130)
+    for name, values in result["signals"].items():
+        ax.plot(layers, minmax_normalise(np.asarray(values)), marker="o", ms=3, lw=1.2, alpha=0.8,
+                label=SIGNAL_LABELS.get(name, name))
+    ax.plot(layers, result["evidence"], color="black", lw=2.8, label="fused evidence E(l)")
+    for name, b in result["boundaries"].items():
+        c = BOUNDARY_COLOURS[name]
+        if b["ci_low"] is not None:
+            ax.axvspan(b["ci_low"] - 0.5, b["ci_high"] + 0.5, color=c, alpha=0.12)
+        if b["layer"] is not None:
+            ax.axvline(b["layer"], color=c, ls="--", lw=1.8,
+                       label=f"{name} = {b['layer']} ({b['relative']:.1%}), 95% CI [{b['ci_low']}, {b['ci_high']}]"
+                       + ("" if b["accepted"] else " not accepted"))
+    m = result["model"]
+    ax.set_title(f"{m['name']} ({m['n_blocks']} blocks): boundary detection, {result['data']['name']} "
+                 f"({result['data']['n_sentences']} sentences)")
+    ax.set_xlabel("block l")
+    ax.set_ylabel("normalised signal")
+    ax.set_xlim(layers[0] - 0.5, layers[-1] + 0.5)
+    ax.set_ylim(-0.03, 1.05)
+    ax.legend(fontsize=7, loc="upper right")
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def _fmt(x: Any, spec: str = "") -> str:
+    return "-" if x is None else format(x, spec)
+
+
+def boundary_markdown(result: dict) -> str:
+    m, d = result["model"], result["data"]
+    lines = [
+        f"## Boundaries: {m['name']} ({m['n_blocks']} blocks) on {d['name']} ({d['n_sentences']} sentences, "
+        f"{d['n_groups']} groups of {d['group_size']})",
+        "",
+        "| boundary | block | relative | 95% CI | width | accepted | resamples without it | most selected |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for name, b in result["boundaries"].items():
+        freq = sorted(b["selection_frequency"].items(), key=lambda kv: -kv[1])[:3]
+        top = ", ".join(f"{k}: {v / b['n_resamples']:.0%}" for k, v in freq) or "-"
+        ci = "-" if b["ci_low"] is None else f"[{b['ci_low']}, {b['ci_high']}]"
+        lines.append(f"| {name} | {_fmt(b['layer'])} | {_fmt(b['relative'], '.1%')} | {ci} | {_fmt(b['width'])} | "
+                     f"{'yes' if b['accepted'] else 'no'} | {b['n_missing']} / {b['n_resamples']} | {top} |")
+    if not result["found_two_peaks"]:
+        lines += ["", f"Fewer than two peaks with prominence >= the threshold: peaks at {result['peaks']['layers']}."]
+    lines += ["", "| block | " + " | ".join(result["signals"]) + " | E(l) |",
+              "|---|" + "---|" * (len(result["signals"]) + 1)]
+    for i, layer in enumerate(result["layers"]):
+        vals = " | ".join(f"{result['signals'][k][i]:.4f}" for k in result["signals"])
+        lines.append(f"| {layer} | {vals} | {result['evidence'][i]:.3f} |")
+    lines += ["", "Notes:"] + [f"- {k}: {v}" for k, v in result["notes"].items()]
+    t = result["timings"]
+    lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())]
+    return "\n".join(lines) + "\n"
+
+
+def log_boundary_to_wandb(cfg: DictConfig, out_dir: Path, result: dict, figure: Path) -> None:
+    """One W&B run per job: summary (boundaries, CIs), the per-layer table and the figure."""
+    from mspgt.run import sweep_name
+
+    tracker = Tracker(
+        cfg.tracking, out_dir, job_type="boundary", name=f"boundary-{cfg.model.name}-{out_dir.name}",
+        group=sweep_name() or f"boundary-{out_dir.name}", tags=[cfg.model.family, cfg.model.name],
+        config=result["config"],
+    )
+    summary: dict[str, Any] = {"n_blocks": result["model"]["n_blocks"], "found_two_peaks": result["found_two_peaks"]}
+    for name, b in result["boundaries"].items():
+        k = name.replace("-", "_")
+        for field in ("layer", "relative", "ci_low", "ci_high", "width", "accepted", "n_missing"):
+            summary[f"{k}/{field}"] = b[field]
+    summary.update({f"timings/{k}": v for k, v in result["timings"].items()})
+    tracker.summary(summary)
+    cols = ["block", *result["signals"], "evidence"]
+    rows = [[layer, *[result["signals"][k][i] for k in result["signals"]], result["evidence"][i]]
+            for i, layer in enumerate(result["layers"])]
+    tracker.table("per_layer", cols, rows)
+    tracker.image("boundaries", figure)
+    tracker.finish()

@@ -1,0 +1,88 @@
+"""The boundary store: the latest boundary result per (model, data), read by experiment=intervention.
+
+A result is stored under `paths.store_dir/boundary/<model>__<data key>.json`; the data key is a hash of
+the data settings that change which sentences are read, so a result from another corpus is never used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mspgt.errors import MspgtError
+
+# Data settings that decide which sentences (and labels) a run sees.
+DATA_IDENTITY_KEYS = (
+    "source", "path", "hub_id", "hub_config", "split", "one_per_line",
+    "n_sentences", "min_words", "max_words", "max_tokens", "seed", "labels",
+)
+
+
+def data_identity(data_cfg: DictConfig) -> dict[str, Any]:
+    d = OmegaConf.to_container(data_cfg, resolve=True)
+    return {k: d[k] for k in DATA_IDENTITY_KEYS if k in d}
+
+
+def data_key(data_cfg: DictConfig) -> str:
+    """A short stable id of the data settings: `<name>-<8 hex>`."""
+    blob = json.dumps(data_identity(data_cfg), sort_keys=True).encode()
+    return f"{data_cfg.name}-{hashlib.sha256(blob).hexdigest()[:8]}"
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON so a reader never sees a half-written file (temp file + rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    with os.fdopen(fd, "w") as f:
+        json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
+    os.replace(tmp, path)
+
+
+def _jsonable(x: Any) -> Any:
+    import numpy as np
+
+    if isinstance(x, np.generic):
+        return x.item()
+    if isinstance(x, np.ndarray):
+        return x.tolist()
+    if isinstance(x, Path):
+        return str(x)
+    raise TypeError(f"not JSON serialisable: {type(x)}")
+
+
+def boundary_path(store_dir: str | Path, model_name: str, data_cfg: DictConfig) -> Path:
+    return Path(store_dir) / "boundary" / f"{model_name}__{data_key(data_cfg)}.json"
+
+
+def save_boundary(store_dir: str | Path, model_name: str, data_cfg: DictConfig, result: dict) -> Path:
+    path = boundary_path(store_dir, model_name, data_cfg)
+    write_json_atomic(path, result)
+    return path
+
+
+def load_boundary(store_dir: str | Path, model_name: str, data_cfg: DictConfig) -> dict:
+    """The stored boundary result for this model and data, or an error naming the command that makes it."""
+    path = boundary_path(store_dir, model_name, data_cfg)
+    if not path.exists():
+        raise MspgtError(
+            f"no stored boundary result for model={model_name} and these data settings ({path})",
+            f"run `python -m mspgt.run experiment=boundary model={model_name} data={data_cfg.name}` with the "
+            "same data settings first, set scale.layers=[first,last], or set intervention.run_boundary_first=true",
+        )
+    try:
+        result = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise MspgtError(f"the stored boundary result {path} is corrupt ({err})",
+                         "delete it and re-run the boundary experiment") from err
+    if result.get("model", {}).get("name") != model_name or result.get("data", {}).get("key") != data_key(data_cfg):
+        raise MspgtError(
+            f"{path} holds a result for another model or corpus",
+            "delete it and re-run the boundary experiment for this model and data",
+        )
+    return result
