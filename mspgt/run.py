@@ -40,6 +40,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
     choose("experiment", cfg.experiment.name, EXPERIMENTS, "experiment")
     out = run_dir()
     out.mkdir(parents=True, exist_ok=True)
+    (out / "error.txt").unlink(missing_ok=True)  # a stale error from an earlier attempt (requeue, rerun)
     try:
         if cfg.experiment.name == "boundary":
             from mspgt.experiments.boundary import run_boundary

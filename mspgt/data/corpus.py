@@ -151,7 +151,7 @@ def conllu_sentences(cfg: DictConfig) -> list[Sentence]:
                     spans.append((pos, pos + len(form)))
                     parts.append(form)
                     pos += len(form)
-                    space = not (tok.get("misc") or {}).get("SpaceAfter") == "No"
+                    space = (tok.get("misc") or {}).get("SpaceAfter") != "No"
                     if space:
                         parts.append(" ")
                         pos += 1

@@ -25,7 +25,7 @@ from mspgt.fusion.bootstrap import bootstrap_boundaries
 from mspgt.fusion.fuse import fuse, validate_fusion
 from mspgt.fusion.peaks import detect_boundaries
 from mspgt.layers import relative_position, scales_from_boundaries
-from mspgt.model.loading import load_model
+from mspgt.model.loading import load_model, resolve_device
 from mspgt.reports.boundary_report import boundary_figure, boundary_markdown, log_boundary_to_wandb
 from mspgt.reports.store import data_identity, data_key, save_boundary, write_json_atomic
 from mspgt.signals.layerwise import SIGNALS, cka_key, js_key, layer_signals
@@ -112,7 +112,7 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         probes = train_probes(
             stats.probe_train, stats.probe_eval, {k: len(v) for k, v in stats.label_names.items()},
             hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-            seed=p.seed, control_task=p.control_task, device=cfg.probes.get("device", "cpu"),
+            seed=p.seed, control_task=p.control_task, device=str(resolve_device(p.device)),
         )
         timings["probes_s"] = time.perf_counter() - t
 
@@ -142,7 +142,7 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "experiment": "boundary",
         "model": {"name": cfg.model.name, "family": cfg.model.family, "n_blocks": L,
                   "weights_id": stats.meta.get("weights_id")},
-        "data": {"key": data_key(cfg.data), **data_identity(cfg.data), "n_sentences": stats.meta.get("n_sentences"),
+        "data": {"name": cfg.data.name, "key": data_key(cfg.data), **data_identity(cfg.data), "n_sentences": stats.meta.get("n_sentences"),
                  "n_groups": stats.n_groups, "group_size": cfg.bootstrap.group_size},
         "boundaries": {name: {**ci.as_dict(), "relative": (relative_position(ci.layer, L) if ci.layer else None)}
                        for name, ci in cis.items()},

@@ -24,7 +24,7 @@ from mspgt.extraction.hooks import residual_stream
 from mspgt.extraction.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatistics, ProbeSample
 from mspgt.model.loading import LoadedModel
 from mspgt.signals.attention_drift import attention_js_sums
-from mspgt.signals.cka import group_hsic
+from mspgt.signals.cka import group_hsic_variants
 
 log = logging.getLogger(__name__)
 
@@ -145,11 +145,11 @@ def _chunk_statistics(
         groups = corpus.group_of[batch]
         for g in np.unique(groups):
             members = [b for b in range(len(batch)) if groups[b] == g]
-            for v, (standardise, no_first) in CKA_VARIANTS.items():
-                start = 1 if no_first else 0
-                rows = torch.cat([hs[:, b, start : lengths[b]] for b in members], dim=1)  # (m, n, d)
-                out[f"hsic_{v}"][g - lo] = group_hsic(rows, standardise=standardise).cpu().numpy()
-                out[f"ntok_{v}"][g - lo] = rows.shape[1]
+            rows = torch.cat([hs[:, b, : lengths[b]] for b in members], dim=1)  # (m, n, d)
+            keep = torch.cat([torch.arange(lengths[b], device=hs.device) > 0 for b in members])  # (n,)
+            for v, hsic in group_hsic_variants(rows, keep).items():
+                out[f"hsic_{v}"][g - lo] = hsic.cpu().numpy()
+                out[f"ntok_{v}"][g - lo] = int(keep.sum()) if CKA_VARIANTS[v][1] else rows.shape[1]
         # attention drift: JS sums per sentence, added into its group
         for v in JS_VARIANTS:
             js, first, count = attention_js_sums(res.attentions, mask, drop_sink=(v == "nosink"))
@@ -167,7 +167,7 @@ def _chunk_statistics(
                 toks = torch.tensor([enc[b].word_token[w] for w in words], device=hs.device)
                 feats = hs[:, b, toks].permute(1, 0, 2)  # (words, m, d)
                 p = probe[split]
-                p.setdefault("feat", []).append(feats.half().cpu().numpy())
+                p.setdefault("feat", []).append(_to_float16(feats))
                 p.setdefault("group", []).append(np.full(len(words), corpus.group_of[i], dtype=np.int64))
                 p.setdefault("type", []).append(corpus.word_types[i][words])
                 for t, ids_t in corpus.label_ids[i].items():
@@ -187,6 +187,18 @@ def _chunk_statistics(
         for t in corpus.label_ids[0]:
             out[f"{name}_lab_{t}"] = np.concatenate(p[f"lab_{t}"]) if p else np.zeros(0, np.int64)
     return out
+
+
+FLOAT16_MAX = 65504.0
+
+
+def _to_float16(x: torch.Tensor) -> np.ndarray:
+    """The probe sample is stored in float16 (half the memory); values beyond its range are clipped, loudly."""
+    big = x.abs() > FLOAT16_MAX
+    if bool(big.any()):
+        log.warning("%d probe feature values exceed the float16 range and were clipped to +-%g",
+                    int(big.sum()), FLOAT16_MAX)
+    return x.clamp(-FLOAT16_MAX, FLOAT16_MAX).half().cpu().numpy()
 
 
 def n_chunks_for(n_groups: int, chunk_groups: int) -> int:

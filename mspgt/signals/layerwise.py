@@ -44,7 +44,11 @@ def layer_signals(
     if fusion.signals.attention_drift:
         v = js_key(fusion)
         out["attention_drift"] = attention_drift(
-            stats.js_sum[v], stats.js_first_uniform[v], stats.js_count[v], weights, fusion.attention.first_block
+            stats.js_sum[v],
+            stats.js_first_uniform[v],
+            stats.js_count[v],
+            weights,
+            fusion.attention.first_block,
         )
     return out
 

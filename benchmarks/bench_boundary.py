@@ -1,0 +1,146 @@
+"""Benchmark of the boundary experiment on the default model (SmolLM2-135M, CPU here).
+
+Prints ratios against the targets of the boundary issue:
+1. extraction wall time vs a bare forward loop over the same batches that also returns hidden states and
+   attentions (target <= 1.15x); both the full CausalLM forward and the decoder-only forward are timed;
+2. peak memory (max RSS of a full `python -m mspgt.run` process) at 500 vs 2,000 sentences (target: within 10%);
+3. B = 1000 bootstrap time as a share of extraction time (target < 5%).
+
+Usage: python benchmarks/bench_boundary.py [--sentences 256] [--skip-memory]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def config(overrides: list[str]):
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        return compose("config", overrides=overrides, return_hydra_config=False)
+
+
+def time_extraction(n_sentences: int, cache_dir: str) -> dict[str, float]:
+    from omegaconf import OmegaConf
+
+    from mspgt.data.alignment import encode_sentences
+    from mspgt.data.corpus import load_sentences
+    from mspgt.data.labels import label_sentences
+    from mspgt.extraction.cache import StatisticsCache
+    from mspgt.extraction.extract import _batches, build_statistics, cache_material, prepare_corpus
+    from mspgt.model.loading import load_model
+    from mspgt.reports.store import data_identity
+
+    cfg = config([f"data.n_sentences={n_sentences}", "extraction.progress=false"])
+    OmegaConf.update(cfg, "paths.cache_dir", cache_dir)
+    OmegaConf.update(cfg, "paths.outputs", cache_dir)
+    sentences = load_sentences(cfg.data)
+    loaded = load_model(cfg.model, cache_dir, need_attentions=True)
+    labeled = label_sentences(sentences, cfg.data.labels, tasks=list(cfg.probes.tasks))
+    encoded = encode_sentences(loaded.tokenizer, labeled, cfg.data.max_tokens)
+    corpus = prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes)
+    batches = _batches(corpus.group_of, 0, corpus.n_groups, cfg.extraction.batch_size)
+    pad = loaded.tokenizer.pad_token_id
+
+    def tensors(batch):
+        T = max(len(encoded[i].input_ids) for i in batch)
+        ids = torch.full((len(batch), T), pad)
+        mask = torch.zeros((len(batch), T), dtype=torch.long)
+        for b, i in enumerate(batch):
+            n = len(encoded[i].input_ids)
+            ids[b, :n] = torch.tensor(encoded[i].input_ids)
+            mask[b, :n] = 1
+        return ids, mask
+
+    prepared = [tensors(b) for b in batches]
+
+    @torch.no_grad()
+    def bare(module) -> float:
+        t = time.perf_counter()
+        for ids, mask in prepared:
+            module(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True,
+                   use_cache=False)
+        return time.perf_counter() - t
+
+    bare(loaded.model.get_decoder())  # warm-up
+    t_full = min(bare(loaded.model) for _ in range(2))
+    t_dec = min(bare(loaded.model.get_decoder()) for _ in range(2))
+    times = []
+    for rep in range(2):
+        cache = StatisticsCache(Path(cache_dir) / f"bench-{rep}", cache_material(cfg, data_identity(cfg.data)))
+        t = time.perf_counter()
+        build_statistics(loaded, corpus, cache, cfg)
+        times.append(time.perf_counter() - t)
+    tokens = sum(len(e.input_ids) for e in encoded)
+    return {"bare_full_s": t_full, "bare_decoder_s": t_dec, "extract_s": min(times), "tokens": tokens,
+            "sentences": len(encoded)}
+
+
+def run_peak_rss(n_sentences: int, workdir: Path) -> tuple[float, dict]:
+    """Max RSS (MiB) of one full boundary run in a fresh process, and its results."""
+    out = workdir / f"run-{n_sentences}"
+    code = (
+        "import resource, runpy, sys; sys.argv=['mspgt.run', *sys.argv[1:]];"
+        "\ntry:\n    runpy.run_module('mspgt.run', run_name='__main__')\n"
+        "finally:\n    print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)"
+    )
+    env = dict(os.environ, MSPGT_CACHE_DIR=str(workdir / f"cache-{n_sentences}"), WANDB_MODE="offline")
+    # the model cache (dequantised SmolLM2) is shared so both runs load the same way
+    model_cache = workdir / "models"
+    for c in (workdir / f"cache-{n_sentences}",):
+        c.mkdir(parents=True, exist_ok=True)
+        if model_cache.exists() and not (c / "models").exists():
+            (c / "models").symlink_to(model_cache)
+    proc = subprocess.run([sys.executable, "-c", code, f"data.n_sentences={n_sentences}", "extraction.progress=false",
+                           f"hydra.run.dir={out}"], cwd=workdir, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
+    kb = next(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("MAXRSS_KB"))
+    if not model_cache.exists():
+        (workdir / f"cache-{n_sentences}" / "models").rename(model_cache)
+    return kb / 1024, json.loads((out / "results.json").read_text())
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--sentences", type=int, default=256)
+    ap.add_argument("--skip-memory", action="store_true")
+    args = ap.parse_args()
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    with tempfile.TemporaryDirectory() as tmp:
+        t = time_extraction(args.sentences, tmp)
+        rows = [
+            ("extraction vs bare CausalLM forward (hidden states + attentions)", t["extract_s"] / t["bare_full_s"], "<= 1.15"),
+            ("extraction vs bare decoder forward (no lm_head)", t["extract_s"] / t["bare_decoder_s"], "<= 1.15"),
+        ]
+        print(f"{t['sentences']} sentences, {t['tokens']} tokens: bare CausalLM {t['bare_full_s']:.1f} s, "
+              f"bare decoder {t['bare_decoder_s']:.1f} s, extraction {t['extract_s']:.1f} s "
+              f"({t['tokens'] / t['extract_s']:.0f} tokens/s)")
+        if not args.skip_memory:
+            work = Path(tmp) / "mem"
+            work.mkdir()
+            rss500, _ = run_peak_rss(500, work)
+            rss2000, res = run_peak_rss(2000, work)
+            rows.append(("peak RSS 2,000 vs 500 sentences", rss2000 / rss500, "<= 1.10"))
+            tm = res["timings"]
+            rows.append(("B=1000 bootstrap / extraction (2,000 sentences)", tm["bootstrap_s"] / tm["extract_s"], "< 0.05"))
+            print(f"peak RSS: 500 sentences {rss500:.0f} MiB, 2000 sentences {rss2000:.0f} MiB; "
+                  f"2000-sentence run timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in tm.items()))
+        print("\n| measure | ratio | target |\n|---|---|---|")
+        for name, ratio, target in rows:
+            print(f"| {name} | {ratio:.3f} | {target} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Layer-wise signals computed from per-group statistics: representation change and attention drift."""

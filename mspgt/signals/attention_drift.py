@@ -1,0 +1,157 @@
+"""Signal 3, attention drift (paper eq. 5): S_attn(l) = JS(A_l, A_{l-1}), over blocks l = 1..L.
+
+A_l is block l's head-averaged attention distribution of each query over its allowed keys (real keys
+k <= q; padding never enters). The per-group statistics are sums over valid queries (a real token with at
+least 2 allowed keys), so a bootstrap resample is a weighted sum / weighted count (method.md, Signal 3).
+Attention sinks (Xiao et al. 2024, arXiv 2309.17453): `drop_sink` drops the first real key (position 0
+under right padding) and renormalises the rest.
+Shapes: B sentences in a batch, H heads, T positions, L blocks, G groups, R resamples.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mspgt.errors import MspgtError, choose
+from mspgt.signals.cka import group_weights
+
+FIRST_BLOCK_CHOICES = ("replicate", "uniform")
+
+
+def js_divergence(p: Tensor, q: Tensor, dim: int = -1) -> Tensor:
+    """Jensen-Shannon divergence in nats along `dim` (0 log 0 = 0), so 0 <= JS <= ln 2.
+
+    JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2 with m = (p + q) / 2 (Lin 1991).
+    """
+    m = (p + q) / 2
+    kl_p = (torch.special.xlogy(p, p) - torch.special.xlogy(p, m)).sum(dim=dim)
+    kl_q = (torch.special.xlogy(q, q) - torch.special.xlogy(q, m)).sum(dim=dim)
+    return ((kl_p + kl_q) / 2).clamp(0.0, math.log(2.0))
+
+
+def _allowed_keys(attention_mask: Tensor, drop_sink: bool) -> Tensor:
+    """allowed[b, q, k]: key k is real and k <= q (and not the sink, with drop_sink). [B, T] -> [B, T, T]."""
+    real = attention_mask.bool()  # [B, T]
+    t = real.shape[1]
+    causal = torch.ones(t, t, dtype=torch.bool, device=real.device).tril()  # [T, T]
+    allowed = causal[None] & real[:, None, :] & real[:, :, None]  # [B, T, T]
+    if drop_sink:
+        first_real = real.int().argmax(dim=1)  # [B] position of the first real token
+        keys = torch.arange(t, device=real.device)  # [T]
+        allowed = allowed & (keys[None, :] != first_real[:, None])[:, None, :]  # [B, T, T]
+    return allowed
+
+
+def _uniform(allowed: Tensor, n_allowed: Tensor) -> Tensor:
+    """The uniform distribution over each query's allowed keys: [B, T, T] float64 (zero rows stay zero)."""
+    return allowed.to(torch.float64) / n_allowed.clamp(min=1).to(torch.float64)[..., None]  # [B, T, T]
+
+
+def _restricted(attention: Tensor, allowed: Tensor, n_allowed: Tensor) -> Tensor:
+    """Head-average, restrict to allowed keys and renormalise: [B, H, T, T] -> [B, T, T] float64.
+
+    A row whose allowed keys carry no mass at all (underflow) becomes uniform over its allowed keys.
+    """
+    a = attention.mean(dim=1, dtype=torch.float64)  # [B, T, T]
+    a = torch.where(allowed, a, 0.0)  # [B, T, T] (also removes NaN in padded rows)
+    mass = a.sum(dim=-1, keepdim=True)  # [B, T, 1]
+    has_mass = mass > 0  # [B, T, 1]
+    renormalised = a / torch.where(has_mass, mass, 1.0)  # [B, T, T]
+    return torch.where(has_mass, renormalised, _uniform(allowed, n_allowed))  # [B, T, T]
+
+
+def attention_js_sums(
+    attentions: Sequence[Tensor], attention_mask: Tensor, drop_sink: bool
+) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-sentence sums of the attention-drift JS over valid queries (paper eq. 5; our sums for the bootstrap).
+
+    attentions: L tensors [B, H, T, T] (query x key), one per block; attention_mask [B, T] (1 = real token).
+    Returns js_sum [B, L] float64 (column l-1 = sum over valid queries of JS(A_l[q], A_{l-1}[q]) for l >= 2,
+    column 0 = 0), first_uniform [B] float64 (sum of JS(A_1[q], uniform over q's allowed keys)) and
+    count [B] int64 (valid queries), on the device of the maps. Block by block: only the previous block's
+    head-averaged map is kept.
+    """
+    if len(attentions) == 0:
+        raise MspgtError(
+            "no attention maps were given",
+            "load the model with eager attention and output_attentions=True (need_attentions)",
+        )
+    if attention_mask.ndim != 2:
+        raise MspgtError(
+            f"attention_mask must be [B, T], got {tuple(attention_mask.shape)}", "pass the tokenizer's mask"
+        )
+    b, t = attention_mask.shape
+    device = attentions[0].device
+    attention_mask = attention_mask.to(device)  # [B, T], where the maps are
+    allowed = _allowed_keys(attention_mask, drop_sink)  # [B, T, T]
+    n_allowed = allowed.sum(dim=-1)  # [B, T]
+    valid = attention_mask.bool() & (n_allowed >= 2)  # [B, T]
+    valid_f = valid.to(torch.float64)  # [B, T]
+    js_sum = torch.zeros(b, len(attentions), dtype=torch.float64, device=device)  # [B, L]
+    previous: Tensor | None = None
+    first_uniform = torch.zeros(b, dtype=torch.float64, device=device)  # [B]
+    for index, attention in enumerate(attentions):
+        if attention.ndim != 4 or attention.shape[0] != b or attention.shape[2:] != (t, t):
+            raise MspgtError(
+                f"attention of block {index + 1} has shape {tuple(attention.shape)}, expected [{b}, H, {t}, {t}]",
+                "pass the model's per-block attentions (eager attention, output_attentions=True)",
+            )
+        current = _restricted(attention.to(device), allowed, n_allowed)  # [B, T, T]
+        if previous is None:
+            first_uniform = (js_divergence(current, _uniform(allowed, n_allowed)) * valid_f).sum(dim=1)  # [B]
+        else:
+            js_sum[:, index] = (js_divergence(current, previous) * valid_f).sum(dim=1)  # [B]
+        previous = current
+    return js_sum, first_uniform, valid.sum(dim=1).to(torch.int64)
+
+
+def attention_drift(
+    js_sum: np.ndarray,
+    first_uniform: np.ndarray,
+    count: np.ndarray,
+    weights: np.ndarray | None = None,
+    first_block: str = "replicate",
+) -> np.ndarray:
+    """S_attn(l) = mean JS(A_l, A_{l-1}) over valid queries, with group weights (paper eq. 5).
+
+    js_sum [G, L], first_uniform [G], count [G]; weights [G] or [R, G] (bootstrap group counts; None = all
+    ones) -> [L] or [R, L] = weighted sum / weighted count. Block 1 has no predecessor (our definitions):
+    first_block="replicate" copies S_attn(2) into S_attn(1); "uniform" uses JS(A_1, uniform over the
+    query's allowed keys). A resample whose weighted count is 0 gives NaN.
+    """
+    choose("attention first_block", first_block, FIRST_BLOCK_CHOICES, "fusion.attention.first_block")
+    js_sum = np.asarray(js_sum, dtype=np.float64)
+    first_uniform = np.asarray(first_uniform, dtype=np.float64)
+    count = np.asarray(count, dtype=np.float64)
+    if js_sum.ndim != 2 or first_uniform.shape != js_sum.shape[:1] or count.shape != js_sum.shape[:1]:
+        raise MspgtError(
+            f"attention statistics must be js_sum [G, L], first_uniform [G], count [G]; got "
+            f"{js_sum.shape}, {first_uniform.shape}, {count.shape}",
+            "pass CorpusStatistics.js_sum / js_first_uniform / js_count of one variant",
+        )
+    n_groups, n_blocks = js_sum.shape
+    if count.sum() <= 0:
+        raise MspgtError(
+            "no query position saw at least 2 keys, so attention drift is undefined",
+            "use longer sentences (data.max_tokens), or disable it: fusion.signals.attention_drift=false",
+        )
+    if first_block == "replicate" and n_blocks < 2:
+        raise MspgtError(
+            "first_block='replicate' needs at least 2 blocks",
+            "use fusion.attention.first_block=uniform",
+        )
+    single = weights is None or np.ndim(weights) == 1
+    w = group_weights(weights, n_groups)  # [R, G]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        total = w @ count  # [R]
+        drift = (w @ js_sum) / total[:, None]  # [R, L]
+        if first_block == "replicate":
+            drift[:, 0] = drift[:, 1]
+        else:
+            drift[:, 0] = (w @ first_uniform) / total
+    return drift[0] if single else drift

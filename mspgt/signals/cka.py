@@ -1,0 +1,215 @@
+"""Signal 1, representation change (paper eq. 3): S_rep(l) = 1 - CKA(h_{l-1}, h_l), over blocks l = 1..L.
+
+Estimator (method.md, Signal 1): linear-kernel CKA with the unbiased HSIC (Song et al. 2012) computed per
+group of sentences and averaged over groups: minibatch CKA (Nguyen, Raghu & Kornblith 2021, arXiv
+2010.15327, eq. 3). Storing the per-group HSIC terms makes a bootstrap resample a weighted mean.
+`linear_cka` is the plain full-data linear CKA (Kornblith et al. 2019) the tests compare against.
+Shapes: m = L + 1 states h_0..h_L, n tokens of one group, d hidden size, G groups, B resamples.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from mspgt.errors import MspgtError
+
+ESTIMATOR = (
+    "minibatch linear CKA with unbiased HSIC per sentence group (Nguyen, Raghu & Kornblith 2021, eq. 3)"
+)
+# A dimension whose std within the group is below this fraction of its largest |value| counts as constant.
+_CONSTANT_DIM_RTOL = 1e-8
+
+
+def gram_linear(x: Tensor) -> Tensor:
+    """Linear kernel K = X X^T: [..., n, d] -> [..., n, n]."""
+    return x @ x.transpose(-1, -2)  # [..., n, n]
+
+
+def _check_min_tokens(n: int) -> None:
+    if n < 4:
+        raise MspgtError(
+            f"the unbiased HSIC needs at least 4 tokens per group, got {n}",
+            "use larger sentence groups (bootstrap.group_size) or a longer max length (data.max_tokens)",
+        )
+
+
+def hsic_unbiased(k: Tensor, l: Tensor) -> float:  # noqa: E741 (the kernels are K and L in the paper)
+    """Unbiased HSIC of two n x n Gram matrices, n >= 4 (Song et al. 2012; Nguyen et al. 2021, eq. 3).
+
+    HSIC_1 = [tr(K~ L~) + (1'K~1)(1'L~1) / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3)), K~ = K with zero
+    diagonal. The direct formula, in float64; the reference for `hsic_unbiased_matrix`.
+    """
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape != l.shape:
+        raise MspgtError(
+            f"hsic_unbiased needs two square Gram matrices of one shape, got {tuple(k.shape)} and {tuple(l.shape)}",
+            "pass gram_linear(x) and gram_linear(y) of the same n tokens",
+        )
+    n = k.shape[0]
+    _check_min_tokens(n)
+    k_t = k.to(torch.float64).clone()  # [n, n]
+    l_t = l.to(torch.float64).clone()  # [n, n]
+    k_t.fill_diagonal_(0.0)
+    l_t.fill_diagonal_(0.0)
+    ones = torch.ones(n, 1, dtype=torch.float64, device=k.device)  # [n, 1]
+    trace_kl = torch.trace(k_t @ l_t)
+    sums = (ones.T @ k_t @ ones) * (ones.T @ l_t @ ones) / ((n - 1) * (n - 2))
+    cross = (ones.T @ k_t @ l_t @ ones) * 2.0 / (n - 2)
+    return float((trace_kl + sums - cross).squeeze() / (n * (n - 3)))
+
+
+def hsic_unbiased_matrix(grams: Tensor) -> Tensor:
+    """All pairs of unbiased HSIC at once: grams [m, n, n] -> [m, m] float64.
+
+    The same formula as `hsic_unbiased`, through tr(K~L~) = sum(K~ * L~) (Gram matrices are symmetric),
+    1'K~1 = sum(K~) and 1'K~L~1 = (K~1).(L~1).
+    """
+    if grams.ndim != 3 or grams.shape[1] != grams.shape[2]:
+        raise MspgtError(
+            f"hsic_unbiased_matrix needs Gram matrices [m, n, n], got {tuple(grams.shape)}",
+            "stack gram_linear(h_i) of the states h_0..h_L along the first axis",
+        )
+    m, n, _ = grams.shape
+    _check_min_tokens(n)
+    k = grams.to(torch.float64).clone()  # [m, n, n]
+    k.diagonal(dim1=-2, dim2=-1).zero_()
+    flat = k.reshape(m, n * n)  # [m, n*n]
+    trace_kl = flat @ flat.T  # [m, m]
+    total = flat.sum(dim=1)  # [m]
+    row = k.sum(dim=2)  # [m, n]
+    cross = row @ row.T  # [m, m]
+    hsic = trace_kl + torch.outer(total, total) / ((n - 1) * (n - 2)) - cross * (2.0 / (n - 2))  # [m, m]
+    return hsic / (n * (n - 3))
+
+
+def standardise_dimensions(states: Tensor, dtype: torch.dtype = torch.float64) -> Tensor:
+    """z-score every dimension over the group's tokens: [m, n, d] -> [m, n, d] in `dtype` (our definition).
+
+    The per-dimension standardised CKA variant against rogue / massive dimensions (Timkey & van Schijndel
+    2021; Sun et al. 2024, arXiv 2402.17762). Constant dimensions (std below 1e-8 of the dimension's
+    largest |value|) become zero instead of dividing by ~0.
+    """
+    x = states.to(dtype)  # [m, n, d]
+    centred = x - x.mean(dim=1, keepdim=True)  # [m, n, d]
+    std = centred.pow(2).mean(dim=1, keepdim=True).sqrt()  # [m, 1, d]
+    scale = x.abs().amax(dim=1, keepdim=True)  # [m, 1, d]
+    varying = std > _CONSTANT_DIM_RTOL * scale  # [m, 1, d]
+    return torch.where(varying, centred / torch.where(varying, std, 1.0), 0.0)  # [m, n, d]
+
+
+def group_hsic(states: Tensor, standardise: bool = False) -> Tensor:
+    """Unbiased HSIC of linear kernels between every pair of states of one group: [m, n, d] -> [m, m] float64.
+
+    states holds h_0..h_L of the group's n real tokens (padding already removed). Features are centred over
+    the group's tokens first: the unbiased HSIC does not change under feature shifts (it U-centres the
+    kernel), and centring in float64 avoids cancellation. standardise=True z-scores each dimension within
+    the group (`standardise_dimensions`). Computed on the device of `states`.
+    """
+    if states.ndim != 3:
+        raise MspgtError(
+            f"group_hsic needs states [m, n, d] (h_0..h_L of one group's tokens), got {tuple(states.shape)}",
+            "stack the states of one group along a new first axis, with padding removed",
+        )
+    _check_min_tokens(states.shape[1])
+    if standardise:
+        x = standardise_dimensions(states)  # [m, n, d]
+    else:
+        x = states.to(torch.float64)  # [m, n, d]
+        x = x - x.mean(dim=1, keepdim=True)  # [m, n, d]
+    return hsic_unbiased_matrix(gram_linear(x))  # [m, m]
+
+
+def group_hsic_variants(states: Tensor, keep: Tensor) -> dict[str, Tensor]:
+    """The four CKA variants' HSIC matrices of one group in one go (what extraction stores per group).
+
+    states [m, n, d] (h_0..h_L of the group's real tokens); keep [n] bool marks the tokens that are not the
+    first position of their sentence. Returns {"raw", "raw_nofirst", "std", "std_nofirst"} -> [m, m] float64.
+    Speed: the kernels are built in float32 from features centred over the group (relative error of the
+    HSIC terms ~1e-8, checked against `group_hsic` in the tests), then U-centred in float64; the
+    first-position-excluded raw kernel is a sub-matrix of the raw one (the unbiased HSIC is invariant to
+    feature shifts, so centring over all rows is fine). The standardised variants z-score over their own
+    rows, so position 0's massive activations do not set the scale of the variant that excludes it.
+    """
+    _check_min_tokens(int(keep.sum()))
+    x = states.to(torch.float32)  # [m, n, d]
+    raw = gram_linear(x - x.mean(dim=1, keepdim=True)).to(torch.float64)  # [m, n, n]
+    sub = raw[:, keep][:, :, keep]  # [m, n', n']
+    out = {"raw": hsic_unbiased_matrix(raw), "raw_nofirst": hsic_unbiased_matrix(sub)}
+    for name, rows in (("std", x), ("std_nofirst", x[:, keep])):
+        z = standardise_dimensions(rows, dtype=torch.float32)  # [m, n, d]
+        out[name] = hsic_unbiased_matrix(gram_linear(z).to(torch.float64))
+    return out
+
+
+def group_weights(weights: np.ndarray | None, n_groups: int) -> np.ndarray:
+    """Validate bootstrap group weights (shared by the signals): None -> ones [1, G]; [G] -> [1, G]; [B, G] stays."""
+    if weights is None:
+        return np.ones((1, n_groups))
+    w = np.asarray(weights, dtype=np.float64)
+    if w.ndim == 1:
+        w = w[None, :]
+    if w.ndim != 2 or w.shape[1] != n_groups:
+        raise MspgtError(
+            f"group weights must be [G] or [B, G] with G = {n_groups}, got shape {np.shape(weights)}",
+            "pass resample counts from mspgt.fusion.bootstrap.resample_counts for these groups",
+        )
+    if (w < 0).any() or not np.isfinite(w).all() or (w.sum(axis=1) <= 0).any():
+        raise MspgtError(
+            "group weights must be finite, non-negative, with a positive sum in every resample",
+            "pass group counts (how often each group was drawn)",
+        )
+    return w
+
+
+def minibatch_cka(hsic: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """Minibatch CKA from per-group HSIC terms (Nguyen et al. 2021, eq. 3, with weighted group means).
+
+    hsic [G, m, m]; weights [G] or [B, G] (bootstrap group counts; None = every group once)
+    -> CKA [m, m] or [B, m, m], CKA_ij = mean_w HSIC_ij / sqrt(mean_w HSIC_ii * mean_w HSIC_jj).
+    The normalisation of the weighted mean cancels in the ratio. Entries whose self-HSIC mean is not
+    positive (a constant representation) are NaN.
+    """
+    hsic = np.asarray(hsic, dtype=np.float64)
+    if hsic.ndim != 3 or hsic.shape[1] != hsic.shape[2]:
+        raise MspgtError(
+            f"minibatch_cka needs per-group HSIC terms [G, m, m], got shape {hsic.shape}",
+            "pass CorpusStatistics.hsic[variant]",
+        )
+    n_groups, m, _ = hsic.shape
+    w = group_weights(weights, n_groups)  # [B, G]
+    summed = (w @ hsic.reshape(n_groups, m * m)).reshape(-1, m, m)  # [B, m, m]
+    diag = np.diagonal(summed, axis1=-2, axis2=-1)  # [B, m]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = np.sqrt(np.where(diag > 0, diag, np.nan))  # [B, m]
+        cka = summed / (norm[:, :, None] * norm[:, None, :])  # [B, m, m]
+    return cka[0] if weights is None or np.ndim(weights) == 1 else cka
+
+
+def representation_change(cka: np.ndarray) -> np.ndarray:
+    """S_rep(l) = 1 - CKA(h_{l-1}, h_l) (paper eq. 3): [..., m, m] -> [..., m-1], index l-1 holds block l."""
+    cka = np.asarray(cka)
+    if cka.ndim < 2 or cka.shape[-1] != cka.shape[-2] or cka.shape[-1] < 2:
+        raise MspgtError(
+            f"representation_change needs CKA matrices [..., L+1, L+1], got shape {cka.shape}",
+            "pass the output of minibatch_cka",
+        )
+    return 1.0 - np.diagonal(cka, offset=1, axis1=-2, axis2=-1)  # [..., L]
+
+
+def linear_cka(x: Tensor | np.ndarray, y: Tensor | np.ndarray) -> float:
+    """Full-data linear CKA with the biased HSIC and centred features (Kornblith et al. 2019).
+
+    CKA = ||Y'X||_F^2 / (||X'X||_F ||Y'Y||_F) after centring columns; x [n, d1], y [n, d2]; float64.
+    """
+    xa = torch.as_tensor(x).to(torch.float64)  # [n, d1]
+    ya = torch.as_tensor(y).to(torch.float64)  # [n, d2]
+    if xa.ndim != 2 or ya.ndim != 2 or xa.shape[0] != ya.shape[0]:
+        raise MspgtError(
+            f"linear_cka needs [n, d1] and [n, d2] with the same rows, got {tuple(xa.shape)}, {tuple(ya.shape)}",
+            "pass token representations of the same tokens as rows",
+        )
+    xa = xa - xa.mean(dim=0, keepdim=True)  # [n, d1]
+    ya = ya - ya.mean(dim=0, keepdim=True)  # [n, d2]
+    cross = torch.linalg.matrix_norm(ya.T @ xa) ** 2
+    return float(cross / (torch.linalg.matrix_norm(xa.T @ xa) * torch.linalg.matrix_norm(ya.T @ ya)))

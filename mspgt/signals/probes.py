@@ -1,0 +1,404 @@
+"""Signal 2, probe performance jumps (paper eq. 4): S_probe(l) = |F(l) - F(l-1)|, over blocks l = 1..L.
+
+F(l) is the mean over tasks (POS, dependency relation, named entity, approximate semantic role) of each
+task's held-out F1 of a probe trained on h_l, l = 0..L. The probe is the paper's: one hidden layer of
+128 ReLU units (paper 4.1.1). All L + 1 layers (and all tasks) train at once as one batched MLP;
+features are standardised per layer and dimension with train statistics (massive activations, Sun et al.
+2024, arXiv 2402.17762, would otherwise dominate). Probes train once; the held-out predictions are kept as
+per-group confusion counts, so a bootstrap resample of groups recomputes F1 as a matrix product
+(method.md "Signal 2").
+
+F1 average (our choice, reported): macro F1 over the classes present in the held-out gold labels; in a
+resample, a class with tp + fp + fn = 0 is skipped, as sklearn's f1_score(average="macro",
+labels=present, zero_division=np.nan) skips it.
+Selectivity (Hewitt & Liang 2019, "Designing and Interpreting Probes with Control Tasks"): accuracy of the
+POS probe minus accuracy of the same probe trained on a control task that gives every word type a random
+label drawn from the empirical POS label distribution.
+Shapes: N words, L + 1 states h_0..h_L, d hidden size, T tasks, H hidden units, C classes, G groups,
+B bootstrap resamples.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from mspgt.errors import MspgtError
+from mspgt.extraction.statistics import ProbeSample
+
+CONTROL = "control"  # the name of the control task (Hewitt & Liang 2019) among the trained heads
+F1_AVERAGE = (
+    "macro F1 over the classes present in the held-out gold labels; classes with tp+fp+fn = 0 in a "
+    "bootstrap resample are skipped (sklearn zero_division=np.nan); F(l) = mean over tasks"
+)
+_STD_FLOOR = 1e-6  # a dimension with a smaller train std is constant: it is centred, not scaled
+_CHUNK = 256  # rows converted from float16 at a time
+
+
+@dataclass
+class ProbeResult:
+    """Held-out confusion counts per evaluation group, per task and layer; accuracy and selectivity."""
+
+    tasks: list[str]
+    n_classes: dict[str, int]
+    eval_groups: np.ndarray  # [G_eval] int64 ids of the groups the count rows belong to
+    tp: dict[str, np.ndarray]  # task -> [G_eval, L+1, C] int32 true positives
+    fp: dict[str, np.ndarray]  # task -> [G_eval, L+1, C] int32 false positives
+    fn: dict[str, np.ndarray]  # task -> [G_eval, L+1, C] int32 false negatives
+    present: dict[str, np.ndarray]  # task -> class ids present in the held-out gold labels
+    accuracy: dict[str, np.ndarray]  # task -> [L+1] held-out accuracy
+    selectivity: np.ndarray | None  # [L+1] accuracy(POS) - accuracy(control); None without control task
+    control_accuracy: np.ndarray | None  # [L+1]
+    seconds: float  # training and evaluation wall time
+    settings: dict = field(default_factory=dict)
+    predictions: dict[str, np.ndarray] | None = None  # task -> [N_eval, L+1] (return_predictions=True)
+
+    @property
+    def n_layers(self) -> int:
+        """L + 1: the states h_0..h_L."""
+        return int(next(iter(self.tp.values())).shape[1])
+
+
+def _check_sample(name: str, sample: ProbeSample, tasks: list[str], n_classes: dict[str, int]) -> None:
+    feats = sample.features
+    if feats.ndim != 3 or feats.shape[0] == 0:
+        raise MspgtError(
+            f"the {name} probe sample has features of shape {feats.shape}",
+            "collect at least one word: features are [N, L+1, d] (raise probes.max_train_words/"
+            "max_eval_words or use more sentences)",
+        )
+    n = feats.shape[0]
+    for arr, what in ((sample.group, "group"), (sample.word_type, "word_type")):
+        if arr.shape != (n,):
+            raise MspgtError(
+                f"the {name} sample has {what} of shape {arr.shape}, expected ({n},)", "one per word"
+            )
+    for task in tasks:
+        y = sample.labels.get(task)
+        if y is None or y.shape != (n,):
+            raise MspgtError(
+                f"the {name} sample has no labels of shape ({n},) for task {task!r}",
+                f"collect labels for every task in probes.tasks, or drop {task!r} from it",
+            )
+        if y.size and (y.max() >= n_classes[task] or y.min() < -1):
+            raise MspgtError(
+                f"{name} labels for {task!r} lie outside -1..{n_classes[task] - 1}",
+                "pass n_classes that count every label name (class ids 0..C-1, -1 for no label)",
+            )
+
+
+def control_labels(train: ProbeSample, held_out: ProbeSample, n_classes: int, seed: int):
+    """Control task (Hewitt & Liang 2019): each word type gets one random label drawn from the empirical
+    POS label distribution of the train sample; words without a POS label get none (-1)."""
+    pos_train = train.labels["pos"]
+    valid = pos_train >= 0
+    if not valid.any():
+        raise MspgtError(
+            "no train word has a POS label, so no control task can be built", "probes.control_task=false"
+        )
+    dist = np.bincount(pos_train[valid], minlength=n_classes) / valid.sum()  # [C]
+    types = np.unique(np.concatenate([train.word_type, held_out.word_type]))  # sorted: seed-determined
+    rng = np.random.default_rng([seed, 2019])  # its own stream, apart from the probe initialisation
+    type_label = rng.choice(n_classes, size=types.shape[0], p=dist)  # [n_types]
+    out = []
+    for sample in (train, held_out):
+        y = type_label[np.searchsorted(types, sample.word_type)]  # [N]
+        out.append(np.where(sample.labels["pos"] >= 0, y, -1).astype(np.int64))
+    return out[0], out[1]
+
+
+def _finite(x: Tensor) -> Tensor:
+    """float16 overflows to +-inf above 65504 (massive activations can get there): clip to that range."""
+    if torch.isnan(x).any():
+        raise MspgtError(
+            "the probe features contain NaN", "check the model's activations (dtype, overflow) before probing"
+        )
+    return torch.nan_to_num(x, posinf=65504.0, neginf=-65504.0)
+
+
+def _standardiser(features: np.ndarray) -> tuple[Tensor, Tensor]:
+    """Per (layer, dimension) mean and std over the train words, accumulated in float64 by chunks."""
+    _, n_layers, d = features.shape
+    total = torch.zeros(n_layers, d, dtype=torch.float64)
+    total_sq = torch.zeros(n_layers, d, dtype=torch.float64)
+    for a in range(0, features.shape[0], _CHUNK):
+        x = _finite(torch.from_numpy(features[a : a + _CHUNK]).to(torch.float64))  # [b, L+1, d]
+        total += x.sum(0)
+        total_sq += (x * x).sum(0)
+    n = features.shape[0]
+    mean = total / n  # [L+1, d]
+    std = (total_sq / n - mean**2).clamp_min(0).sqrt()  # [L+1, d]
+    std = torch.where(std < _STD_FLOOR, torch.ones_like(std), std)
+    return mean.float(), std.float()
+
+
+def _standardised(features: np.ndarray, rows: slice, mean: Tensor, std: Tensor, device) -> Tensor:
+    """Rows of float16 features -> standardised float32, layer-major: [L+1, b, d]."""
+    x = _finite(torch.from_numpy(features[rows]).to(device=device, dtype=torch.float32))  # [b, L+1, d]
+    return ((x - mean) / std).transpose(0, 1)  # [L+1, b, d]
+
+
+class _BatchedProbes(torch.nn.Module):
+    """T one-hidden-layer MLPs per layer, for all L + 1 layers at once (weights stacked over layers)."""
+
+    def __init__(self, n_layers: int, d: int, hidden: int, classes: list[int], generator: torch.Generator):
+        super().__init__()
+
+        def uniform(shape: tuple[int, ...], fan_in: int) -> torch.nn.Parameter:  # nn.Linear's default init
+            bound = 1.0 / fan_in**0.5
+            return torch.nn.Parameter((torch.rand(shape, generator=generator) * 2 - 1) * bound)
+
+        self.hidden = hidden
+        t = len(classes)
+        self.w1 = uniform((n_layers, d, t * hidden), d)  # [L+1, d, T*H]
+        self.b1 = uniform((n_layers, 1, t * hidden), d)  # [L+1, 1, T*H]
+        self.w2 = torch.nn.ParameterList(
+            [uniform((n_layers, hidden, c), hidden) for c in classes]
+        )  # [L+1,H,C]
+        self.b2 = torch.nn.ParameterList([uniform((n_layers, 1, c), hidden) for c in classes])  # [L+1,1,C]
+
+    def forward(self, x: Tensor) -> list[Tensor]:
+        """x [L+1, b, d] -> per task logits [L+1, b, C_t]."""
+        h = torch.relu(torch.baddbmm(self.b1, x, self.w1))  # [L+1, b, T*H]
+        per_task = h.split(self.hidden, dim=-1)  # T x [L+1, b, H] (split: one cheap backward)
+        return [
+            torch.baddbmm(b2, h_t, w2)  # [L+1, b, C_t]
+            for h_t, w2, b2 in zip(per_task, self.w2, self.b2, strict=True)
+        ]
+
+
+def _confusion_counts(
+    gold: np.ndarray, pred: np.ndarray, group_index: np.ndarray, n_groups: int, n_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """gold [N], pred [N, L+1], group_index [N] in 0..G-1 -> tp, fp, fn [G, L+1, C] int32 (gold -1 skipped)."""
+    keep = gold >= 0
+    gold, pred, gi = gold[keep], pred[keep], group_index[keep]
+    n_layers = pred.shape[1]
+    size = n_groups * n_layers * n_classes
+    layer = np.arange(n_layers)[None, :]  # [1, L+1]
+    cell = (gi[:, None] * n_layers + layer) * n_classes  # [n, L+1] offset of (group, layer)
+    gold_b = np.broadcast_to(gold[:, None], pred.shape)  # [n, L+1]
+    hit = pred == gold_b  # [n, L+1]
+
+    def count(index: np.ndarray) -> np.ndarray:
+        return np.bincount(index, minlength=size).reshape(n_groups, n_layers, n_classes).astype(np.int32)
+
+    tp = count((cell + gold_b)[hit])
+    fp = count((cell + pred)[~hit])
+    fn = count((cell + gold_b)[~hit])
+    return tp, fp, fn
+
+
+def train_probes(
+    train: ProbeSample,
+    held_out: ProbeSample,
+    n_classes: dict[str, int],
+    hidden: int = 128,
+    epochs: int = 30,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    control_task: bool = True,
+    device: str = "cpu",
+    progress: bool = False,
+    return_predictions: bool = False,
+) -> ProbeResult:
+    """Train one probe per task and layer l = 0..L on `train`, evaluate it on `held_out` (paper 4.1.1).
+
+    Cross-entropy over the labelled words (label -1 ignored), Adam with L2 weight decay, minibatches in a
+    seeded order; deterministic for a seed on one device and thread count. The loss is the sum over tasks
+    and layers of their mean losses: the parameters of different (task, layer) probes are disjoint, so
+    each trains exactly as it would alone, on the same minibatches.
+    Memory: one float32, standardised copy of the train features; held-out rows are converted by chunks.
+    """
+    tasks = list(n_classes)
+    if not tasks:
+        raise MspgtError("no probe tasks", "give n_classes for at least one task, e.g. {'pos': 17}")
+    if min(hidden, epochs, batch_size) < 1 or lr <= 0 or weight_decay < 0:
+        raise MspgtError(
+            f"probe settings hidden={hidden} epochs={epochs} batch_size={batch_size} lr={lr} "
+            f"weight_decay={weight_decay}",
+            "use positive probes.hidden/epochs/batch_size/lr and a non-negative weight_decay",
+        )
+    if any(c < 2 for c in n_classes.values()):
+        raise MspgtError(f"n_classes={n_classes}: a task has fewer than 2 classes", "drop that task")
+    if control_task and "pos" not in n_classes:
+        raise MspgtError(
+            "the control task (selectivity) is built from POS labels, but 'pos' is not a probe task",
+            "add pos to probes.tasks, or set probes.control_task=false",
+        )
+    _check_sample("train", train, tasks, n_classes)
+    _check_sample("held-out", held_out, tasks, n_classes)
+    if train.features.shape[1:] != held_out.features.shape[1:]:
+        raise MspgtError(
+            f"train features {train.features.shape} and held-out {held_out.features.shape} differ in layers/width",
+            "take both samples from the same model in the same extraction pass",
+        )
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise MspgtError(f"probe device {device!r} but CUDA is not available", "set the probe device to cpu")
+    start = time.perf_counter()
+    dev = torch.device(device)
+    heads = tasks + ([CONTROL] if control_task else [])
+    classes = [n_classes[t] for t in tasks] + ([n_classes["pos"]] if control_task else [])
+    y_train = {t: train.labels[t] for t in tasks}
+    y_eval = {t: held_out.labels[t] for t in tasks}
+    if control_task:
+        y_train[CONTROL], y_eval[CONTROL] = control_labels(train, held_out, n_classes["pos"], seed)
+
+    n, n_layers, d = train.features.shape
+    mean, std = _standardiser(train.features)
+    mean, std = mean.to(dev), std.to(dev)
+    x_train = torch.empty(n_layers, n, d, dtype=torch.float32, device=dev)  # [L+1, N, d] the one copy
+    for a in range(0, n, _CHUNK):
+        x_train[:, a : a + _CHUNK] = _standardised(train.features, slice(a, a + _CHUNK), mean, std, dev)
+    labels_train = torch.stack([torch.from_numpy(y_train[h]).long() for h in heads]).to(dev)  # [T, N]
+
+    generator = torch.Generator().manual_seed(seed)
+    probes = _BatchedProbes(n_layers, d, hidden, classes, generator).to(dev)
+    optimiser = torch.optim.Adam(probes.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
+    epoch_iter = range(epochs)
+    if progress:
+        from tqdm import tqdm
+
+        epoch_iter = tqdm(epoch_iter, desc="probes", unit="epoch")
+    probes.train()
+    for _ in epoch_iter:
+        order = torch.randperm(n, generator=generator).to(dev)  # [N]
+        for a in range(0, n, batch_size):
+            idx = order[a : a + batch_size]  # [b]
+            logits = probes(x_train[:, idx])  # per task [L+1, b, C]
+            y = labels_train[:, idx]  # [T, b]
+            loss = x_train.new_zeros(())
+            for t, logit in enumerate(logits):
+                n_valid = int((y[t] >= 0).sum())
+                if n_valid == 0:
+                    continue
+                target = y[t].expand(n_layers, -1).reshape(-1)  # [(L+1) b]
+                ce = F.cross_entropy(
+                    logit.reshape(-1, logit.shape[-1]), target, ignore_index=-1, reduction="sum"
+                )
+                loss = loss + ce / n_valid  # = sum over layers of the per-layer mean loss
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+    del x_train
+
+    probes.eval()
+    n_eval = held_out.features.shape[0]
+    pred = {h: np.empty((n_eval, n_layers), dtype=np.int64) for h in heads}
+    with torch.no_grad():
+        for a in range(0, n_eval, _CHUNK):
+            rows = slice(a, a + _CHUNK)
+            for h, logit in zip(
+                heads, probes(_standardised(held_out.features, rows, mean, std, dev)), strict=True
+            ):
+                pred[h][rows] = logit.argmax(-1).T.cpu().numpy()  # [b, L+1]
+
+    eval_groups, group_index = np.unique(held_out.group, return_inverse=True)
+    tp, fp, fn, present, accuracy = {}, {}, {}, {}, {}
+    for t in tasks:
+        tp[t], fp[t], fn[t] = _confusion_counts(
+            y_eval[t], pred[t], group_index, len(eval_groups), n_classes[t]
+        )
+        present[t] = np.unique(y_eval[t][y_eval[t] >= 0])
+        accuracy[t] = _accuracy(y_eval[t], pred[t])
+    selectivity = control_accuracy = None
+    if control_task:
+        control_accuracy = _accuracy(y_eval[CONTROL], pred[CONTROL])
+        selectivity = accuracy["pos"] - control_accuracy
+    return ProbeResult(
+        tasks=tasks,
+        n_classes=dict(n_classes),
+        eval_groups=eval_groups.astype(np.int64),
+        tp=tp,
+        fp=fp,
+        fn=fn,
+        present=present,
+        accuracy=accuracy,
+        selectivity=selectivity,
+        control_accuracy=control_accuracy,
+        seconds=time.perf_counter() - start,
+        settings={
+            "hidden": hidden,
+            "epochs": epochs,
+            "batch_size": batch_size,
+            "lr": lr,
+            "weight_decay": weight_decay,
+            "seed": seed,
+            "control_task": control_task,
+            "n_train": n,
+            "n_eval": n_eval,
+            "f1_average": F1_AVERAGE,
+        },  # fmt: skip
+        predictions={t: pred[t] for t in heads} if return_predictions else None,
+    )
+
+
+def _accuracy(gold: np.ndarray, pred: np.ndarray) -> np.ndarray:
+    """gold [N] (-1 skipped), pred [N, L+1] -> [L+1] accuracy (nan without labelled words)."""
+    keep = gold >= 0
+    if not keep.any():
+        return np.full(pred.shape[1], np.nan)
+    return (pred[keep] == gold[keep, None]).mean(0)
+
+
+def task_f1(result: ProbeResult, group_weights: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
+    """Per task, held-out macro F1 per layer under group weights: [B, G_all] -> [B, L+1] ([G_all] -> [L+1]).
+
+    Weighted sums of the per-group tp/fp/fn (a matrix product), then per-class F1 = 2tp / (2tp + fp + fn),
+    averaged over the `present` classes; a class with tp + fp + fn = 0 under these weights is skipped
+    (sklearn zero_division=np.nan); no class left -> nan.
+    """
+    w = np.asarray(group_weights, dtype=np.float64)
+    single = w.ndim == 1
+    w = np.atleast_2d(w)  # [B, G_all]
+    if w.ndim != 2 or w.shape[1] != n_groups:
+        raise MspgtError(
+            f"group weights of shape {np.shape(group_weights)} for {n_groups} groups",
+            "pass weights [B, n_groups] or [n_groups] (bootstrap counts per group)",
+        )
+    if (w < 0).any():
+        raise MspgtError("negative group weights", "pass bootstrap counts (non-negative)")
+    if result.eval_groups.size and result.eval_groups.max() >= n_groups:
+        raise MspgtError(
+            f"the probe result has evaluation group {int(result.eval_groups.max())} but n_groups={n_groups}",
+            "pass the number of groups of the corpus statistics the probes were trained on",
+        )
+    w_eval = w[:, result.eval_groups]  # [B, G_eval]
+    out = {}
+    for task in result.tasks:
+        g, n_layers, c = result.tp[task].shape
+        cls = result.present[task]
+
+        def weighted(counts: np.ndarray, n_layers=n_layers, c=c, g=g, cls=cls) -> np.ndarray:
+            total = w_eval @ counts.reshape(g, n_layers * c).astype(np.float64)  # [B, (L+1) C]
+            return total.reshape(-1, n_layers, c)[..., cls]  # [B, L+1, C_present]
+
+        tp, fp, fn = weighted(result.tp[task]), weighted(result.fp[task]), weighted(result.fn[task])
+        denom = 2 * tp + fp + fn  # [B, L+1, C_present]
+        defined = denom > 0
+        f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=defined)
+        n_defined = defined.sum(-1)  # [B, L+1]
+        macro = np.divide(f1.sum(-1), n_defined, out=np.full(n_defined.shape, np.nan), where=n_defined > 0)
+        out[task] = macro[0] if single else macro
+    return out
+
+
+def probe_f1(result: ProbeResult, group_weights: np.ndarray, n_groups: int) -> np.ndarray:
+    """F(l): the mean over tasks of the held-out macro F1 (see task_f1): [B, G_all] -> [B, L+1]."""
+    per_task = task_f1(result, group_weights, n_groups)
+    return np.mean(np.stack([per_task[t] for t in result.tasks]), axis=0)
+
+
+def probe_jump(f: np.ndarray) -> np.ndarray:
+    """S_probe(l) = |F(l) - F(l-1)| for blocks l = 1..L (paper eq. 4): [..., L+1] -> [..., L]."""
+    f = np.asarray(f)
+    if f.shape[-1] < 2:
+        raise MspgtError(f"F has {f.shape[-1]} layers", "F(l) needs states h_0..h_L with L >= 1")
+    return np.abs(np.diff(f, axis=-1))

@@ -1,0 +1,239 @@
+"""Probes (Signal 2, paper eq. 4): a planted layer of decodability, F1 from stored counts vs sklearn,
+bootstrap-weight identities, selectivity with control tasks, determinism."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from sklearn.metrics import f1_score
+
+from mspgt.errors import MspgtError
+from mspgt.extraction.statistics import ProbeSample
+from mspgt.signals.probes import ProbeResult, _confusion_counts, probe_f1, probe_jump, task_f1, train_probes
+
+N_LAYERS = 6  # L + 1 states h_0..h_5
+DECODABLE_FROM = 3  # the labels are readable from h_3 on: block 3 makes the jump
+WIDTH = 12
+N_CLASSES = {"pos": 4, "dep": 3}
+N_GROUPS = 40  # groups 0..27 train, 28..39 held out
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def planted_sample(
+    n: int, groups: np.ndarray, seed: int, signal: float = 4.0, n_types: int = 500, unlabeled: float = 0.0
+) -> ProbeSample:
+    """Noise below DECODABLE_FROM; from there on the labels shift the first dimensions (linearly separable)."""
+    rng = np.random.default_rng(seed)
+    labels = {t: rng.integers(0, c, n) for t, c in N_CLASSES.items()}
+    features = rng.standard_normal((n, N_LAYERS, WIDTH))  # [N, L+1, d]
+    features[:, DECODABLE_FROM:, :4] += signal * np.eye(4)[labels["pos"]][:, None, :]
+    features[:, DECODABLE_FROM:, 4:7] += signal * np.eye(3)[labels["dep"]][:, None, :]
+    features[:, :, 0] += 100.0  # a massive-activation dimension: standardisation must cope
+    for y in labels.values():
+        y[rng.random(n) < unlabeled] = -1
+    return ProbeSample(
+        features=features.astype(np.float16),
+        labels=labels,
+        group=rng.choice(groups, n),
+        word_type=rng.integers(0, n_types, n),  # word identity carries no label information here
+    )
+
+
+@pytest.fixture(scope="module")
+def planted():
+    train = planted_sample(1200, np.arange(28), seed=1)
+    held_out = planted_sample(600, np.arange(28, N_GROUPS), seed=2, unlabeled=0.1)
+    torch.set_num_threads(1)
+    result = train_probes(train, held_out, N_CLASSES, epochs=30, seed=0, return_predictions=True)
+    return train, held_out, result
+
+
+def test_planted_layer_is_recovered(planted):
+    _, _, result = planted
+    for task in N_CLASSES:
+        acc = result.accuracy[task]  # [L+1]
+        chance = 1.0 / N_CLASSES[task]
+        assert (acc[DECODABLE_FROM:] > 0.97).all(), (task, acc)
+        assert (acc[:DECODABLE_FROM] < chance + 0.12).all(), (task, acc)
+    f = probe_f1(result, np.ones(N_GROUPS), N_GROUPS)  # [L+1]
+    jump = probe_jump(f)  # [L]: index l-1 is block l
+    assert jump.shape == (N_LAYERS - 1,)
+    assert int(np.argmax(jump)) + 1 == DECODABLE_FROM
+    assert jump[DECODABLE_FROM - 1] > 0.5
+
+
+def test_counts_have_the_documented_shapes(planted):
+    _, held_out, result = planted
+    np.testing.assert_array_equal(result.eval_groups, np.unique(held_out.group))
+    for task, c in N_CLASSES.items():
+        for counts in (result.tp[task], result.fp[task], result.fn[task]):
+            assert counts.shape == (len(result.eval_groups), N_LAYERS, c) and counts.dtype == np.int32
+        n_labeled = int((held_out.labels[task] >= 0).sum())
+        # every labelled word is one tp or one fn of its gold class, at every layer
+        assert ((result.tp[task] + result.fn[task]).sum((0, 2)) == n_labeled).all()
+        np.testing.assert_allclose(result.tp[task].sum((0, 2)) / n_labeled, result.accuracy[task])
+
+
+def test_f1_from_counts_equals_sklearn(planted):
+    _, held_out, result = planted
+    per_task = task_f1(result, np.ones(N_GROUPS), N_GROUPS)
+    for task in N_CLASSES:
+        y = held_out.labels[task]
+        keep = y >= 0
+        present = result.present[task]
+        np.testing.assert_array_equal(present, np.unique(y[keep]))
+        expected = [
+            f1_score(y[keep], result.predictions[task][keep, layer], average="macro", labels=present)
+            for layer in range(N_LAYERS)
+        ]
+        np.testing.assert_allclose(per_task[task], expected, rtol=1e-12)
+    mean = np.mean([per_task[t] for t in N_CLASSES], axis=0)
+    np.testing.assert_allclose(probe_f1(result, np.ones(N_GROUPS), N_GROUPS), mean)
+
+
+def test_bootstrap_weights_equal_sklearn_sample_weights(planted):
+    """A resample (counts per group, training groups included) = sklearn with each word weighted by its
+    group's count; classes absent from a resample are skipped (zero_division=np.nan)."""
+    _, held_out, result = planted
+    rng = np.random.default_rng(5)
+    weights = rng.multinomial(N_GROUPS, np.full(N_GROUPS, 1 / N_GROUPS), size=8)  # [B, G]
+    weights[0, 28:] = 0
+    weights[0, 30] = 3  # a resample holding one held-out group only
+    f = task_f1(result, weights, N_GROUPS)
+    for task in N_CLASSES:
+        y, pred = held_out.labels[task], result.predictions[task]
+        keep = y >= 0
+        for b in range(len(weights)):
+            sample_weight = weights[b, held_out.group[keep]]
+            for layer in range(N_LAYERS):
+                expected = f1_score(
+                    y[keep], pred[keep, layer], average="macro", labels=result.present[task],
+                    sample_weight=sample_weight, zero_division=np.nan,
+                )  # fmt: skip
+                np.testing.assert_allclose(f[task][b, layer], expected, rtol=1e-12)
+
+
+def test_sparse_resamples_skip_absent_classes_like_sklearn():
+    """Many classes, few words per group: resamples often miss a class entirely (tp + fp + fn = 0);
+    it is skipped, as sklearn's zero_division=np.nan skips it, not counted as F1 = 0."""
+    rng = np.random.default_rng(11)
+    n, n_layers, n_classes, n_groups = 150, 2, 10, 30
+    gold = rng.choice(n_classes, n, p=np.arange(1, n_classes + 1) / 55)  # [N] skewed classes
+    pred = np.where(rng.random((n, n_layers)) < 0.5, gold[:, None], rng.integers(0, n_classes, (n, n_layers)))
+    group = rng.integers(0, n_groups, n)
+    tp, fp, fn = _confusion_counts(gold, pred, group, n_groups, n_classes)
+    result = ProbeResult(
+        tasks=["pos"], n_classes={"pos": n_classes}, eval_groups=np.arange(n_groups), tp={"pos": tp},
+        fp={"pos": fp}, fn={"pos": fn}, present={"pos": np.unique(gold)}, accuracy={}, selectivity=None,
+        control_accuracy=None, seconds=0.0,
+    )  # fmt: skip
+    weights = rng.multinomial(n_groups // 6, np.full(n_groups, 1 / n_groups), size=40)  # [B, G] small draws
+    f = task_f1(result, weights, n_groups)["pos"]  # [B, L+1]
+    skipped = 0
+    for b in range(len(weights)):
+        drawn = weights[b, group] > 0
+        for layer in range(n_layers):
+            expected = f1_score(
+                gold, pred[:, layer], average="macro", labels=result.present["pos"],
+                sample_weight=weights[b, group], zero_division=np.nan,
+            )  # fmt: skip
+            np.testing.assert_allclose(f[b, layer], expected, rtol=1e-12)
+            seen = set(gold[drawn]) | set(pred[drawn, layer])
+            skipped += len(set(result.present["pos"]) - seen) > 0
+    assert skipped > 10  # the skipping rule was exercised
+
+
+def test_weights_scale_invariance_and_shapes(planted):
+    _, _, result = planted
+    ones = probe_f1(result, np.ones(N_GROUPS), N_GROUPS)
+    np.testing.assert_allclose(probe_f1(result, np.full(N_GROUPS, 2.0), N_GROUPS), ones, rtol=1e-12)
+    batch = probe_f1(result, np.stack([np.ones(N_GROUPS), np.full(N_GROUPS, 2.0)]), N_GROUPS)
+    assert batch.shape == (2, N_LAYERS)
+    np.testing.assert_allclose(batch, np.stack([ones, ones]), rtol=1e-12)
+    no_eval = np.ones(N_GROUPS)
+    no_eval[result.eval_groups] = 0
+    assert np.isnan(probe_f1(result, no_eval, N_GROUPS)).all()  # no held-out word drawn: undefined
+    with pytest.raises(MspgtError, match="n_groups"):
+        probe_f1(result, np.ones(N_GROUPS - 1), N_GROUPS - 1)
+    with pytest.raises(MspgtError, match="weights"):
+        probe_f1(result, np.ones((2, N_GROUPS + 1)), N_GROUPS)
+
+
+def test_selectivity_is_high_when_word_identity_carries_no_label(planted):
+    _, _, result = planted
+    sel = result.selectivity  # [L+1]
+    assert sel.shape == (N_LAYERS,)
+    np.testing.assert_allclose(sel, result.accuracy["pos"] - result.control_accuracy)
+    assert (sel[DECODABLE_FROM:] > 0.5).all(), sel
+
+
+def test_control_task_is_learnable_from_word_identity():
+    """Features that encode the word type: the probe memorises the control labels (Hewitt & Liang's
+    point), so control accuracy is high and selectivity small, although POS is decodable too."""
+    rng = np.random.default_rng(3)
+    n_types = 12
+    embedding = 3.0 * rng.standard_normal((n_types, WIDTH))  # [types, d]
+    type_pos = rng.integers(0, N_CLASSES["pos"], n_types)  # POS is a function of the type
+
+    def sample(n: int, groups: np.ndarray) -> ProbeSample:
+        types = rng.integers(0, n_types, n)
+        features = embedding[types][:, None, :] + 0.3 * rng.standard_normal((n, N_LAYERS, WIDTH))
+        labels = {"pos": type_pos[types], "dep": rng.integers(0, N_CLASSES["dep"], n)}
+        return ProbeSample(features.astype(np.float16), labels, rng.choice(groups, n), types)
+
+    result = train_probes(sample(800, np.arange(20)), sample(400, np.arange(20, 30)), N_CLASSES, epochs=30)
+    assert (result.control_accuracy > 0.95).all(), result.control_accuracy
+    assert (np.abs(result.selectivity) < 0.05).all(), result.selectivity
+
+
+def test_same_seed_same_result_other_seed_other_result(planted):
+    train, held_out, _ = planted
+    kwargs = {"epochs": 3, "hidden": 16}
+    first = train_probes(train, held_out, N_CLASSES, seed=7, **kwargs)
+    second = train_probes(train, held_out, N_CLASSES, seed=7, **kwargs)
+    other = train_probes(train, held_out, N_CLASSES, seed=8, **kwargs)
+    for task in N_CLASSES:
+        for field in ("tp", "fp", "fn"):
+            np.testing.assert_array_equal(getattr(first, field)[task], getattr(second, field)[task])
+    np.testing.assert_array_equal(first.selectivity, second.selectivity)
+    assert any(not np.array_equal(first.tp[t], other.tp[t]) for t in N_CLASSES)
+
+
+def test_bad_inputs_name_the_fix(planted):
+    train, held_out, _ = planted
+    with pytest.raises(MspgtError, match="control_task=false"):
+        train_probes(train, held_out, {"dep": 3}, epochs=1)
+    with pytest.raises(MspgtError, match="n_classes"):
+        train_probes(train, held_out, {"pos": 3, "dep": 3}, epochs=1)  # labels go up to 3
+    with pytest.raises(MspgtError, match="no labels"):
+        train_probes(train, held_out, {"pos": 4, "srl": 5}, epochs=1)
+    narrow = ProbeSample(held_out.features[:, :, :5], held_out.labels, held_out.group, held_out.word_type)
+    with pytest.raises(MspgtError, match="same model"):
+        train_probes(train, narrow, N_CLASSES, epochs=1)
+
+
+def test_float16_overflow_is_clipped_and_nan_rejected(planted):
+    train, held_out, _ = planted
+    overflow = train.features.copy()
+    overflow[:50, 1, 5] = np.inf  # a massive activation past the float16 range
+    clipped = ProbeSample(overflow, train.labels, train.group, train.word_type)
+    result = train_probes(clipped, held_out, N_CLASSES, epochs=3, hidden=16)
+    assert all(np.isfinite(result.accuracy[t]).all() for t in N_CLASSES)
+    overflow[0, 0, 0] = np.nan
+    with pytest.raises(MspgtError, match="NaN"):
+        train_probes(clipped, held_out, N_CLASSES, epochs=1, hidden=16)
+
+
+def test_probe_jump_is_the_absolute_difference():
+    f = np.array([[0.1, 0.4, 0.3, 0.3], [0.0, 0.0, 1.0, 0.5]])
+    np.testing.assert_allclose(probe_jump(f), [[0.3, 0.1, 0.0], [0.0, 1.0, 0.5]])
+    with pytest.raises(MspgtError):
+        probe_jump(np.array([0.5]))
