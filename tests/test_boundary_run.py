@@ -168,3 +168,18 @@ def test_gold_conllu_labels_run(tmp_path):
     res = read_results(out)
     assert res["data"]["labels"] == "gold" and res["data"]["source"] == "conllu"
     assert json.dumps(res["probe_f1_by_state"]) != "null"
+
+
+def test_batch_size_and_padding_do_not_change_the_statistics(tmp_path, shared_cache):
+    """Padding is masked out of every statistic: batches of 4 and of 16 sentences give the same signals."""
+    results = []
+    for bs in (4, 16):
+        out = tmp_path / f"bs{bs}"
+        run_mspgt(["model=tiny_qwen2", *TINY, f"extraction.batch_size={bs}", f"hydra.run.dir={out}"], tmp_path,
+                  cache=shared_cache)
+        results.append(read_results(out))
+    a, b = results
+    np.testing.assert_allclose(a["signals"]["representation_change"], b["signals"]["representation_change"],
+                               rtol=1e-4, atol=1e-7)
+    np.testing.assert_allclose(a["signals"]["attention_drift"], b["signals"]["attention_drift"], rtol=1e-4, atol=1e-9)
+    np.testing.assert_allclose(a["activation_std"], b["activation_std"], rtol=1e-5)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 from omegaconf import DictConfig
 
+from mspgt.errors import MspgtError
 from mspgt.extraction.statistics import CorpusStatistics, cka_variant
 from mspgt.signals.attention_drift import attention_drift
 from mspgt.signals.cka import minibatch_cka, representation_change
@@ -38,7 +39,8 @@ def layer_signals(
         out["representation_change"] = representation_change(cka)
     if fusion.signals.probe_jump:
         if probes is None:
-            raise ValueError("probe_jump is enabled but no probe result was given")
+            raise MspgtError("probe_jump is enabled but no probe result was given",
+                             "train probes first, or set fusion.signals.probe_jump=false")
         f = probe_f1(probes, np.ones(stats.n_groups) if weights is None else weights, stats.n_groups)
         out["probe_jump"] = probe_jump(f)
     if fusion.signals.attention_drift:
