@@ -7,12 +7,14 @@ summary metrics (what a Hydra sweep collects). A failing job leaves `error.txt` 
 from __future__ import annotations
 
 import logging
+import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig
 
 from mspgt.errors import MspgtError, choose
@@ -60,7 +62,12 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
 
 @hydra.main(version_base=None, config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> dict[str, Any]:
-    return run_experiment(cfg)
+    try:
+        return run_experiment(cfg)
+    except MspgtError:
+        if HydraConfig.get().mode == RunMode.RUN:  # a single run: the message (logged above), no traceback
+            sys.exit(2)
+        raise  # a sweep job: the launcher reports the failed job
 
 
 if __name__ == "__main__":

@@ -42,6 +42,7 @@ def test_single_run_writes_results_figure_and_wandb(model, tmp_path, shared_cach
     assert "approximate" in res["notes"]["srl"].lower()
     assert "unbiased HSIC" in res["notes"]["cka_estimator"]
     assert (out / "boundaries.png").stat().st_size > 10_000
+    assert (out / "results.json").stat().st_mode & 0o044, "results must be readable by colleagues (umask 022)"
     assert "| L-I |" in (out / "summary.md").read_text()
     state = wandb_run_state(out)
     assert state["state"] == "finished" and state["project"] == "mspgt"
@@ -138,6 +139,9 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_path):
         (["data.n_sentences=12"], "at least"),
         (["data.labels=gold"], "data=conllu"),
         (["experiment=nothing"], "experiment"),
+        (["model.attn_implementation=sdpa"], "attention weights"),
+        (["model=llama2"], "model.local_path"),
+        (["data=wikitext103"], "data=bbc"),
     ],
 )
 def test_bad_input_fails_fast_with_a_fix(override, message, tmp_path):

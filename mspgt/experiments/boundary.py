@@ -113,6 +113,7 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             stats.probe_train, stats.probe_eval, {k: len(v) for k, v in stats.label_names.items()},
             hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
             seed=p.seed, control_task=p.control_task, device=str(resolve_device(p.device)),
+            progress=cfg.extraction.progress,
         )
         timings["probes_s"] = time.perf_counter() - t
 

@@ -25,6 +25,7 @@ import numpy as np
 from filelock import FileLock, Timeout
 
 from mspgt.errors import MspgtError
+from mspgt.files import publish, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +91,8 @@ class StatisticsCache:
     def check_manifest(self, n_chunks: int, info: dict[str, Any]) -> None:
         """Write the manifest, or make sure the one there describes the same statistics."""
         self.n_chunks = n_chunks
+        for stale in self.dir.glob(".chunk_*"):  # temp files of a builder that was killed mid-write
+            stale.unlink(missing_ok=True)
         path = self.dir / "manifest.json"
         wanted = {"material": self.material, "n_chunks": self.n_chunks, "info": info}
         if path.exists():
@@ -102,7 +105,7 @@ class StatisticsCache:
             log.warning("cache %s has a mismatched or corrupt manifest: clearing it", self.dir)
             for f in self.dir.glob("chunk_*"):
                 f.unlink()
-        _write_atomic(path, json.dumps(wanted, indent=2, default=str).encode())
+        write_bytes_atomic(path, json.dumps(wanted, indent=2, default=str).encode())
 
     # -- chunks ------------------------------------------------------------------------------------
     def chunk_path(self, i: int) -> Path:
@@ -130,16 +133,9 @@ class StatisticsCache:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
         digest = _sha256(Path(tmp))
-        os.replace(tmp, path)
-        _write_atomic(path.with_suffix(".sha256"), digest.encode())
+        publish(tmp, path)
+        write_bytes_atomic(path.with_suffix(".sha256"), digest.encode())
 
     def done_chunks(self) -> list[int]:
         n = self.n_chunks or 0
         return [i for i in range(n) if self.chunk_path(i).with_suffix(".sha256").exists()]
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)

@@ -25,6 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from mspgt.errors import MspgtError
+from mspgt.files import publish
 
 log = logging.getLogger(__name__)
 
@@ -168,7 +169,7 @@ def _load_gguf(cfg: DictConfig, gguf: Path, cache_dir: Path, dtype: torch.dtype,
         (tmp / "mspgt-complete").write_text(digest)
         if saved.exists():
             shutil.rmtree(saved, ignore_errors=True)
-        os.replace(tmp, saved)
+        publish(tmp, saved, directory=True)
     except OSError as err:
         log.warning("could not cache the dequantised model (%s); continuing without a cache", err)
     return model.to(dtype), tok, digest
@@ -191,7 +192,7 @@ def _tiny_tokenizer(cfg: DictConfig, cache_dir: Path):
     tok.save_pretrained(tmp)
     (tmp / "mspgt-complete").write_text("ok")
     shutil.rmtree(saved, ignore_errors=True)
-    os.replace(tmp, saved)
+    publish(tmp, saved, directory=True)
     return tok
 
 

@@ -8,14 +8,15 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
 from mspgt.errors import MspgtError
+from mspgt.files import write_json_atomic
+
+__all__ = ["boundary_path", "data_identity", "data_key", "load_boundary", "save_boundary", "write_json_atomic"]
 
 # Data settings that decide which sentences (and labels) a run sees.
 DATA_IDENTITY_KEYS = (
@@ -33,27 +34,6 @@ def data_key(data_cfg: DictConfig) -> str:
     """A short stable id of the data settings: `<name>-<8 hex>`."""
     blob = json.dumps(data_identity(data_cfg), sort_keys=True).encode()
     return f"{data_cfg.name}-{hashlib.sha256(blob).hexdigest()[:8]}"
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON so a reader never sees a half-written file (temp file + rename)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2, sort_keys=False, default=_jsonable)
-    os.replace(tmp, path)
-
-
-def _jsonable(x: Any) -> Any:
-    import numpy as np
-
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x)}")
 
 
 def boundary_path(store_dir: str | Path, model_name: str, data_cfg: DictConfig) -> Path:

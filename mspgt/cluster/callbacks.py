@@ -1,0 +1,107 @@
+"""Hydra callbacks that hook the cluster tools into `python -m mspgt.run -m ...` (Hydra 1.3 Callback API).
+
+- `SlurmPreflight` (in conf/hydra/launcher/slurm_*.yaml): before a Slurm sweep submits anything, checks the
+  launcher config against the cluster (preflight.py); then watches the jobs so the wait is bounded
+  (watchdog.py). Hydra turns an exception raised by a callback into a warning and carries on, so a failed
+  check ends the sweep with SystemExit (exit status 1 and the message), which Hydra does not swallow.
+- `SweepSummary` (in conf/config.yaml): at the end of any sweep, the side-by-side table (summary.py).
+  Hydra 1.3 skips on_multirun_end when a job failed: then run `python -m mspgt.cluster.summary <sweep dir>`.
+"""
+
+from __future__ import annotations
+
+import _thread
+import logging
+import signal
+from typing import Any
+
+from hydra.core.hydra_config import HydraConfig
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig, OmegaConf
+
+from mspgt.cluster.preflight import check_slurm_launcher
+from mspgt.cluster.summary import write_sweep_summary
+from mspgt.cluster.watchdog import SweepWatchdog
+from mspgt.errors import MspgtError
+
+log = logging.getLogger(__name__)
+
+
+def is_slurm_launcher(config: DictConfig) -> bool:
+    target = OmegaConf.select(config, "hydra.launcher._target_", default="") or ""
+    return str(target).endswith("SlurmLauncher")
+
+
+def _ensure_hydra_config(config: DictConfig) -> None:
+    """Let `${hydra:...}` interpolations resolve in a callback that runs before Hydra sets its config."""
+    if not HydraConfig.initialized():
+        HydraConfig.instance().set_config(config)
+
+
+class SlurmPreflight(Callback):
+    """Pre-flight checks and a bounded wait for sweeps on the Slurm launcher; does nothing for other launchers."""
+
+    def __init__(self, enabled: bool = True, timeout_s: float = 30.0, watchdog: bool = True, poll_s: float = 15.0,
+                 grace_s: float = 60.0, controller_timeout_s: float = 600.0) -> None:
+        self.enabled = enabled
+        self.timeout_s = timeout_s
+        self.use_watchdog = watchdog
+        self.poll_s = poll_s
+        self.grace_s = grace_s
+        self.controller_timeout_s = controller_timeout_s
+        self._watchdog: SweepWatchdog | None = None
+        self._failure: str | None = None
+        self._previous_sigint: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The launcher pickles Hydra's callbacks into every job: leave the thread and signal handler behind."""
+        return {**self.__dict__, "_watchdog": None, "_previous_sigint": None, "_failure": None}
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        if not self.enabled or not is_slurm_launcher(config):
+            return
+        _ensure_hydra_config(config)
+        launcher = OmegaConf.to_container(config.hydra.launcher, resolve=True)
+        assert isinstance(launcher, dict)
+        try:
+            log.info("%s", check_slurm_launcher(launcher, self.timeout_s))
+        except MspgtError as err:  # Python prints the message and exits with status 1
+            raise SystemExit(f"[mspgt] Slurm pre-flight check failed, nothing was submitted:\n{err}") from err
+        if self.use_watchdog:
+            self._start_watchdog(str(launcher["submitit_folder"]))
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        if self._watchdog is not None:
+            self._watchdog.stop()
+            self._watchdog = None
+            signal.signal(signal.SIGINT, self._previous_sigint)
+
+    # -- bounded wait --------------------------------------------------------------------------------
+    def _start_watchdog(self, folder_pattern: str) -> None:
+        self._previous_sigint = signal.getsignal(signal.SIGINT)
+        signal.signal(signal.SIGINT, self._on_sigint)
+        self._watchdog = SweepWatchdog(folder_pattern, self._stop_sweep, poll_s=self.poll_s, grace_s=self.grace_s,
+                                       controller_timeout_s=self.controller_timeout_s, command_timeout_s=self.timeout_s)
+        self._watchdog.start()
+
+    def _stop_sweep(self, message: str) -> None:
+        """Called from the watchdog thread: interrupt the launcher's wait in the main thread."""
+        self._failure = message
+        _thread.interrupt_main(signal.SIGINT)
+
+    def _on_sigint(self, signum: int, frame: Any) -> None:
+        if self._failure is not None:
+            raise SystemExit(f"[mspgt] sweep stopped: {self._failure}")
+        if callable(self._previous_sigint):
+            self._previous_sigint(signum, frame)
+        else:
+            raise KeyboardInterrupt
+
+
+class SweepSummary(Callback):
+    """Writes sweep_summary.{md,json} in the sweep folder and its W&B table when a sweep ends."""
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        _ensure_hydra_config(config)
+        tracking = config.get("tracking")
+        write_sweep_summary(str(config.hydra.sweep.dir), tracking)

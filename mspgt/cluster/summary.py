@@ -1,0 +1,168 @@
+"""The sweep summary: every job's boundaries and CIs side by side (our format).
+
+After a multirun, each job folder `<sweep dir>/<num>-<overrides>/` holds a results.json (or an error.txt).
+This module gathers them into `sweep_summary.json` and `sweep_summary.md` in the sweep folder, and logs
+the table to W&B in a run of its own (job_type `sweep_summary`, in the sweep's group, tagged with the
+model families), beside the jobs' runs. Runs at the end of a sweep (mspgt/cluster/callbacks.py), or by
+hand for a sweep that ended with a failed job:
+
+    python -m mspgt.cluster.summary <sweep dir> [--wandb-mode offline|online|disabled]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from mspgt.errors import MspgtError
+from mspgt.reports.store import write_json_atomic
+from mspgt.reports.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+BOUNDARY_FIELDS = ("layer", "relative", "ci_low", "ci_high", "width", "accepted", "n_missing", "n_resamples")
+SKIPPED_FOLDERS = (".submitit", "wandb")
+
+
+def job_folders(sweep_dir: Path) -> list[Path]:
+    """The sweep's job folders (those with a results.json or an error.txt), in job-number order."""
+    found = {p.parent for name in ("results.json", "error.txt") for p in sweep_dir.glob(f"*/{name}")
+             if p.parent.name not in SKIPPED_FOLDERS}
+
+    def job_number(p: Path) -> tuple[int, str]:
+        head = p.name.split("-", 1)[0]
+        return (int(head) if head.isdigit() else 1 << 30, p.name)
+
+    return sorted(found, key=job_number)
+
+
+def job_row(folder: Path) -> dict[str, Any]:
+    """One job: its model, data and boundaries from results.json; or its status and last error line."""
+    job = {"job": folder.name.split("-", 1)[0], "folder": folder.name}
+    results = folder / "results.json"
+    if not results.exists():
+        error = (folder / "error.txt").read_text(errors="replace").strip().splitlines()
+        return {**job, "status": "failed", "error": error[-1] if error else "", "boundaries": {}}
+    try:
+        r = json.loads(results.read_text())
+    except json.JSONDecodeError as err:
+        return {**job, "status": "unreadable", "error": f"results.json: {err}", "boundaries": {}}
+    return {
+        **job,
+        "status": "done",
+        "experiment": r.get("experiment"),
+        "model": r.get("model", {}).get("name"),
+        "family": r.get("model", {}).get("family"),
+        "n_blocks": r.get("model", {}).get("n_blocks"),
+        "data": r.get("data", {}).get("key"),
+        "boundaries": {name: {k: b.get(k) for k in BOUNDARY_FIELDS}
+                       for name, b in (r.get("boundaries") or {}).items()},
+    }
+
+
+def boundary_names(rows: list[dict[str, Any]]) -> list[str]:
+    names: list[str] = []
+    for row in rows:
+        names += [n for n in row["boundaries"] if n not in names]
+    return names
+
+
+def summary_markdown(sweep_name: str, rows: list[dict[str, Any]]) -> str:
+    """A markdown table: one row per job, per boundary its layer (relative depth), CI, width, accepted."""
+    names = boundary_names(rows)
+    head = ["job", "model", "family", "blocks", "data"]
+    for n in names:
+        head += [f"{n} layer (rel.)", f"{n} CI", f"{n} width", f"{n} accepted", f"{n} missing"]
+    lines = [f"# Sweep {sweep_name}: boundaries side by side", "",
+             "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for row in rows:
+        if row["status"] != "done":
+            error = str(row.get("error", "")).replace("|", "\\|")
+            cells = [row["job"], f"{row['status']}: {error}"] + [""] * (len(head) - 2)
+            lines.append("| " + " | ".join(cells) + " |")
+            continue
+        cells = [row["job"], str(row["model"]), str(row["family"]), str(row["n_blocks"]), str(row["data"])]
+        for n in names:
+            b = row["boundaries"].get(n)
+            if b is None or b["layer"] is None:
+                cells += ["none", "", "", "no" if b is None else str(b["accepted"]).lower(),
+                          "" if b is None else f"{b['n_missing']}/{b['n_resamples']}"]
+                continue
+            ci = "" if b["ci_low"] is None else f"[{b['ci_low']}, {b['ci_high']}]"
+            cells += [f"{b['layer']} ({b['relative']:.2f})", ci, str(b["width"]), "yes" if b["accepted"] else "no",
+                      f"{b['n_missing']}/{b['n_resamples']}"]
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "CI: bootstrap percentile interval over sentence groups (layers are 1-based blocks); "
+              "missing: resamples that found no such peak. Each job folder holds its results.json, "
+              "figure, logs and W&B run (wandb/)."]
+    return "\n".join(lines) + "\n"
+
+
+def table_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """Flat columns and rows for a W&B table."""
+    names = boundary_names(rows)
+    columns = ["job", "folder", "status", "model", "family", "n_blocks", "data"]
+    columns += [f"{n}_{f}" for n in names for f in BOUNDARY_FIELDS]
+    data = []
+    for row in rows:
+        values = [row["job"], row["folder"], row["status"], row.get("model"), row.get("family"), row.get("n_blocks"),
+                  row.get("data")]
+        for n in names:
+            b = row["boundaries"].get(n, {})
+            values += [b.get(f) for f in BOUNDARY_FIELDS]
+        data.append(values)
+    return columns, data
+
+
+def write_sweep_summary(sweep_dir: str | Path, tracking: DictConfig | None) -> dict[str, Any] | None:
+    """Write sweep_summary.{json,md} in the sweep folder and log the table to W&B; None if no job wrote anything."""
+    sweep_dir = Path(sweep_dir)
+    if not sweep_dir.is_dir():
+        raise MspgtError(f"{sweep_dir} is not a folder", "pass the sweep folder (outputs/multirun/<date>)")
+    rows = [job_row(f) for f in job_folders(sweep_dir)]
+    if not rows:
+        return None
+    summary = {"sweep": sweep_dir.name, "sweep_dir": str(sweep_dir), "jobs": rows}
+    write_json_atomic(sweep_dir / "sweep_summary.json", summary)
+    (sweep_dir / "sweep_summary.md").write_text(summary_markdown(sweep_dir.name, rows))
+    log.info("sweep summary: %s", sweep_dir / "sweep_summary.md")
+    if tracking is not None and tracking.mode != "disabled":
+        families = sorted({r["family"] for r in rows if r.get("family")})
+        tracker = Tracker(tracking, sweep_dir, job_type="sweep_summary", name=f"{sweep_dir.name}-summary",
+                          group=sweep_dir.name, tags=families,
+                          config={"sweep_dir": str(sweep_dir), "n_jobs": len(rows)})
+        columns, data = table_rows(rows)
+        tracker.table("boundaries", columns, data)
+        tracker.summary({"n_jobs": len(rows), "n_done": sum(r["status"] == "done" for r in rows)})
+        summary["wandb_run"] = tracker.run_path
+        tracker.finish()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Gather a sweep's results.json files into sweep_summary.{md,json}")
+    parser.add_argument("sweep_dir", type=Path)
+    parser.add_argument("--wandb-mode", choices=["offline", "online", "disabled"], default=None,
+                        help="default: tracking.mode of the sweep's multirun.yaml")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    tracking = None
+    saved = args.sweep_dir / "multirun.yaml"
+    if saved.exists():
+        tracking = OmegaConf.load(saved).tracking
+    if args.wandb_mode is not None:
+        tracking = tracking or OmegaConf.create({"project": "mspgt", "entity": None, "group": None, "tags": []})
+        tracking.mode = args.wandb_mode
+    summary = write_sweep_summary(args.sweep_dir, tracking)
+    if summary is None:
+        raise SystemExit(f"no job of {args.sweep_dir} wrote results.json or error.txt")
+    print((args.sweep_dir / "sweep_summary.md").read_text())
+
+
+if __name__ == "__main__":
+    main()
