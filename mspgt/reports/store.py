@@ -53,7 +53,7 @@ def load_boundary(store_dir: str | Path, model_name: str, data_cfg: DictConfig) 
         raise MspgtError(
             f"no stored boundary result for model={model_name} and these data settings ({path})",
             f"run `python -m mspgt.run experiment=boundary model={model_name} data={data_cfg.name}` with the "
-            "same data settings first, set scale.layers=[first,last], or set intervention.run_boundary_first=true",
+            "same data settings first, set scale.layers=[first,last], or set experiment.run_boundary_first=true",
         )
     try:
         result = json.loads(path.read_text())

@@ -1,0 +1,378 @@
+"""Experiment 2 (paper 4.2): noise in one scale, generated text scored, paired tests.
+
+`python -m mspgt.run experiment=intervention scale=intermediate sigma=0.5`. One run makes both
+conditions: clean sampling and sampling with noise in the scale's blocks, from the same prompts with the
+same sampling seeds (paired design). scale=none is the clean baseline: it samples the clean condition
+twice, which must replay identically (checks the pairing) and so gives zero change. Every bad setting
+fails before generation starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from mspgt.data.corpus import Sentence, load_sentences
+from mspgt.errors import MspgtError
+from mspgt.interventions.activation_scale import measure_activation_std
+from mspgt.interventions.generation import Generated, check_generation_settings, sample_continuations
+from mspgt.interventions.grammar import GrammarChecker, make_grammar_checker
+from mspgt.interventions.noise import ScaleNoise, check_sigma, forward_hook_count
+from mspgt.interventions.paired_stats import (
+    BRITTLENESS_DEFINITION,
+    PairedComparison,
+    brittleness,
+    compare_paired,
+)
+from mspgt.interventions.scale_layers import check_scale_name, noise_blocks
+from mspgt.interventions.text_metrics import METRIC_INFO, METRICS, load_sbert, score_prompts
+from mspgt.model.loading import LoadedModel, load_model
+from mspgt.reports.intervention_report import write_intervention_report
+from mspgt.reports.store import boundary_path, data_identity, data_key, load_boundary
+from mspgt.reports.tracking import Tracker
+
+log = logging.getLogger(__name__)
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+
+
+def check_brittleness_metrics(names: Any) -> list[str]:
+    names = list(names or [])
+    unknown = [m for m in names if m not in METRICS]
+    if not names or unknown:
+        raise MspgtError(
+            f"metrics.brittleness.metrics={names} is empty or names unknown metrics {unknown}",
+            f"choose from {list(METRICS)}",
+        )
+    return names
+
+
+def choose_prompts(sentences: list[Sentence], n_prompts: int, prompt_words: int) -> list[str]:
+    """The first `prompt_words` words of `n_prompts` corpus sentences longer than that, spread evenly."""
+    long_enough = [s.text.split() for s in sentences if len(s.text.split()) > prompt_words]
+    if len(long_enough) < n_prompts:
+        raise MspgtError(
+            f"the corpus has {len(long_enough)} sentences longer than {prompt_words} words; "
+            f"generation.n_prompts={n_prompts} asks for more",
+            "lower generation.n_prompts or generation.prompt_words (changing data.* also changes which "
+            "boundary result applies)",
+        )
+    picks = np.linspace(0, len(long_enough) - 1, n_prompts).round().astype(int)
+    return [" ".join(long_enough[i][:prompt_words]) for i in picks]
+
+
+def stored_boundary(cfg: DictConfig, out_dir: Path) -> dict:
+    """The stored boundary result for this model and data; runs the boundary experiment if allowed."""
+    path = boundary_path(cfg.paths.store_dir, cfg.model.name, cfg.data)
+    if not path.exists():
+        if not cfg.experiment.get("run_boundary_first", False):
+            raise MspgtError(
+                f"no stored boundary result for model={cfg.model.name} and these data settings ({path})",
+                f"run `python -m mspgt.run experiment=boundary model={cfg.model.name} data={cfg.data.name}` with "
+                "the same data settings first, set explicit blocks scale.layers=[first,last], or add "
+                "experiment.run_boundary_first=true",
+            )
+        run_boundary_first(cfg, out_dir / "boundary")
+    return load_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data)
+
+
+def run_boundary_first(cfg: DictConfig, out_dir: Path) -> None:
+    try:
+        from mspgt.experiments.boundary import run_boundary
+    except ImportError as err:
+        raise MspgtError(
+            f"the boundary experiment is not available ({err})",
+            "set explicit blocks: scale.layers=[first,last]",
+        ) from err
+    boundary_cfg = cfg.copy()
+    with open_dict(boundary_cfg):
+        path = CONF_DIR / "experiment" / "boundary.yaml"
+        boundary_cfg.experiment = (
+            OmegaConf.load(path) if path.exists() else OmegaConf.create({"name": "boundary"})
+        )
+    log.info("no stored boundary result: running the boundary experiment first (%s)", out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    run_boundary(boundary_cfg, out_dir)
+
+
+def _sweep_name() -> str | None:
+    try:
+        from mspgt.run import sweep_name
+
+        return sweep_name()
+    except Exception:  # called outside a Hydra job (tests composing the config)
+        return None
+
+
+@dataclass
+class Measured:
+    """What one intervention run measured, before it is written up."""
+
+    loaded: LoadedModel
+    blocks: list[int]
+    blocks_source: str
+    boundary: dict | None
+    prompts: list[str]
+    activation_std: list[float]  # s_0..s_L
+    n_std_sentences: int
+    clean: Generated
+    treated: Generated  # noised (or, for scale=none, the clean replay)
+    noise: ScaleNoise | None
+    comparisons: dict[str, PairedComparison]
+    brittleness: float
+    grammar: dict[str, Any]
+    sbert_source: str
+    timing: dict[str, float]
+
+
+def run_intervention(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+    """Run one scale intervention; write results JSON, Table 2 markdown, figure, samples, W&B run."""
+    started = time.perf_counter()
+    out_dir = Path(out_dir)
+    # everything that can be checked without the model comes first
+    check_sigma(cfg.sigma)
+    check_scale_name(cfg.scale)
+    check_generation_settings(cfg.generation)
+    check_brittleness_metrics(cfg.metrics.brittleness.metrics)
+    checker = make_grammar_checker(cfg.metrics.grammar)  # a LanguageTool server has answered by now
+    try:
+        measured = measure(cfg, out_dir, checker)
+    finally:
+        checker.close()
+    measured.timing["total_s"] = time.perf_counter() - started
+    result = result_record(cfg, measured)
+    samples = [
+        {"prompt": p, "clean": c, "noised": t}
+        for p, c, t in zip(
+            measured.prompts, measured.clean.continuations, measured.treated.continuations, strict=True
+        )
+    ]
+    files = write_intervention_report(result, samples, out_dir)
+    log.info("\n%s", files["markdown"].read_text())
+    summary = summary_metrics(result)
+    _track(cfg, out_dir, result, summary, files, measured.loaded)
+    return summary
+
+
+def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured:
+    """Resolve the blocks, measure s_l, sample both conditions, score them, compare them pairwise."""
+    scale, sigma, gen, std_cfg = (
+        cfg.scale.name,
+        float(cfg.sigma),
+        cfg.generation,
+        cfg.experiment.activation_std,
+    )
+    needs_boundary = scale != "none" and cfg.scale.get("layers") is None
+    boundary = stored_boundary(cfg, out_dir) if needs_boundary else None
+    loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=False)
+    blocks, blocks_source = noise_blocks(cfg.scale, loaded, boundary)
+    sentences = load_sentences(cfg.data)
+    prompts = choose_prompts(sentences, int(gen.n_prompts), int(gen.prompt_words))
+    sbert = load_sbert(str(cfg.metrics.sbert), device="cuda" if loaded.device.type == "cuda" else "cpu")
+    timing: dict[str, float] = {}
+    t0 = time.perf_counter()
+    std_texts = [s.text for s in sentences[: int(std_cfg.n_sentences)]]
+    activation_std = measure_activation_std(
+        loaded,
+        std_texts,
+        max_tokens=int(cfg.data.max_tokens),
+        batch_size=int(std_cfg.batch_size),
+        kind=std_cfg.kind,
+        exclude_first_token=bool(std_cfg.exclude_first_token),
+    )
+    timing["activation_std_s"] = time.perf_counter() - t0
+
+    # generation: both conditions, same prompts, same batch layout, same sampling seeds
+    hooks_before = forward_hook_count(loaded.blocks)
+    log.info("sampling %d prompts x %d, clean", len(prompts), gen.samples_per_prompt)
+    clean = sample_continuations(loaded, prompts, gen)
+    noise = None
+    if scale == "none":
+        log.info("scale=none: sampling the clean condition again (replay check)")
+        treated = sample_continuations(loaded, prompts, gen)
+    else:
+        layer_std = {layer: activation_std[layer] for layer in blocks}  # s_l of block l's output h_l
+        noise = ScaleNoise(loaded.blocks, layer_std, sigma, seed=int(gen.noise_seed))
+        log.info("sampling with noise sigma=%g in %s blocks %s", sigma, scale, _span(blocks))
+        treated = sample_continuations(loaded, prompts, gen, noise=noise)
+    if forward_hook_count(loaded.blocks) != hooks_before:
+        raise RuntimeError("a noise hook was left on the model")  # ScaleNoise removes them in __exit__
+    timing["generation_clean_s"], timing["generation_noised_s"] = clean.seconds, treated.seconds
+
+    t0 = time.perf_counter()
+    clean_scores = score_prompts(prompts, clean.continuations, sbert, checker)
+    treated_scores = score_prompts(prompts, treated.continuations, sbert, checker)
+    timing["metrics_s"] = time.perf_counter() - t0
+    comparisons = {m: compare_paired(clean_scores[m], treated_scores[m]) for m in METRICS}
+    return Measured(
+        loaded=loaded,
+        blocks=blocks,
+        blocks_source=blocks_source,
+        boundary=boundary,
+        prompts=prompts,
+        activation_std=activation_std,
+        n_std_sentences=len(std_texts),
+        clean=clean,
+        treated=treated,
+        noise=noise,
+        comparisons=comparisons,
+        brittleness=brittleness(comparisons, list(cfg.metrics.brittleness.metrics)),
+        grammar={
+            "backend": checker.name,
+            "detail": checker.detail,
+            "ignore_kinds": list(cfg.metrics.grammar.get("ignore_kinds") or []),
+        },
+        sbert_source=sbert.source,
+        timing=timing,
+    )
+
+
+def result_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
+    """The results JSON: every number, every setting, the layer ranges and where they came from."""
+    scale, sigma, gen, std_cfg = (
+        cfg.scale.name,
+        float(cfg.sigma),
+        cfg.generation,
+        cfg.experiment.activation_std,
+    )
+    loaded, blocks, s = m.loaded, m.blocks, m.activation_std
+    britt_metrics = list(cfg.metrics.brittleness.metrics)
+    t = m.timing
+    gen_s = t["generation_clean_s"] + t["generation_noised_s"]
+    boundary = None
+    if m.boundary is not None:
+        boundary = {
+            "path": str(boundary_path(cfg.paths.store_dir, cfg.model.name, cfg.data)),
+            "boundaries": m.boundary.get("boundaries"),
+            "scales": m.boundary.get("scales"),
+        }
+    return {
+        "experiment": "intervention",
+        "model": {
+            "name": loaded.name,
+            "family": loaded.family,
+            "n_blocks": loaded.n_blocks,
+            "weights_id": loaded.weights_id,
+        },
+        "data": {"key": data_key(cfg.data), **data_identity(cfg.data)},
+        "scale": {
+            "name": scale,
+            "blocks": blocks,
+            "first_last": [blocks[0], blocks[-1]] if blocks else None,
+            "source": m.blocks_source,
+            "boundary": boundary,
+        },
+        "sigma": sigma if scale != "none" else None,
+        "sigma_setting": sigma,
+        "noise": {
+            "formula": "h_l <- h_l + e, e ~ N(0, (sigma * s_l)^2 I) at the output of every block l of the "
+            "scale, every position, every generation step",
+            "layer_std": {str(b): s[b] for b in blocks},
+            "requested_std": {str(b): sigma * s[b] for b in blocks},
+            "realised_std": {str(b): v for b, v in (m.noise.realised_std() if m.noise else {}).items()},
+            "seed": int(gen.noise_seed),
+        },
+        "activation_std": {
+            "values": s,  # s_0..s_L
+            "kind": std_cfg.kind,
+            "exclude_first_token": bool(std_cfg.exclude_first_token),
+            "n_sentences": m.n_std_sentences,
+            "stored_boundary_values": None if m.boundary is None else m.boundary.get("activation_std"),
+            "definition": "pooled: std of all entries of h_l over tokens and dimensions; per_dimension: "
+            "sqrt(mean over dimensions of the per-dimension variance); padding excluded (our definition)",
+        },
+        "generation": {
+            **OmegaConf.to_container(gen, resolve=True),
+            "n_rows": len(m.prompts) * int(gen.samples_per_prompt),
+            "new_tokens": {"clean": m.clean.new_tokens, "noised": m.treated.new_tokens},
+        },
+        "pairing": {
+            "unit": "prompt (each metric is one value per prompt over its samples)",
+            "replay_identical": (m.clean.continuations == m.treated.continuations)
+            if scale == "none"
+            else None,
+        },
+        "metrics": {
+            name: {**c.as_dict(), "column": METRIC_INFO[name].column, "meaning": METRIC_INFO[name].meaning}
+            for name, c in m.comparisons.items()
+        },
+        "alpha": float(cfg.experiment.alpha),
+        "test": "paired t-test over prompts (scipy.stats.ttest_rel); effect size Cohen's d_z; 95% CI of the "
+        "relative change from the t interval of the mean difference over |clean mean| (approximate)",
+        "grammar": m.grammar,
+        "sbert": {"model": m.sbert_source, "compared": "prompt vs its continuation (generated text only)"},
+        "brittleness": {
+            "value": m.brittleness,
+            "metrics": britt_metrics,
+            "definition": BRITTLENESS_DEFINITION.format(metrics=britt_metrics),
+        },
+        "timing": {
+            **t,
+            "noised_over_clean": t["generation_noised_s"] / t["generation_clean_s"]
+            if t["generation_clean_s"] > 0
+            else None,
+            "metrics_share_of_generation_plus_metrics": t["metrics_s"] / (t["metrics_s"] + gen_s),
+        },
+        "device": str(loaded.device),
+        "torch_threads": torch.get_num_threads(),
+        "settings": OmegaConf.to_container(cfg, resolve=True),
+    }
+
+
+def _span(blocks: list[int]) -> str:
+    return f"{blocks[0]}-{blocks[-1]}" if blocks else "none"
+
+
+def summary_metrics(result: dict) -> dict[str, Any]:
+    """Flat numbers a Hydra sweep collects (and W&B summarises)."""
+    out: dict[str, Any] = {"brittleness": result["brittleness"]["value"]}
+    for m, c in result["metrics"].items():
+        out[f"{m}/relative_change_pct"] = c["relative_change_pct"]
+        out[f"{m}/p"] = c["p"]
+        out[f"{m}/t"] = c["t"]
+        out[f"{m}/cohens_dz"] = c["cohens_dz"]
+    out["metrics_share"] = result["timing"]["metrics_share_of_generation_plus_metrics"]
+    return out
+
+
+def _track(
+    cfg: DictConfig, out_dir: Path, result: dict, summary: dict, files: dict, loaded: LoadedModel
+) -> None:
+    scale = result["scale"]["name"]
+    tracker = Tracker(
+        cfg.tracking,
+        out_dir,
+        job_type="intervention",
+        name=f"{loaded.name}-{scale}-sigma{result['sigma_setting']:g}",
+        group=_sweep_name(),
+        tags=[loaded.family, "intervention", f"scale:{scale}"],
+        config=result["settings"],
+    )
+    try:
+        tracker.summary(summary)
+        rows = [
+            [
+                m,
+                c["clean_mean"],
+                c["noised_mean"],
+                c["relative_change_pct"],
+                c["t"],
+                c["p"],
+                c["cohens_dz"],
+                c["n"],
+            ]
+            for m, c in result["metrics"].items()
+        ]
+        tracker.table(
+            "intervention/metrics", ["metric", "clean", "noised", "change_pct", "t", "p", "d_z", "n"], rows
+        )
+        tracker.image("intervention/figure", files["figure"])
+    finally:
+        tracker.finish()

@@ -1,0 +1,158 @@
+"""Isotropic Gaussian noise at the output of the blocks of one scale (paper 4.2.1, eq. 7; method.md).
+
+For every block l of the scale: h_l <- h_l + e, e ~ N(0, (sigma * s_l)^2 I), where s_l is the standard
+deviation of block l's clean activations (activation_scale.py). The hook sits on the real Hugging Face
+block, so the noise reaches every position of every forward call: the prompt at prefill and the new
+token at each generation step (with the KV cache a position's state is noised once, when it is computed,
+and later steps attend to the keys and values computed from the noised state).
+
+The noise draws from its own torch.Generator (one per device), never from the global RNG that sampling
+uses: the clean and the noised run consume identical sampling draws (the paired design). Hooks are
+removed when the context exits, whatever happens inside it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from types import TracebackType
+from typing import Any
+
+import torch
+
+from mspgt.errors import MspgtError
+
+
+def check_sigma(sigma: float) -> float:
+    """sigma must be a finite number >= 0 (0 is a hook that adds exact zeros)."""
+    try:
+        value = float(sigma)
+    except (TypeError, ValueError):
+        raise MspgtError(
+            f"sigma={sigma!r} is not a number", "set sigma to a number >= 0, e.g. sigma=0.5"
+        ) from None
+    if not value >= 0 or value == float("inf"):
+        raise MspgtError(
+            f"sigma={sigma} must be finite and >= 0", "set sigma >= 0, e.g. sigma=0.5 (0: no noise)"
+        )
+    return value
+
+
+def forward_hook_count(blocks: torch.nn.ModuleList) -> int:
+    """How many forward hooks sit on these blocks (0 after every intervention)."""
+    return sum(len(block._forward_hooks) for block in blocks)
+
+
+class ScaleNoise:
+    """A context manager that adds N(0, (sigma * s_l)^2 I) to the output of blocks l (1-based).
+
+    `layer_std` maps block number l -> s_l. `reseed(seed)` restarts the noise stream (the generation
+    loop reseeds before each batch, so a batch's noise does not depend on how long earlier batches ran).
+    `realised_std()` reports the standard deviation of the noise actually injected per block.
+    """
+
+    def __init__(
+        self,
+        blocks: torch.nn.ModuleList,
+        layer_std: Mapping[int, float],
+        sigma: float,
+        seed: int,
+    ) -> None:
+        self.sigma = check_sigma(sigma)
+        if not layer_std:
+            raise MspgtError("no blocks to put noise in", "give the scale at least one block")
+        n_blocks = len(blocks)
+        bad = [layer for layer in layer_std if not 1 <= layer <= n_blocks]
+        if bad:
+            raise MspgtError(f"noise blocks {bad} are outside 1..{n_blocks}", f"use blocks 1..{n_blocks}")
+        bad_std = {layer: s for layer, s in layer_std.items() if not float(s) >= 0}
+        if bad_std:
+            raise MspgtError(f"activation std {bad_std} is not >= 0", "re-measure the clean activation scale")
+        self.blocks = blocks
+        self.layer_std = {int(layer): float(s) for layer, s in sorted(layer_std.items())}
+        self.seed = int(seed)
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
+        # per block: [count, sum, sum of squares] of the injected entries (float64, on the block's device)
+        self._moments: dict[int, torch.Tensor] = {}
+
+    # -- the noise stream -------------------------------------------------------------------------------
+    def reseed(self, seed: int) -> None:
+        """Restart the noise stream from `seed` on every device."""
+        self.seed = int(seed)
+        for device, gen in self._generators.items():
+            gen.manual_seed(self._device_seed(device))
+
+    def _device_seed(self, device: torch.device) -> int:
+        return self.seed + 7919 * (device.index or 0)
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            gen.manual_seed(self._device_seed(device))
+            self._generators[device] = gen
+        return gen
+
+    # -- hooks ------------------------------------------------------------------------------------------
+    def _make_hook(self, layer: int):
+        scale = self.sigma * self.layer_std[layer]
+
+        def add_noise(module: torch.nn.Module, args: Any, output: Any) -> Any:
+            hidden = output[0] if isinstance(output, tuple) else output  # (B, T, d)
+            noise = torch.randn(
+                hidden.shape,
+                generator=self._generator(hidden.device),
+                device=hidden.device,
+                dtype=hidden.dtype,
+            )  # (B, T, d) ~ N(0, 1)
+            noise = noise * scale  # (B, T, d) ~ N(0, (sigma * s_l)^2)
+            self._record(layer, noise)
+            noised = hidden + noise  # (B, T, d)
+            return (noised, *output[1:]) if isinstance(output, tuple) else noised
+
+        return add_noise
+
+    def _record(self, layer: int, noise: torch.Tensor) -> None:
+        flat = noise.detach().reshape(-1).double()  # (B*T*d,)
+        moments = torch.stack([flat.new_tensor(flat.numel()), flat.sum(), flat.square().sum()])  # (3,)
+        if layer in self._moments:
+            self._moments[layer] = self._moments[layer] + moments.to(self._moments[layer].device)
+        else:
+            self._moments[layer] = moments
+
+    def realised_std(self) -> dict[int, float]:
+        """Standard deviation of all noise entries injected so far, per block (nan if none)."""
+        out = {}
+        for layer in self.layer_std:
+            m = self._moments.get(layer)
+            if m is None or m[0] < 2:
+                out[layer] = float("nan")
+                continue
+            n, s, sq = (float(v) for v in m.cpu())
+            out[layer] = max(sq / n - (s / n) ** 2, 0.0) ** 0.5
+        return out
+
+    def __enter__(self) -> ScaleNoise:
+        if self._handles:
+            raise RuntimeError("ScaleNoise is already attached")
+        try:
+            for layer in self.layer_std:
+                block = self.blocks[layer - 1]  # block l is blocks[l - 1] (mspgt.layers)
+                self._handles.append(block.register_forward_hook(self._make_hook(layer)))
+        except BaseException:
+            self.remove()
+            raise
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.remove()
+
+    def remove(self) -> None:
+        """Remove every hook this object registered (safe to call twice)."""
+        while self._handles:
+            self._handles.pop().remove()
