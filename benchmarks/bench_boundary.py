@@ -87,28 +87,24 @@ def time_extraction(n_sentences: int, cache_dir: str) -> dict[str, float]:
             "sentences": len(encoded)}
 
 
-def run_peak_rss(n_sentences: int, workdir: Path) -> tuple[float, dict]:
-    """Max RSS (MiB) of one full boundary run in a fresh process, and its results."""
+def run_peak_rss(n_sentences: int, workdir: Path, model_cache: Path) -> tuple[float, dict]:
+    """Max RSS (MiB) of one full boundary run in a fresh process, and its results. Both runs load the model
+    from the same dequantised copy (`model_cache`), so they differ only in the number of sentences."""
     out = workdir / f"run-{n_sentences}"
     code = (
         "import resource, runpy, sys; sys.argv=['mspgt.run', *sys.argv[1:]];"
         "\ntry:\n    runpy.run_module('mspgt.run', run_name='__main__')\n"
         "finally:\n    print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)"
     )
-    env = dict(os.environ, MSPGT_CACHE_DIR=str(workdir / f"cache-{n_sentences}"), WANDB_MODE="offline")
-    # the model cache (dequantised SmolLM2) is shared so both runs load the same way
-    model_cache = workdir / "models"
-    for c in (workdir / f"cache-{n_sentences}",):
-        c.mkdir(parents=True, exist_ok=True)
-        if model_cache.exists() and not (c / "models").exists():
-            (c / "models").symlink_to(model_cache)
+    cache = workdir / f"cache-{n_sentences}"
+    cache.mkdir(parents=True)
+    (cache / "models").symlink_to(model_cache)
+    env = dict(os.environ, MSPGT_CACHE_DIR=str(cache), WANDB_MODE="offline")
     proc = subprocess.run([sys.executable, "-c", code, f"data.n_sentences={n_sentences}", "extraction.progress=false",
                            f"hydra.run.dir={out}"], cwd=workdir, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
     kb = next(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("MAXRSS_KB"))
-    if not model_cache.exists():
-        (workdir / f"cache-{n_sentences}" / "models").rename(model_cache)
     return kb / 1024, json.loads((out / "results.json").read_text())
 
 
@@ -130,8 +126,8 @@ def main() -> None:
         if not args.skip_memory:
             work = Path(tmp) / "mem"
             work.mkdir()
-            rss500, _ = run_peak_rss(500, work)
-            rss2000, res = run_peak_rss(2000, work)
+            rss500, _ = run_peak_rss(500, work, Path(tmp) / "models")
+            rss2000, res = run_peak_rss(2000, work, Path(tmp) / "models")
             rows.append(("peak RSS 2,000 vs 500 sentences", rss2000 / rss500, "<= 1.10"))
             tm = res["timings"]
             rows.append(("B=1000 bootstrap / extraction (2,000 sentences)", tm["bootstrap_s"] / tm["extract_s"], "< 0.05"))

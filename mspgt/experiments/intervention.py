@@ -21,6 +21,7 @@ from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mspgt.data.corpus import Sentence, load_sentences
 from mspgt.errors import MspgtError
+from mspgt.experiments.boundary import run_boundary
 from mspgt.interventions.activation_scale import measure_activation_std
 from mspgt.interventions.generation import Generated, check_generation_settings, sample_continuations
 from mspgt.interventions.grammar import GrammarChecker, make_grammar_checker
@@ -69,37 +70,15 @@ def choose_prompts(sentences: list[Sentence], n_prompts: int, prompt_words: int)
 
 
 def stored_boundary(cfg: DictConfig, out_dir: Path) -> dict:
-    """The stored boundary result for this model and data; runs the boundary experiment if allowed."""
-    path = boundary_path(cfg.paths.store_dir, cfg.model.name, cfg.data)
-    if not path.exists():
-        if not cfg.experiment.get("run_boundary_first", False):
-            raise MspgtError(
-                f"no stored boundary result for model={cfg.model.name} and these data settings ({path})",
-                f"run `python -m mspgt.run experiment=boundary model={cfg.model.name} data={cfg.data.name}` with "
-                "the same data settings first, set explicit blocks scale.layers=[first,last], or add "
-                "experiment.run_boundary_first=true",
-            )
-        run_boundary_first(cfg, out_dir / "boundary")
-    return load_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data)
-
-
-def run_boundary_first(cfg: DictConfig, out_dir: Path) -> None:
-    try:
-        from mspgt.experiments.boundary import run_boundary
-    except ImportError as err:
-        raise MspgtError(
-            f"the boundary experiment is not available ({err})",
-            "set explicit blocks: scale.layers=[first,last]",
-        ) from err
-    boundary_cfg = cfg.copy()
-    with open_dict(boundary_cfg):
-        path = CONF_DIR / "experiment" / "boundary.yaml"
-        boundary_cfg.experiment = (
-            OmegaConf.load(path) if path.exists() else OmegaConf.create({"name": "boundary"})
-        )
-    log.info("no stored boundary result: running the boundary experiment first (%s)", out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    run_boundary(boundary_cfg, out_dir)
+    """The stored boundary result for this model and data; runs the boundary experiment first if allowed."""
+    if cfg.experiment.run_boundary_first and not boundary_path(cfg.paths.store_dir, cfg.model.name, cfg.data).exists():
+        boundary_cfg = cfg.copy()
+        with open_dict(boundary_cfg):
+            boundary_cfg.experiment = OmegaConf.load(CONF_DIR / "experiment" / "boundary.yaml")
+        log.info("no stored boundary result: running the boundary experiment first (%s)", out_dir / "boundary")
+        (out_dir / "boundary").mkdir(parents=True, exist_ok=True)
+        run_boundary(boundary_cfg, out_dir / "boundary")
+    return load_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data)  # a clear error if there is none
 
 
 def _sweep_name() -> str | None:

@@ -23,7 +23,7 @@ from mspgt.extraction.cache import StatisticsCache
 from mspgt.extraction.hooks import residual_stream
 from mspgt.extraction.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatistics, ProbeSample
 from mspgt.model.loading import LoadedModel
-from mspgt.signals.attention_drift import attention_js_sums
+from mspgt.signals.attention_drift import attention_js_sums_variants
 from mspgt.signals.cka import group_hsic_variants
 
 log = logging.getLogger(__name__)
@@ -134,45 +134,48 @@ def _chunk_statistics(
         ids, mask = ids.to(loaded.device), mask.to(loaded.device)
         with residual_stream(loaded.blocks) as states:
             res = decoder(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
-        hs = torch.stack(states, 0).float()  # (m, B, T, d)
         lengths = mask.sum(1).tolist()
-        # activation scale s_l (interventions): per token, mean over dims of h and h^2
-        real = mask.bool()
-        act_sum += hs.mean(-1)[:, real].sum(-1).double().cpu().numpy()
-        act_sq += hs.pow(2).mean(-1)[:, real].sum(-1).double().cpu().numpy()
-        act_count += int(real.sum())
-        # representation change: unbiased HSIC between every pair of states, per group and variant
         groups = corpus.group_of[batch]
         for g in np.unique(groups):
             members = [b for b in range(len(batch)) if groups[b] == g]
-            rows = torch.cat([hs[:, b, : lengths[b]] for b in members], dim=1)  # (m, n, d)
-            keep = torch.cat([torch.arange(lengths[b], device=hs.device) > 0 for b in members])  # (n,)
-            for v, hsic in group_hsic_variants(rows, keep).items():
+            # h_0..h_L of the group's real tokens, sentence after sentence (padding never enters)
+            rows = torch.stack([torch.cat([s[b, : lengths[b]] for b in members]) for s in states]).float()  # (m, n, d)
+            keep = torch.cat([torch.arange(lengths[b], device=rows.device) > 0 for b in members])  # (n,)
+            # representation change: unbiased HSIC between every pair of states, per CKA variant
+            terms = group_hsic_variants(rows, keep)
+            for v, hsic in terms.hsic.items():
                 out[f"hsic_{v}"][g - lo] = hsic.cpu().numpy()
                 out[f"ntok_{v}"][g - lo] = int(keep.sum()) if CKA_VARIANTS[v][1] else rows.shape[1]
+            # activation scale s_l (interventions), from the same kernel
+            act_sum += terms.sum_of_means.cpu().numpy()
+            act_sq += terms.sum_of_mean_squares.cpu().numpy()
+            act_count += rows.shape[1]
+            # probe sample: states at each sampled word's last sub-word token
+            offset = 0
+            for b in members:
+                i = batch[b]
+                take = corpus.probe_take[i]
+                for split in (1, 2):
+                    words = np.nonzero(take == split)[0]
+                    if len(words) == 0:
+                        continue
+                    toks = torch.tensor([offset + enc[b].word_token[w] for w in words], device=rows.device)
+                    p = probe[split]
+                    p.setdefault("feat", []).append(_to_float16(rows[:, toks].permute(1, 0, 2)))  # (words, m, d)
+                    p.setdefault("group", []).append(np.full(len(words), g, dtype=np.int64))
+                    p.setdefault("type", []).append(corpus.word_types[i][words])
+                    for t, ids_t in corpus.label_ids[i].items():
+                        p.setdefault(f"lab_{t}", []).append(ids_t[words])
+                offset += lengths[b]
         # attention drift: JS sums per sentence, added into its group
+        by_sink = attention_js_sums_variants(res.attentions, mask, (False, True))
         for v in JS_VARIANTS:
-            js, first, count = attention_js_sums(res.attentions, mask, drop_sink=(v == "nosink"))
+            js, first, count = (x.cpu().numpy() for x in by_sink[v == "nosink"])
             for b, g in enumerate(groups):
-                out[f"js_sum_{v}"][g - lo] += js[b].double().cpu().numpy()
-                out[f"js_first_{v}"][g - lo] += float(first[b])
-                out[f"js_count_{v}"][g - lo] += int(count[b])
-        # probe sample: states at each sampled word's last sub-word token
-        for b, i in enumerate(batch):
-            take = corpus.probe_take[i]
-            for split in (1, 2):
-                words = np.nonzero(take == split)[0]
-                if len(words) == 0:
-                    continue
-                toks = torch.tensor([enc[b].word_token[w] for w in words], device=hs.device)
-                feats = hs[:, b, toks].permute(1, 0, 2)  # (words, m, d)
-                p = probe[split]
-                p.setdefault("feat", []).append(_to_float16(feats))
-                p.setdefault("group", []).append(np.full(len(words), corpus.group_of[i], dtype=np.int64))
-                p.setdefault("type", []).append(corpus.word_types[i][words])
-                for t, ids_t in corpus.label_ids[i].items():
-                    p.setdefault(f"lab_{t}", []).append(ids_t[words])
-        del hs, res
+                out[f"js_sum_{v}"][g - lo] += js[b]
+                out[f"js_first_{v}"][g - lo] += first[b]
+                out[f"js_count_{v}"][g - lo] += count[b]
+        del states, res
         if bar is not None:
             bar.update(len(batch))
         if sleep_s:

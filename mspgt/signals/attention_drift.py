@@ -52,13 +52,12 @@ def _uniform(allowed: Tensor, n_allowed: Tensor) -> Tensor:
     return allowed.to(torch.float64) / n_allowed.clamp(min=1).to(torch.float64)[..., None]  # [B, T, T]
 
 
-def _restricted(attention: Tensor, allowed: Tensor, n_allowed: Tensor) -> Tensor:
-    """Head-average, restrict to allowed keys and renormalise: [B, H, T, T] -> [B, T, T] float64.
+def _restricted(averaged: Tensor, allowed: Tensor, n_allowed: Tensor) -> Tensor:
+    """Restrict a head-averaged map to allowed keys and renormalise: [B, T, T] -> [B, T, T] float64.
 
     A row whose allowed keys carry no mass at all (underflow) becomes uniform over its allowed keys.
     """
-    a = attention.mean(dim=1, dtype=torch.float64)  # [B, T, T]
-    a = torch.where(allowed, a, 0.0)  # [B, T, T] (also removes NaN in padded rows)
+    a = torch.where(allowed, averaged, 0.0)  # [B, T, T] (also removes NaN in padded rows)
     mass = a.sum(dim=-1, keepdim=True)  # [B, T, 1]
     has_mass = mass > 0  # [B, T, 1]
     renormalised = a / torch.where(has_mass, mass, 1.0)  # [B, T, T]
@@ -76,6 +75,14 @@ def attention_js_sums(
     count [B] int64 (valid queries), on the device of the maps. Block by block: only the previous block's
     head-averaged map is kept.
     """
+    return attention_js_sums_variants(attentions, attention_mask, (drop_sink,))[drop_sink]
+
+
+def attention_js_sums_variants(
+    attentions: Sequence[Tensor], attention_mask: Tensor, drop_sinks: Sequence[bool] = (False, True)
+) -> dict[bool, tuple[Tensor, Tensor, Tensor]]:
+    """`attention_js_sums` for several sink settings at once, sharing one head average per block
+    (what extraction calls: both variants are cached in the one pass)."""
     if len(attentions) == 0:
         raise MspgtError(
             "no attention maps were given",
@@ -88,26 +95,35 @@ def attention_js_sums(
     b, t = attention_mask.shape
     device = attentions[0].device
     attention_mask = attention_mask.to(device)  # [B, T], where the maps are
-    allowed = _allowed_keys(attention_mask, drop_sink)  # [B, T, T]
-    n_allowed = allowed.sum(dim=-1)  # [B, T]
-    valid = attention_mask.bool() & (n_allowed >= 2)  # [B, T]
-    valid_f = valid.to(torch.float64)  # [B, T]
-    js_sum = torch.zeros(b, len(attentions), dtype=torch.float64, device=device)  # [B, L]
-    previous: Tensor | None = None
-    first_uniform = torch.zeros(b, dtype=torch.float64, device=device)  # [B]
+    state = {}
+    for drop_sink in drop_sinks:
+        allowed = _allowed_keys(attention_mask, drop_sink)  # [B, T, T]
+        n_allowed = allowed.sum(dim=-1)  # [B, T]
+        valid = attention_mask.bool() & (n_allowed >= 2)  # [B, T]
+        state[drop_sink] = {
+            "allowed": allowed, "n_allowed": n_allowed, "valid": valid, "valid_f": valid.to(torch.float64),
+            "js_sum": torch.zeros(b, len(attentions), dtype=torch.float64, device=device),  # [B, L]
+            "first_uniform": torch.zeros(b, dtype=torch.float64, device=device),  # [B]
+            "previous": None,
+        }
     for index, attention in enumerate(attentions):
         if attention.ndim != 4 or attention.shape[0] != b or attention.shape[2:] != (t, t):
             raise MspgtError(
                 f"attention of block {index + 1} has shape {tuple(attention.shape)}, expected [{b}, H, {t}, {t}]",
                 "pass the model's per-block attentions (eager attention, output_attentions=True)",
             )
-        current = _restricted(attention.to(device), allowed, n_allowed)  # [B, T, T]
-        if previous is None:
-            first_uniform = (js_divergence(current, _uniform(allowed, n_allowed)) * valid_f).sum(dim=1)  # [B]
-        else:
-            js_sum[:, index] = (js_divergence(current, previous) * valid_f).sum(dim=1)  # [B]
-        previous = current
-    return js_sum, first_uniform, valid.sum(dim=1).to(torch.int64)
+        averaged = attention.to(device).mean(dim=1, dtype=torch.float64)  # [B, T, T] head average
+        for st in state.values():
+            current = _restricted(averaged, st["allowed"], st["n_allowed"])  # [B, T, T]
+            if st["previous"] is None:
+                uniform = _uniform(st["allowed"], st["n_allowed"])  # [B, T, T]
+                st["first_uniform"] = (js_divergence(current, uniform) * st["valid_f"]).sum(dim=1)  # [B]
+            else:
+                st["js_sum"][:, index] = (js_divergence(current, st["previous"]) * st["valid_f"]).sum(dim=1)
+            st["previous"] = current
+    return {
+        k: (st["js_sum"], st["first_uniform"], st["valid"].sum(dim=1).to(torch.int64)) for k, st in state.items()
+    }
 
 
 def attention_drift(
