@@ -171,16 +171,17 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
     # generation: both conditions, same prompts, same batch layout, same sampling seeds
     hooks_before = forward_hook_count(loaded.blocks)
     log.info("sampling %d prompts x %d, clean", len(prompts), gen.samples_per_prompt)
-    clean = sample_continuations(loaded, prompts, gen)
+    bar = "sampling clean" if cfg.extraction.progress else None
+    clean = sample_continuations(loaded, prompts, gen, progress=bar)
     noise = None
     if scale == "none":
         log.info("scale=none: sampling the clean condition again (replay check)")
-        treated = sample_continuations(loaded, prompts, gen)
+        treated = sample_continuations(loaded, prompts, gen, progress=bar and "sampling clean again")
     else:
         layer_std = {layer: activation_std[layer] for layer in blocks}  # s_l of block l's output h_l
         noise = ScaleNoise(loaded.blocks, layer_std, sigma, seed=int(gen.noise_seed))
         log.info("sampling with noise sigma=%g in %s blocks %s", sigma, scale, _span(blocks))
-        treated = sample_continuations(loaded, prompts, gen, noise=noise)
+        treated = sample_continuations(loaded, prompts, gen, noise=noise, progress=bar and "sampling noised")
     if forward_hook_count(loaded.blocks) != hooks_before:
         raise RuntimeError("a noise hook was left on the model")  # ScaleNoise removes them in __exit__
     timing["generation_clean_s"], timing["generation_noised_s"] = clean.seconds, treated.seconds

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import torch
 from omegaconf import DictConfig
+from tqdm.auto import tqdm
 
 from mspgt.errors import MspgtError
 from mspgt.interventions.noise import ScaleNoise
@@ -96,14 +97,16 @@ def sample_continuations(
     prompts: list[str],
     gen: DictConfig,
     noise: ScaleNoise | None = None,
+    progress: str | None = None,
 ) -> Generated:
-    """Sample every prompt `gen.samples_per_prompt` times; with `noise` attached to the blocks if given."""
+    """Sample every prompt `gen.samples_per_prompt` times; with `noise` attached to the blocks if given.
+    `progress`: a label for a tqdm bar over the batches (None: no bar)."""
     tok = loaded.tokenizer
     config = generation_config(loaded, gen)
     batches = row_batches(len(prompts), int(gen.samples_per_prompt), int(gen.batch_size))
     out: list[list[str]] = [[""] * int(gen.samples_per_prompt) for _ in prompts]
     new_tokens, seconds = 0, 0.0
-    for b, rows in enumerate(batches):
+    for b, rows in enumerate(tqdm(batches, desc=progress, unit="batch", disable=progress is None, mininterval=2.0)):
         enc = tok(
             [prompts[i] for i, _ in rows], return_tensors="pt", padding=True, padding_side="left"
         )  # input_ids (B, T), left-padded so every row continues at position T
