@@ -72,6 +72,7 @@ def test_changed_fusion_settings_reuse_the_cache_without_the_model(tmp_path):
     a, b = read_results(first), read_results(second)
     assert "extract_s" in a["timings"] and "extract_s" not in b["timings"]
     assert "load_s" not in b["timings"], "a cache hit must not load the model"
+    assert "probes_s" in a["timings"] and "probes_cached_s" in b["timings"] and "probes_s" not in b["timings"]
     for k in a["signals"]:
         np.testing.assert_allclose(a["signals"][k], b["signals"][k])
     assert a["evidence"] != b["evidence"]
@@ -118,10 +119,14 @@ def test_corrupt_cache_is_detected_and_rebuilt(tmp_path):
     data = bytearray(victim.read_bytes())
     data[len(data) // 2] ^= 0xFF
     victim.write_bytes(bytes(data))
+    probes = next((tmp_path / "cache").glob("stats/*/probes-*.pkl"))
+    probes.write_bytes(probes.read_bytes()[:-10])  # a truncated probe result
     second = tmp_path / "second"
     proc = run_mspgt([*args, f"hydra.run.dir={second}"], tmp_path)
-    assert "corrupt" in (proc.stdout + proc.stderr)
-    assert "extract_s" in read_results(second)["timings"], "the corrupt chunk must be recomputed with the model"
+    assert (proc.stdout + proc.stderr).count("corrupt") >= 2
+    timings = read_results(second)["timings"]
+    assert "extract_s" in timings, "the corrupt chunk must be recomputed with the model"
+    assert "probes_s" in timings, "the corrupt probe result must be retrained"
     _same_science(read_results(first), read_results(second))
 
 

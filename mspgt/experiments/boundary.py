@@ -65,7 +65,7 @@ def minimum_sentences(cfg: DictConfig) -> int:
     return groups * cfg.bootstrap.group_size
 
 
-def obtain_statistics(cfg: DictConfig) -> tuple[Any, dict[str, float]]:
+def obtain_statistics(cfg: DictConfig) -> tuple[Any, StatisticsCache, dict[str, float]]:
     """The corpus statistics from the cache, or one extraction pass that fills it (resuming if killed)."""
     timings: dict[str, float] = {}
     cache = StatisticsCache(cfg.paths.cache_dir, cache_material(cfg, data_identity(cfg.data)))
@@ -73,7 +73,7 @@ def obtain_statistics(cfg: DictConfig) -> tuple[Any, dict[str, float]]:
         stats = load_statistics(cache) if cfg.extraction.cache else None
         if stats is not None:
             log.info("statistics loaded from the cache %s (no model needed)", cache.dir)
-            return stats, timings
+            return stats, cache, timings
         if not cfg.extraction.cache:
             for f in cache.dir.glob("chunk_*"):
                 f.unlink()
@@ -96,26 +96,39 @@ def obtain_statistics(cfg: DictConfig) -> tuple[Any, dict[str, float]]:
         if stats is None:
             raise MspgtError(f"the statistics cache {cache.dir} could not be read back after writing it",
                              "check the disk (space, permissions) under paths.cache_dir, then re-run")
-    return stats, timings
+    return stats, cache, timings
+
+
+def obtain_probes(cfg: DictConfig, stats: Any, cache: StatisticsCache) -> tuple[ProbeResult, bool]:
+    """Probes trained once per statistics and probe settings, kept beside the statistics (so changing fusion
+    or bootstrap settings never retrains them). Returns the result and whether it came from the cache."""
+    p = cfg.probes
+    device = str(resolve_device(p.device))
+    settings = {k: p[k] for k in ("hidden", "epochs", "batch_size", "lr", "weight_decay", "seed", "control_task")}
+    settings["device"] = device.split(":")[0]
+    cached = cache.load_artifact("probes", settings) if cfg.extraction.cache else None
+    if cached is not None:
+        return cached, True
+    result = train_probes(
+        stats.probe_train, stats.probe_eval, {k: len(v) for k, v in stats.label_names.items()},
+        hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
+        seed=p.seed, control_task=p.control_task, device=device, progress=cfg.extraction.progress,
+    )
+    cache.save_artifact("probes", settings, result)
+    return result, False
 
 
 def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     validate_boundary_config(cfg)
     t_all = time.perf_counter()
-    stats, timings = obtain_statistics(cfg)
+    stats, cache, timings = obtain_statistics(cfg)
     L = stats.n_blocks
 
     probes: ProbeResult | None = None
     if cfg.fusion.signals.probe_jump:
         t = time.perf_counter()
-        p = cfg.probes
-        probes = train_probes(
-            stats.probe_train, stats.probe_eval, {k: len(v) for k, v in stats.label_names.items()},
-            hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-            seed=p.seed, control_task=p.control_task, device=str(resolve_device(p.device)),
-            progress=cfg.extraction.progress,
-        )
-        timings["probes_s"] = time.perf_counter() - t
+        probes, from_cache = obtain_probes(cfg, stats, cache)
+        timings["probes_cached_s" if from_cache else "probes_s"] = time.perf_counter() - t
 
     weights, enabled = dict(cfg.fusion.weights), dict(cfg.fusion.signals)
     signals = layer_signals(stats, probes, cfg.fusion)

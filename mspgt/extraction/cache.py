@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import os
+import pickle
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -135,6 +136,32 @@ class StatisticsCache:
         digest = _sha256(Path(tmp))
         publish(tmp, path)
         write_bytes_atomic(path.with_suffix(".sha256"), digest.encode())
+
+    # -- derived artifacts (trained probes): keyed by their own settings, checksummed like chunks ---------
+    def artifact_path(self, name: str, settings: dict[str, Any]) -> Path:
+        return self.dir / f"{name}-{key_of(settings)}.pkl"
+
+    def load_artifact(self, name: str, settings: dict[str, Any]) -> Any | None:
+        """A verified artifact this cache entry holds for these settings, or None (missing or corrupt)."""
+        path = self.artifact_path(name, settings)
+        digest = path.with_suffix(".sha256")
+        if not path.exists() or not digest.exists():
+            return None
+        try:
+            if _sha256(path) != digest.read_text().strip():
+                raise ValueError("checksum mismatch")
+            return pickle.loads(path.read_bytes())  # our own file, checksummed: never a foreign pickle
+        except Exception as err:
+            log.warning("cached %s %s is corrupt (%s): recomputing it", name, path, err)
+            path.unlink(missing_ok=True)
+            digest.unlink(missing_ok=True)
+            return None
+
+    def save_artifact(self, name: str, settings: dict[str, Any], obj: Any) -> None:
+        path = self.artifact_path(name, settings)
+        data = pickle.dumps(obj, protocol=pickle.HIGHEST_PROTOCOL)
+        write_bytes_atomic(path, data)
+        write_bytes_atomic(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
 
     def done_chunks(self) -> list[int]:
         n = self.n_chunks or 0
