@@ -317,3 +317,20 @@ def test_report_gathers_a_sweep(tmp_path, cache_dir):
     main([str(tmp_path / "sweep")])
     table = (tmp_path / "sweep" / "intervention_summary.md").read_text()
     assert table.count("| tiny_llama |") == 2 and "local (1-2)" in table
+
+
+def test_multirun_sweep_over_scales_and_sigmas_writes_one_table(tmp_path, cache_dir):
+    """`python -m mspgt.run -m experiment=intervention ... sigma=a,b`: one job per setting, each in its own
+    folder, and the sweep ends with one Table 2 over all of them (written by the sweep callback)."""
+    sweep = tmp_path / "sweep"
+    run_mspgt(
+        ["-m", "experiment=intervention", *TINY, "scale=local,global", "scale.layers=[1,3]", "sigma=0,2",
+         f"paths.outputs={tmp_path}/outputs", f"hydra.sweep.dir={sweep}"],
+        tmp_path, cache=Path(cache_dir), env_extra={"OMP_NUM_THREADS": "1"},
+    )
+    jobs = sorted(p.parent for p in sweep.glob("*/intervention.json"))
+    assert len(jobs) == 4
+    sigmas = sorted(read_result(j)["sigma"] for j in jobs)
+    assert sigmas == [0, 0, 2, 2]
+    table = (sweep / "intervention_summary.md").read_text()
+    assert table.count("| tiny_llama |") == 4 and (sweep / "intervention_summary.png").exists()

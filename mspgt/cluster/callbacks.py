@@ -13,6 +13,7 @@ from __future__ import annotations
 import _thread
 import logging
 import signal
+from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
@@ -105,3 +106,9 @@ class SweepSummary(Callback):
         _ensure_hydra_config(config)
         tracking = config.get("tracking")
         write_sweep_summary(str(config.hydra.sweep.dir), tracking)
+        from mspgt.reports.intervention_report import write_intervention_summary
+
+        sweep_dir = Path(str(config.hydra.sweep.dir))
+        table = write_intervention_summary([sweep_dir], sweep_dir)
+        if table is not None:
+            log.info("intervention summary: %s", table)

@@ -224,6 +224,18 @@ def collect_results(folders: list[Path]) -> list[dict]:
     ]
 
 
+def write_intervention_summary(folders: list[Path], out: Path) -> Path | None:
+    """One Table 2 (`intervention_summary.md`) and one figure for every intervention.json under `folders`;
+    None if there is none. Called at the end of every sweep (mspgt/cluster/callbacks.py) and by `main`."""
+    results = collect_results(folders)
+    if not results:
+        return None
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "intervention_summary.md").write_text(table2_markdown(results))
+    plot_relative_changes(results, out / "intervention_summary.png")
+    return out / "intervention_summary.md"
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Gather intervention results into one Table 2 and one figure."
@@ -233,15 +245,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--out", type=Path, default=None, help="output folder (default: the first folder)")
     args = parser.parse_args(argv)
-    results = collect_results(args.folders)
-    if not results:
+    table = write_intervention_summary(args.folders, args.out or args.folders[0])
+    if table is None:
         raise SystemExit(f"no intervention.json under {[str(f) for f in args.folders]}")
-    out = args.out or args.folders[0]
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "intervention_summary.md").write_text(table2_markdown(results))
-    plot_relative_changes(results, out / "intervention_summary.png")
-    print(table2_markdown(results))
-    print(f"wrote {out / 'intervention_summary.md'} and {out / 'intervention_summary.png'}")
+    print(table.read_text())
+    print(f"wrote {table} and {table.with_suffix('.png')}")
 
 
 if __name__ == "__main__":
