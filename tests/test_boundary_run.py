@@ -191,4 +191,4 @@ def test_batch_size_and_padding_do_not_change_the_statistics(tmp_path, shared_ca
     np.testing.assert_allclose(a["signals"]["representation_change"], b["signals"]["representation_change"],
                                rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(a["signals"]["attention_drift"], b["signals"]["attention_drift"], rtol=1e-4, atol=1e-9)
-    np.testing.assert_allclose(a["activation_std"], b["activation_std"], rtol=1e-5)
+    np.testing.assert_allclose(a["activation_std_all_tokens"], b["activation_std_all_tokens"], rtol=1e-5)

@@ -80,7 +80,7 @@ def store_boundary(
         "data": {"key": data_key(cfg.data)},
         "boundaries": {"L-I": {"layer": l_i, "accepted": True}, "I-G": {"layer": i_g, "accepted": True}},
         "scales": scales,
-        "activation_std": [1.0] * (loaded.n_blocks + 1),
+        "activation_std_all_tokens": [1.0] * (loaded.n_blocks + 1),
     }
     save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, result)
 

@@ -180,7 +180,7 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             "acceptance": f"CI width < {b.acceptance_width} layers and at most {b.max_missing_fraction:.0%} of "
                           "resamples without the peak (the second condition is our definition)",
         },
-        "activation_std": stats.activation_std().tolist(),
+        "activation_std_all_tokens": stats.activation_std().tolist(),  # h_0..h_L, position 0 included
         "timings": timings,
         "cache_dir": stats.meta.get("cache_dir"),
         "config": OmegaConf.to_container(cfg, resolve=True),

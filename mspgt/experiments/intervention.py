@@ -264,7 +264,7 @@ def result_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
             "kind": std_cfg.kind,
             "exclude_first_token": bool(std_cfg.exclude_first_token),
             "n_sentences": m.n_std_sentences,
-            "stored_boundary_values": None if m.boundary is None else m.boundary.get("activation_std"),
+            "stored_boundary_values": None if m.boundary is None else m.boundary.get("activation_std_all_tokens"),
             "definition": "pooled: std of all entries of h_l over tokens and dimensions; per_dimension: "
             "sqrt(mean over dimensions of the per-dimension variance); padding excluded (our definition)",
         },

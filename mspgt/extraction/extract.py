@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
 from mspgt.data.alignment import EncodedSentence
-from mspgt.data.labels import LabeledSentence
+from mspgt.data.labels import LabeledSentence, label_names
 from mspgt.extraction.cache import StatisticsCache
 from mspgt.extraction.hooks import residual_stream
 from mspgt.extraction.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatistics, ProbeSample
@@ -61,8 +61,8 @@ def prepare_corpus(
     order = np.random.default_rng(probes.seed).permutation(n_groups)
     group_is_eval = np.zeros(n_groups, dtype=bool)
     group_is_eval[order[:n_eval]] = True
-    label_names = {t: sorted({lab for s in labeled for lab in s.labels[t]}) for t in tasks}
-    index = {t: {name: i for i, name in enumerate(names)} for t, names in label_names.items()}
+    names = label_names(labeled, tasks)
+    index = {t: {name: i for i, name in enumerate(ns)} for t, ns in names.items()}
     types = {w: i for i, w in enumerate(sorted({w.lower() for s in labeled for w in s.words}))}
     label_ids, word_types, probe_take = [], [], []
     taken = {1: 0, 2: 0}
@@ -77,7 +77,7 @@ def prepare_corpus(
                 take[w] = split
                 taken[split] += 1
         probe_take.append(take)
-    return PreparedCorpus(encoded, group_of, group_is_eval, label_names, label_ids, word_types, probe_take)
+    return PreparedCorpus(encoded, group_of, group_is_eval, names, label_ids, word_types, probe_take)
 
 
 def cache_material(cfg: DictConfig, data_identity: dict) -> dict:

@@ -53,7 +53,7 @@ class CorpusStatistics:
     js_sum: dict[str, np.ndarray]  # JS variant -> [G, L]; [:, l-1] sums JS(A_l, A_{l-1}) over queries
     js_first_uniform: dict[str, np.ndarray]  # JS variant -> [G]; sums JS(A_1, uniform over allowed keys)
     js_count: dict[str, np.ndarray]  # JS variant -> [G] query positions that entered the sums
-    act_sum: np.ndarray  # [L+1] sum over tokens of mean_dim(h_l)        (activation scale s_l, interventions)
+    act_sum: np.ndarray  # [L+1] sum over tokens of mean_dim(h_l)   (activation scale, reported; all real tokens)
     act_sq_sum: np.ndarray  # [L+1] sum over tokens of mean_dim(h_l ** 2)
     act_count: int
     probe_train: ProbeSample
@@ -67,6 +67,8 @@ class CorpusStatistics:
         return int(self.group_is_eval.shape[0])
 
     def activation_std(self) -> np.ndarray:
-        """s_l: the standard deviation of the entries of h_l over all tokens and dimensions, l = 0..L."""
+        """The standard deviation of the entries of h_l over all real tokens (position 0 included) and
+        dimensions, l = 0..L. Reported beside the boundaries, where a jump marks massive activations; the
+        intervention noise scale s_l is measured by the intervention itself (without position 0)."""
         mean = self.act_sum / self.act_count
         return np.sqrt(np.maximum(self.act_sq_sum / self.act_count - mean**2, 0.0))
