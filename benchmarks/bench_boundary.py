@@ -6,7 +6,7 @@ Prints ratios against the targets of the boundary issue:
 2. peak memory (max RSS of a full `python -m mspgt.run` process) at 500 vs 2,000 sentences (target: within 10%);
 3. B = 1000 bootstrap time as a share of extraction time (target < 5%).
 
-Usage: python benchmarks/bench_boundary.py [--sentences 256] [--skip-memory]
+Usage: python benchmarks/bench_boundary.py [--sentences 256] [--skip-memory] [--variants all|selected]
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ def config(overrides: list[str]):
         return compose("config", overrides=overrides, return_hydra_config=False)
 
 
-def time_extraction(n_sentences: int, cache_dir: str) -> dict[str, float]:
+def time_extraction(n_sentences: int, cache_dir: str, variants: str = "all") -> dict[str, float]:
     from omegaconf import OmegaConf
 
     from mspgt.data.alignment import encode_sentences
@@ -42,7 +42,7 @@ def time_extraction(n_sentences: int, cache_dir: str) -> dict[str, float]:
     from mspgt.model.loading import load_model
     from mspgt.reports.store import data_identity
 
-    cfg = config([f"data.n_sentences={n_sentences}", "extraction.progress=false"])
+    cfg = config([f"data.n_sentences={n_sentences}", "extraction.progress=false", f"extraction.variants={variants}"])
     OmegaConf.update(cfg, "paths.cache_dir", cache_dir)
     OmegaConf.update(cfg, "paths.outputs", cache_dir)
     sentences = load_sentences(cfg.data)
@@ -112,15 +112,17 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sentences", type=int, default=256)
     ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--variants", choices=["all", "selected"], default="all",
+                    help="extraction.variants: every CKA/JS variant (default) or only the fused ones")
     args = ap.parse_args()
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
     with tempfile.TemporaryDirectory() as tmp:
-        t = time_extraction(args.sentences, tmp)
+        t = time_extraction(args.sentences, tmp, args.variants)
         rows = [
             ("extraction vs bare CausalLM forward (hidden states + attentions)", t["extract_s"] / t["bare_full_s"], "<= 1.15"),
             ("extraction vs bare decoder forward (no lm_head)", t["extract_s"] / t["bare_decoder_s"], "<= 1.15"),
         ]
-        print(f"{t['sentences']} sentences, {t['tokens']} tokens: bare CausalLM {t['bare_full_s']:.1f} s, "
+        print(f"extraction.variants={args.variants}; {t['sentences']} sentences, {t['tokens']} tokens: bare CausalLM {t['bare_full_s']:.1f} s, "
               f"bare decoder {t['bare_decoder_s']:.1f} s, extraction {t['extract_s']:.1f} s "
               f"({t['tokens'] / t['extract_s']:.0f} tokens/s)")
         if not args.skip_memory:

@@ -192,3 +192,14 @@ def test_batch_size_and_padding_do_not_change_the_statistics(tmp_path, shared_ca
                                rtol=1e-4, atol=1e-7)
     np.testing.assert_allclose(a["signals"]["attention_drift"], b["signals"]["attention_drift"], rtol=1e-4, atol=1e-9)
     np.testing.assert_allclose(a["activation_std_all_tokens"], b["activation_std_all_tokens"], rtol=1e-5)
+
+
+def test_selected_variants_give_the_same_result_as_all(tmp_path, shared_cache):
+    """extraction.variants=selected stores only the fusion's variants: same signals, smaller cache entry."""
+    results = {}
+    for mode in ("all", "selected"):
+        out = tmp_path / mode
+        run_mspgt(["model=tiny_llama", *TINY, "fusion.cka.standardise=true", f"extraction.variants={mode}",
+                   f"hydra.run.dir={out}"], tmp_path, cache=shared_cache)
+        results[mode] = read_results(out)
+    _same_science(results["all"], results["selected"])

@@ -19,16 +19,17 @@ from tqdm.auto import tqdm
 
 from mspgt.data.alignment import EncodedSentence
 from mspgt.data.labels import LabeledSentence, label_names
+from mspgt.errors import MspgtError
 from mspgt.extraction.cache import StatisticsCache
 from mspgt.extraction.hooks import residual_stream
-from mspgt.extraction.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatistics, ProbeSample
+from mspgt.extraction.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatistics, ProbeSample, cka_variant
 from mspgt.model.loading import LoadedModel
 from mspgt.signals.attention_drift import attention_js_sums_variants
 from mspgt.signals.cka import group_hsic_variants
 
 log = logging.getLogger(__name__)
 
-STATS_VERSION = 1  # bump when what is stored changes: old cache entries are then never used
+STATS_VERSION = 2  # bump when what is stored changes: old cache entries are then never used
 
 
 @dataclass
@@ -80,6 +81,18 @@ def prepare_corpus(
     return PreparedCorpus(encoded, group_of, group_is_eval, names, label_ids, word_types, probe_take)
 
 
+def stored_variants(cfg: DictConfig) -> tuple[list[str], list[str]]:
+    """The CKA and JS variants the pass stores: `all` (default: switching variants later needs no model) or
+    only those the fusion settings select (`extraction.variants=selected`: a faster pass; our option)."""
+    mode = cfg.extraction.variants
+    if mode == "all":
+        return list(CKA_VARIANTS), list(JS_VARIANTS)
+    if mode == "selected":
+        cka = cka_variant(bool(cfg.fusion.cka.standardise), bool(cfg.fusion.cka.exclude_first_position))
+        return [cka], ["nosink" if cfg.fusion.attention.drop_sink else "full"]
+    raise MspgtError(f"extraction.variants={mode!r}", "use extraction.variants=all or selected")
+
+
 def cache_material(cfg: DictConfig, data_identity: dict) -> dict:
     """What the cached statistics depend on (and nothing else: fusion and bootstrap settings are not here)."""
     model = OmegaConf.to_container(cfg.model, resolve=True)
@@ -91,6 +104,7 @@ def cache_material(cfg: DictConfig, data_identity: dict) -> dict:
         "data": data_identity,
         "group_size": cfg.bootstrap.group_size,
         "batch_size": cfg.extraction.batch_size,
+        "variants": stored_variants(cfg),
         "probes": {k: cfg.probes[k] for k in ("tasks", "eval_fraction", "max_train_words", "max_eval_words", "seed")},
     }
 
@@ -106,16 +120,16 @@ def _batches(group_of: np.ndarray, lo: int, hi: int, per_batch: int) -> list[lis
 @torch.no_grad()
 def _chunk_statistics(
     loaded: LoadedModel, corpus: PreparedCorpus, lo: int, hi: int, batch_size: int, sleep_s: float,
-    bar: tqdm | None,
+    bar: tqdm | None, cka_keys: list[str], js_keys: list[str],
 ) -> dict[str, np.ndarray]:
     """Statistics of groups lo..hi-1: one forward pass per batch, nothing kept beyond the chunk."""
     L, m = loaded.n_blocks, loaded.n_blocks + 1
     ng = hi - lo
     out: dict[str, np.ndarray] = {}
-    for v in CKA_VARIANTS:
+    for v in cka_keys:
         out[f"hsic_{v}"] = np.zeros((ng, m, m))
         out[f"ntok_{v}"] = np.zeros(ng, dtype=np.int64)
-    for v in JS_VARIANTS:
+    for v in js_keys:
         out[f"js_sum_{v}"] = np.zeros((ng, L))
         out[f"js_first_{v}"] = np.zeros(ng)
         out[f"js_count_{v}"] = np.zeros(ng, dtype=np.int64)
@@ -142,7 +156,7 @@ def _chunk_statistics(
             rows = torch.stack([torch.cat([s[b, : lengths[b]] for b in members]) for s in states]).float()  # (m, n, d)
             keep = torch.cat([torch.arange(lengths[b], device=rows.device) > 0 for b in members])  # (n,)
             # representation change: unbiased HSIC between every pair of states, per CKA variant
-            terms = group_hsic_variants(rows, keep)
+            terms = group_hsic_variants(rows, keep, cka_keys)
             for v, hsic in terms.hsic.items():
                 out[f"hsic_{v}"][g - lo] = hsic.cpu().numpy()
                 out[f"ntok_{v}"][g - lo] = int(keep.sum()) if CKA_VARIANTS[v][1] else rows.shape[1]
@@ -168,8 +182,8 @@ def _chunk_statistics(
                         p.setdefault(f"lab_{t}", []).append(ids_t[words])
                 offset += lengths[b]
         # attention drift: JS sums per sentence, added into its group
-        by_sink = attention_js_sums_variants(res.attentions, mask, (False, True))
-        for v in JS_VARIANTS:
+        by_sink = attention_js_sums_variants(res.attentions, mask, tuple(v == "nosink" for v in js_keys))
+        for v in js_keys:
             js, first, count = (x.cpu().numpy() for x in by_sink[v == "nosink"])
             for b, g in enumerate(groups):
                 out[f"js_sum_{v}"][g - lo] += js[b]
@@ -214,9 +228,11 @@ def build_statistics(
     """Compute every missing chunk of the cache entry (resuming after the last finished one)."""
     cg = cfg.extraction.chunk_groups
     n_chunks = n_chunks_for(corpus.n_groups, cg)
+    cka_keys, js_keys = stored_variants(cfg)
     cache.check_manifest(n_chunks, {
         "label_names": corpus.label_names, "n_blocks": loaded.n_blocks, "n_sentences": len(corpus.encoded),
-        "n_groups": corpus.n_groups, "weights_id": loaded.weights_id, "hidden_size": loaded.model.config.hidden_size,
+        "n_groups": corpus.n_groups, "cka_variants": cka_keys, "js_variants": js_keys,
+        "weights_id": loaded.weights_id, "hidden_size": loaded.model.config.hidden_size,
     })
     todo = [i for i in range(n_chunks) if cache.load_chunk(i) is None]
     if len(todo) < n_chunks:
@@ -229,7 +245,7 @@ def build_statistics(
     for i in todo:
         lo, hi = i * cg, min((i + 1) * cg, corpus.n_groups)
         arrays = _chunk_statistics(loaded, corpus, lo, hi, cfg.extraction.batch_size,
-                                   cfg.extraction.sleep_per_batch_s, bar)
+                                   cfg.extraction.sleep_per_batch_s, bar, cka_keys, js_keys)
         arrays["group_range"] = np.array([lo, hi])
         arrays["group_is_eval"] = corpus.group_is_eval[lo:hi]
         cache.save_chunk(i, arrays)
@@ -264,11 +280,11 @@ def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
 
     return CorpusStatistics(
         n_blocks=n_blocks,
-        hsic={v: cat(f"hsic_{v}") for v in CKA_VARIANTS},
-        n_tokens={v: cat(f"ntok_{v}") for v in CKA_VARIANTS},
-        js_sum={v: cat(f"js_sum_{v}") for v in JS_VARIANTS},
-        js_first_uniform={v: cat(f"js_first_{v}") for v in JS_VARIANTS},
-        js_count={v: cat(f"js_count_{v}") for v in JS_VARIANTS},
+        hsic={v: cat(f"hsic_{v}") for v in info["cka_variants"]},
+        n_tokens={v: cat(f"ntok_{v}") for v in info["cka_variants"]},
+        js_sum={v: cat(f"js_sum_{v}") for v in info["js_variants"]},
+        js_first_uniform={v: cat(f"js_first_{v}") for v in info["js_variants"]},
+        js_count={v: cat(f"js_count_{v}") for v in info["js_variants"]},
         act_sum=sum(c["act_sum"] for c in chunks),
         act_sq_sum=sum(c["act_sq"] for c in chunks),
         act_count=int(sum(int(c["act_count"]) for c in chunks)),

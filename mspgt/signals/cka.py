@@ -9,6 +9,7 @@ Shapes: m = L + 1 states h_0..h_L, n tokens of one group, d hidden size, G group
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -132,11 +133,15 @@ class GroupKernelTerms:
     sum_of_mean_squares: Tensor  # [m] sum over tokens of mean_dim(h_l ** 2)
 
 
-def group_hsic_variants(states: Tensor, keep: Tensor) -> GroupKernelTerms:
+ALL_VARIANTS = ("raw", "raw_nofirst", "std", "std_nofirst")
+
+
+def group_hsic_variants(states: Tensor, keep: Tensor, which: Sequence[str] = ALL_VARIANTS) -> GroupKernelTerms:
     """The four CKA variants' HSIC matrices of one group in one go (what extraction stores per group).
 
     states [m, n, d] (h_0..h_L of the group's real tokens); keep [n] bool marks the tokens that are not the
-    first position of their sentence. HSIC keys: "raw", "raw_nofirst", "std", "std_nofirst" -> [m, m].
+    first position of their sentence. HSIC keys: "raw", "raw_nofirst", "std", "std_nofirst" -> [m, m]
+    (those named in `which`; the raw kernel is always built, the moments need it).
     Speed: the kernels are built in float32 from features centred over the group (relative error of the
     HSIC terms ~1e-8, checked against `group_hsic` in the tests), then U-centred in float64; the
     first-position-excluded raw kernel is a sub-matrix of the raw one (the unbiased HSIC is invariant to
@@ -149,11 +154,15 @@ def group_hsic_variants(states: Tensor, keep: Tensor) -> GroupKernelTerms:
     x = states.to(torch.float32)  # [m, n, d]
     mean = x.mean(dim=1, keepdim=True)  # [m, 1, d]
     raw = gram_linear(x - mean).to(torch.float64)  # [m, n, n]
-    sub = raw[:, keep][:, :, keep]  # [m, n', n']
-    hsic = {"raw": hsic_unbiased_matrix(raw), "raw_nofirst": hsic_unbiased_matrix(sub)}
+    hsic = {}
+    if "raw" in which:
+        hsic["raw"] = hsic_unbiased_matrix(raw)
+    if "raw_nofirst" in which:
+        hsic["raw_nofirst"] = hsic_unbiased_matrix(raw[:, keep][:, :, keep])  # [m, n', n'] sub-kernel
     for name, rows in (("std", x), ("std_nofirst", x[:, keep])):
-        z = standardise_dimensions(rows, dtype=torch.float32)  # [m, n, d]
-        hsic[name] = hsic_unbiased_matrix(gram_linear(z).to(torch.float64))
+        if name in which:
+            z = standardise_dimensions(rows, dtype=torch.float32)  # [m, n, d]
+            hsic[name] = hsic_unbiased_matrix(gram_linear(z).to(torch.float64))
     mean64 = mean[:, 0].to(torch.float64)  # [m, d]
     sum_sq = raw.diagonal(dim1=1, dim2=2).sum(-1) + n * mean64.pow(2).sum(-1)  # [m] sum_t ||h_t||^2
     return GroupKernelTerms(hsic, n * mean64.mean(-1), sum_sq / d)

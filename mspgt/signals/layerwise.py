@@ -33,6 +33,10 @@ def layer_signals(
     weights: np.ndarray | None = None,
 ) -> dict[str, np.ndarray]:
     """Enabled signals, each [L] (weights None or [G]) or [B, L] (weights [B, G]), over blocks l = 1..L."""
+    missing = [k for k, have in ((cka_key(fusion), stats.hsic), (js_key(fusion), stats.js_sum)) if k not in have]
+    if missing:
+        raise MspgtError(f"the cached statistics hold no {missing} variant (extraction.variants=selected)",
+                         "re-run with these fusion settings (a new pass), or extraction.variants=all")
     out: dict[str, np.ndarray] = {}
     if fusion.signals.representation_change:
         cka = minibatch_cka(stats.hsic[cka_key(fusion)], weights)  # ([B,] L+1, L+1)
