@@ -16,21 +16,6 @@ from mspgt.errors import MspgtError
 SCALES = ("local", "intermediate", "global")
 
 
-def signal_layers(n_blocks: int) -> list[int]:
-    """The block numbers 1..L that a layer-wise signal is defined on."""
-    return list(range(1, n_blocks + 1))
-
-
-def layer_of_index(index: int) -> int:
-    """Block number l of position `index` in a signal array (index 0 -> block 1)."""
-    return index + 1
-
-
-def index_of_layer(layer: int) -> int:
-    """Position of block `layer` in a signal array."""
-    return layer - 1
-
-
 def relative_position(layer: int, n_blocks: int) -> float:
     """Relative depth l / L of a boundary at block l."""
     return layer / n_blocks

@@ -28,7 +28,8 @@ from mspgt.layers import relative_position, scales_from_boundaries
 from mspgt.model.loading import load_model, resolve_device
 from mspgt.reports.boundary_report import boundary_figure, boundary_markdown, log_boundary_to_wandb
 from mspgt.reports.store import data_identity, data_key, save_boundary, write_json_atomic
-from mspgt.signals.layerwise import SIGNALS, cka_key, js_key, layer_signals
+from mspgt.signals.cka import ESTIMATOR
+from mspgt.signals.layerwise import cka_key, js_key, layer_signals
 from mspgt.signals.probes import ProbeResult, probe_f1, train_probes
 
 log = logging.getLogger(__name__)
@@ -171,8 +172,7 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "probe_tasks": list(cfg.probes.tasks),
         "notes": {
             "srl": SRL_NOTE,
-            "cka_estimator": f"minibatch linear CKA with unbiased HSIC averaged over sentence groups "
-                             f"(Nguyen et al. 2021 eq. 3); variant={cka_key(cfg.fusion)}",
+            "cka_estimator": f"{ESTIMATOR}; variant={cka_key(cfg.fusion)}",
             "attention_variant": js_key(cfg.fusion),
             "attention_first_block": cfg.fusion.attention.first_block,
             "f1_average": cfg.probes.f1_average,
@@ -205,4 +205,4 @@ def flat_summary(result: dict) -> dict[str, Any]:
     return out
 
 
-__all__ = ["SIGNALS", "run_boundary", "validate_boundary_config"]
+__all__ = ["run_boundary", "validate_boundary_config"]

@@ -22,10 +22,11 @@ from mspgt.data.labels import LabeledSentence, label_names
 from mspgt.errors import MspgtError
 from mspgt.extraction.cache import StatisticsCache
 from mspgt.extraction.hooks import residual_stream
-from mspgt.extraction.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatistics, ProbeSample, cka_variant
+from mspgt.extraction.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatistics, ProbeSample
 from mspgt.model.loading import LoadedModel
 from mspgt.signals.attention_drift import attention_js_sums_variants
 from mspgt.signals.cka import group_hsic_variants
+from mspgt.signals.layerwise import cka_key, js_key
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,7 @@ def stored_variants(cfg: DictConfig) -> tuple[list[str], list[str]]:
     if mode == "all":
         return list(CKA_VARIANTS), list(JS_VARIANTS)
     if mode == "selected":
-        cka = cka_variant(bool(cfg.fusion.cka.standardise), bool(cfg.fusion.cka.exclude_first_position))
-        return [cka], ["nosink" if cfg.fusion.attention.drop_sink else "full"]
+        return [cka_key(cfg.fusion)], [js_key(cfg.fusion)]
     raise MspgtError(f"extraction.variants={mode!r}", "use extraction.variants=all or selected")
 
 

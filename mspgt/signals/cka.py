@@ -133,10 +133,7 @@ class GroupKernelTerms:
     sum_of_mean_squares: Tensor  # [m] sum over tokens of mean_dim(h_l ** 2)
 
 
-ALL_VARIANTS = ("raw", "raw_nofirst", "std", "std_nofirst")
-
-
-def group_hsic_variants(states: Tensor, keep: Tensor, which: Sequence[str] = ALL_VARIANTS) -> GroupKernelTerms:
+def group_hsic_variants(states: Tensor, keep: Tensor, which: Sequence[str]) -> GroupKernelTerms:
     """The four CKA variants' HSIC matrices of one group in one go (what extraction stores per group).
 
     states [m, n, d] (h_0..h_L of the group's real tokens); keep [n] bool marks the tokens that are not the

@@ -15,8 +15,6 @@ from mspgt.signals.attention_drift import attention_drift
 from mspgt.signals.cka import minibatch_cka, representation_change
 from mspgt.signals.probes import ProbeResult, probe_f1, probe_jump
 
-SIGNALS = ("representation_change", "probe_jump", "attention_drift")
-
 
 def cka_key(fusion: DictConfig) -> str:
     return cka_variant(bool(fusion.cka.standardise), bool(fusion.cka.exclude_first_position))
@@ -57,8 +55,3 @@ def layer_signals(
             fusion.attention.first_block,
         )
     return out
-
-
-def adjacent_cka(stats: CorpusStatistics, fusion: DictConfig) -> np.ndarray:
-    """The full CKA matrix between all states h_0..h_L (point estimate), for the report."""
-    return minibatch_cka(stats.hsic[cka_key(fusion)])
