@@ -7,8 +7,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+from filelock import FileLock, Timeout
+
+from mspgt.errors import MspgtError
 
 
 def umask() -> int:
@@ -21,6 +27,26 @@ def publish(tmp: str | Path, path: Path, directory: bool = False) -> None:
     """Set the usual permissions on a finished temp file (or folder) and rename it into place."""
     os.chmod(tmp, (0o777 if directory else 0o666) & ~umask())
     os.replace(tmp, path)
+
+
+@contextmanager
+def build_lock(lock_path: Path, timeout_s: float, what: str) -> Iterator[None]:
+    """Hold the file lock `lock_path` while building the cache entry `what`, so that concurrent jobs (a
+    Slurm array, two terminals) build it once: the others wait, then find it built. The lock is released
+    on exit or when the process dies; the wait is bounded."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(str(lock_path))
+    try:
+        lock.acquire(timeout=timeout_s, poll_interval=0.5)
+    except Timeout:
+        raise MspgtError(
+            f"waited {timeout_s:.0f} s for another job building {what}",
+            f"wait for that job, raise the lock timeout, or delete {lock_path} if no job uses it",
+        ) from None
+    try:
+        yield
+    finally:
+        lock.release()
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:

