@@ -54,9 +54,11 @@ def test_single_run_writes_results_figure_and_wandb(model, tmp_path, shared_cach
 
 
 def test_local_multirun_gives_each_job_its_own_folder(tmp_path, shared_cache):
-    sweep = tmp_path / "sweep"
-    run_mspgt(["-m", "model=tiny_llama,tiny_qwen2", "experiment=boundary", *TINY, f"hydra.sweep.dir={sweep}"],
-              tmp_path, cache=shared_cache)
+    # the README's command as typed: the sweep folder comes from the shipped config (outputs/multirun/<time>)
+    run_mspgt(["-m", "model=tiny_llama,tiny_qwen2", "experiment=boundary", *TINY], tmp_path, cache=shared_cache)
+    sweeps = list((tmp_path / "outputs" / "multirun").iterdir())
+    assert len(sweeps) == 1, sweeps
+    sweep = sweeps[0]
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and (p / "results.json").exists())
     assert [read_results(j)["model"]["name"] for j in jobs] == ["tiny_llama", "tiny_qwen2"]
     for j in jobs:
