@@ -23,15 +23,26 @@ from mspgt.signals.cka import group_weights
 FIRST_BLOCK_CHOICES = ("replicate", "uniform")
 
 
-def js_divergence(p: Tensor, q: Tensor, dim: int = -1) -> Tensor:
-    """Jensen-Shannon divergence in nats along `dim` (0 log 0 = 0), so 0 <= JS <= ln 2.
+def neg_entropy(p: Tensor, dim: int = -1) -> Tensor:
+    """sum_k p_k ln p_k along `dim` (0 ln 0 = 0): minus the Shannon entropy, in nats."""
+    return torch.special.xlogy(p, p).sum(dim=dim)
 
-    JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2 with m = (p + q) / 2 (Lin 1991).
+
+def js_divergence(
+    p: Tensor, q: Tensor, dim: int = -1, neg_entropy_p: Tensor | None = None, neg_entropy_q: Tensor | None = None
+) -> Tensor:
+    """Jensen-Shannon divergence in nats along `dim` (0 log 0 = 0), so 0 <= JS <= ln 2 (Lin 1991).
+
+    JS(p, q) = KL(p || m) / 2 + KL(q || m) / 2 = H(m) - (H(p) + H(q)) / 2 with m = (p + q) / 2. The
+    entropy form lets a caller pass -H(p), -H(q) it already has (each block's map is compared with the
+    next block's too), so one pair costs one entropy instead of four cross terms.
     """
-    m = (p + q) / 2
-    kl_p = (torch.special.xlogy(p, p) - torch.special.xlogy(p, m)).sum(dim=dim)
-    kl_q = (torch.special.xlogy(q, q) - torch.special.xlogy(q, m)).sum(dim=dim)
-    return ((kl_p + kl_q) / 2).clamp(0.0, math.log(2.0))
+    if neg_entropy_p is None:
+        neg_entropy_p = neg_entropy(p, dim)
+    if neg_entropy_q is None:
+        neg_entropy_q = neg_entropy(q, dim)
+    js = (neg_entropy_p + neg_entropy_q) / 2 - neg_entropy((p + q) / 2, dim)
+    return js.clamp(0.0, math.log(2.0))
 
 
 def _allowed_keys(attention_mask: Tensor, drop_sink: bool) -> Tensor:
@@ -115,12 +126,16 @@ def attention_js_sums_variants(
         averaged = attention.to(device).mean(dim=1, dtype=torch.float64)  # [B, T, T] head average
         for st in state.values():
             current = _restricted(averaged, st["allowed"], st["n_allowed"])  # [B, T, T]
+            current_ne = neg_entropy(current)  # [B, T], reused when block index + 2 is compared with it
             if st["previous"] is None:
                 uniform = _uniform(st["allowed"], st["n_allowed"])  # [B, T, T]
-                st["first_uniform"] = (js_divergence(current, uniform) * st["valid_f"]).sum(dim=1)  # [B]
+                js = js_divergence(current, uniform, neg_entropy_p=current_ne)  # [B, T]
+                st["first_uniform"] = (js * st["valid_f"]).sum(dim=1)  # [B]
             else:
-                st["js_sum"][:, index] = (js_divergence(current, st["previous"]) * st["valid_f"]).sum(dim=1)
-            st["previous"] = current
+                previous, previous_ne = st["previous"]
+                js = js_divergence(current, previous, neg_entropy_p=current_ne, neg_entropy_q=previous_ne)
+                st["js_sum"][:, index] = (js * st["valid_f"]).sum(dim=1)  # [B]
+            st["previous"] = (current, current_ne)
     return {
         k: (st["js_sum"], st["first_uniform"], st["valid"].sum(dim=1).to(torch.int64)) for k, st in state.items()
     }
