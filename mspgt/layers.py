@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from mspgt.errors import MspgtError
 
 SCALES = ("local", "intermediate", "global")
+# The two boundaries, in order; the block of each is the first block of the next scale (scales_from_boundaries)
+BOUNDARY_NAMES = ("L-I", "I-G")
 
 
 def relative_position(layer: int, n_blocks: int) -> float:

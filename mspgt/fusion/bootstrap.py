@@ -20,9 +20,7 @@ import numpy as np
 
 from mspgt.errors import MspgtError
 from mspgt.fusion.peaks import BoundaryPick, detect_boundaries_batch
-from mspgt.layers import relative_position
-
-BOUNDARY_NAMES = ("L-I", "I-G")
+from mspgt.layers import BOUNDARY_NAMES, relative_position
 
 
 def resample_counts(n_groups: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -132,7 +130,5 @@ def bootstrap_boundaries(
             )
         li[start : start + chunk], ig[start : start + chunk] = detect_boundaries_batch(evidence, prominence)
     settings = (n_blocks, ci_level, acceptance_width, max_missing_fraction)
-    return {
-        "L-I": _boundary_ci(point.li, li, *settings),
-        "I-G": _boundary_ci(point.ig, ig, *settings),
-    }
+    li_name, ig_name = BOUNDARY_NAMES
+    return {li_name: _boundary_ci(point.li, li, *settings), ig_name: _boundary_ci(point.ig, ig, *settings)}

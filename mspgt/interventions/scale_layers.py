@@ -12,7 +12,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from mspgt.errors import MspgtError, choose
-from mspgt.layers import SCALES, check_scale_blocks, scales_from_boundaries
+from mspgt.layers import BOUNDARY_NAMES, SCALES, check_scale_blocks, scales_from_boundaries
 from mspgt.model.loading import LoadedModel
 
 SCALE_CHOICES = ("none", *SCALES)
@@ -67,7 +67,7 @@ def check_boundary_belongs(boundary: dict, loaded: LoadedModel) -> None:
 def boundary_blocks(scale: str, boundary: dict, n_blocks: int) -> list[int]:
     """The blocks of `scale` from the boundaries L-I and I-G of a stored result."""
     b = boundary.get("boundaries") or {}
-    b_li, b_ig = (b.get(k, {}).get("layer") for k in ("L-I", "I-G"))
+    b_li, b_ig = (b.get(k, {}).get("layer") for k in BOUNDARY_NAMES)
     if b_li is None or b_ig is None:
         raise MspgtError(
             "the stored boundary result has no two boundaries (fewer than two peaks), so no scales",
