@@ -12,32 +12,23 @@ checksum does not match, or that does not load, is deleted and recomputed: never
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
-import os
 import pickle
-import tempfile
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mspgt.files import build_lock, publish, write_bytes_atomic
+from mspgt.files import build_lock, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
 
 def key_of(material: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(material, sort_keys=True, default=str).encode()).hexdigest()[:20]
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 class StatisticsCache:
@@ -103,9 +94,10 @@ class StatisticsCache:
         if not path.exists() or not digest.exists():
             return None
         try:
-            if _sha256(path) != digest.read_text().strip():
+            data = path.read_bytes()  # read once: hashed, then parsed from memory
+            if hashlib.sha256(data).hexdigest() != digest.read_text().strip():
                 raise ValueError("checksum mismatch")
-            with np.load(path, allow_pickle=False) as z:
+            with np.load(io.BytesIO(data), allow_pickle=False) as z:
                 return {k: z[k] for k in z.files}
         except Exception as err:
             log.warning("cache chunk %s is corrupt (%s): it will be recomputed", path, err)
@@ -114,13 +106,15 @@ class StatisticsCache:
             return None
 
     def save_chunk(self, i: int, arrays: dict[str, np.ndarray]) -> None:
+        """Write a chunk atomically, then its checksum (a chunk without one is not finished). Serialised in
+        memory first and written in one go: the checksum needs no second read (a chunk is tens of MB, most
+        of it the probe sample)."""
         path = self.chunk_path(i)
-        fd, tmp = tempfile.mkstemp(dir=self.dir, prefix=f".{path.name}-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-        digest = _sha256(Path(tmp))
-        publish(tmp, path)
-        write_bytes_atomic(path.with_suffix(".sha256"), digest.encode())
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)
+        data = buffer.getbuffer()
+        write_bytes_atomic(path, data)
+        write_bytes_atomic(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
 
     # -- derived artifacts (trained probes): keyed by their own settings, checksummed like chunks ---------
     def artifact_path(self, name: str, settings: dict[str, Any]) -> Path:
@@ -133,9 +127,10 @@ class StatisticsCache:
         if not path.exists() or not digest.exists():
             return None
         try:
-            if _sha256(path) != digest.read_text().strip():
+            data = path.read_bytes()
+            if hashlib.sha256(data).hexdigest() != digest.read_text().strip():
                 raise ValueError("checksum mismatch")
-            return pickle.loads(path.read_bytes())  # our own file, checksummed: never a foreign pickle
+            return pickle.loads(data)  # our own file, checksummed: never a foreign pickle
         except Exception as err:
             log.warning("cached %s %s is corrupt (%s): recomputing it", name, path, err)
             path.unlink(missing_ok=True)
