@@ -83,8 +83,8 @@ def prepare_corpus(
 
 
 def stored_variants(cfg: DictConfig) -> tuple[list[str], list[str]]:
-    """The CKA and JS variants the pass stores: `all` (default: switching variants later needs no model) or
-    only those the fusion settings select (`extraction.variants=selected`: a faster pass; our option)."""
+    """The CKA and JS variants the pass stores: only those the fusion settings select (`selected`, the default:
+    the fastest pass) or every one (`all`: a variant study then switches without the model). Our option."""
     mode = cfg.extraction.variants
     if mode == "all":
         return list(CKA_VARIANTS), list(JS_VARIANTS)

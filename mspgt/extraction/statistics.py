@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-# CKA variants computed in the one pass: (standardise per dimension?, exclude position 0?)
+# CKA variants the pass can store (extraction.variants): (standardise per dimension?, exclude position 0?)
 CKA_VARIANTS = {
     "raw": (False, False),
     "raw_nofirst": (False, True),
