@@ -7,6 +7,13 @@ Prints ratios against the targets of the boundary issue:
 3. B = 1000 bootstrap time as a share of extraction time (target < 5%).
 
 Usage: python benchmarks/bench_boundary.py [--sentences 1000] [--skip-memory] [--variants selected|all] [--repeats 3]
+                                          [HYDRA_OVERRIDE ...]
+Overrides go to every run, e.g. on a GPU node, a random-weight model of Llama-2-7B's shape in bf16 with gold
+labels (no model download, no spaCy):
+  python benchmarks/bench_boundary.py model=tiny_llama model.device=cuda model.dtype=bfloat16 \
+    model.tiny.hidden_size=4096 model.tiny.intermediate_size=11008 model.tiny.num_hidden_layers=32 \
+    model.tiny.num_attention_heads=32 model.tiny.num_key_value_heads=32 extraction.batch_size=64 \
+    data=conllu data.path=../shared/data/ud-english-ewt 'probes.tasks=[pos,dep]'
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -31,7 +39,13 @@ def config(overrides: list[str]):
         return compose("config", overrides=overrides, return_hydra_config=False)
 
 
-def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected", repeats: int = 3) -> dict[str, float]:
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected", repeats: int = 3,
+                    overrides: tuple[str, ...] = ()) -> dict[str, float]:
     from omegaconf import OmegaConf
 
     from mspgt.data.alignment import encode_sentences
@@ -42,7 +56,8 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
     from mspgt.model.loading import load_model
     from mspgt.reports.store import data_identity
 
-    cfg = config([f"data.n_sentences={n_sentences}", "extraction.progress=false", f"extraction.variants={variants}"])
+    cfg = config([f"data.n_sentences={n_sentences}", "extraction.progress=false", f"extraction.variants={variants}",
+                  *overrides])
     OmegaConf.update(cfg, "paths.cache_dir", cache_dir)
     OmegaConf.update(cfg, "paths.outputs", cache_dir)
     sentences = load_sentences(cfg.data)
@@ -61,16 +76,19 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
             n = len(encoded[i].input_ids)
             ids[b, :n] = torch.tensor(encoded[i].input_ids)
             mask[b, :n] = 1
-        return ids, mask
+        return ids.to(loaded.device), mask.to(loaded.device)
 
     prepared = [tensors(b) for b in batches]
 
     @torch.no_grad()
     def bare(module) -> float:
+        synchronize(loaded.device)
         t = time.perf_counter()
         for ids, mask in prepared:
-            module(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True,
-                   use_cache=False)
+            out = module(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True,
+                         use_cache=False)
+            del out
+        synchronize(loaded.device)
         return time.perf_counter() - t
 
     decoder = loaded.model.get_decoder()
@@ -80,11 +98,21 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
         cache = StatisticsCache(Path(cache_dir) / f"bench-{rep}", cache_material(cfg, data_identity(cfg.data)))
         started: list[float] = []
         spent = [0.0]
-        pre = decoder.register_forward_pre_hook(lambda *_: started.append(time.perf_counter()))
-        post = decoder.register_forward_hook(lambda *_: spent.__setitem__(0, spent[0] + time.perf_counter() - started[-1]))
+        def pre_hook(*_):
+            synchronize(loaded.device)
+            started.append(time.perf_counter())
+
+        def post_hook(*_):
+            synchronize(loaded.device)
+            spent[0] += time.perf_counter() - started[-1]
+
+        pre = decoder.register_forward_pre_hook(pre_hook)
+        post = decoder.register_forward_hook(post_hook)
         try:
+            synchronize(loaded.device)
             t = time.perf_counter()
             build_statistics(loaded, corpus, cache, cfg)
+            synchronize(loaded.device)
             total = time.perf_counter() - t
         finally:
             pre.remove()
@@ -103,28 +131,36 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
     tokens = sum(len(e.input_ids) for e in encoded)
     best = min(range(repeats), key=ext.__getitem__)
     return {"bare_full_s": min(full), "bare_decoder_s": min(dec), "extract_s": ext[best],
-            "extract_forward_s": in_forward[best], "tokens": tokens, "sentences": len(encoded)}
+            "extract_forward_s": in_forward[best], "tokens": tokens, "sentences": len(encoded),
+            "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", ""),
+            "model": f"{loaded.name} ({loaded.n_blocks} blocks, d={loaded.model.config.hidden_size})"}
 
 
-def run_peak_rss(n_sentences: int, workdir: Path, model_cache: Path) -> tuple[float, dict]:
-    """Max RSS (MiB) of one full boundary run in a fresh process, and its results. Both runs load the model
-    from the same dequantised copy (`model_cache`), so they differ only in the number of sentences."""
+def run_peak_rss(n_sentences: int, workdir: Path, model_cache: Path,
+                 overrides: tuple[str, ...] = ()) -> tuple[float, float, dict]:
+    """Max RSS (MiB) of one full boundary run in a fresh process, its peak CUDA memory (MiB, 0 on a CPU), and
+    its results. Both runs load the model from the same dequantised copy (`model_cache`), so they differ only
+    in the number of sentences."""
     out = workdir / f"run-{n_sentences}"
     code = (
         "import resource, runpy, sys; sys.argv=['mspgt.run', *sys.argv[1:]];"
         "\ntry:\n    runpy.run_module('mspgt.run', run_name='__main__')\n"
         "finally:\n    print('MAXRSS_KB', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, flush=True)"
+        "\n    import torch\n    print('MAXCUDA_B', torch.cuda.max_memory_allocated() if torch.cuda.is_available() else 0)"
     )
     cache = workdir / f"cache-{n_sentences}"
     cache.mkdir(parents=True)
-    (cache / "models").symlink_to(model_cache)
+    for sub in ("models", "tokenizers"):  # whichever the model uses (dequantised weights, a tokenizer)
+        if (model_cache / sub).is_dir():
+            (cache / sub).symlink_to(model_cache / sub)
     env = dict(os.environ, MSPGT_CACHE_DIR=str(cache), WANDB_MODE="offline")
     proc = subprocess.run([sys.executable, "-c", code, f"data.n_sentences={n_sentences}", "extraction.progress=false",
-                           f"hydra.run.dir={out}"], cwd=workdir, env=env, capture_output=True, text=True)
+                           f"hydra.run.dir={out}", *overrides], cwd=workdir, env=env, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(proc.stdout[-3000:] + proc.stderr[-3000:])
     kb = next(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("MAXRSS_KB"))
-    return kb / 1024, json.loads((out / "results.json").read_text())
+    cuda = next(int(line.split()[1]) for line in proc.stdout.splitlines() if line.startswith("MAXCUDA_B"))
+    return kb / 1024, cuda / 2**20, json.loads((out / "results.json").read_text())
 
 
 def main() -> None:
@@ -134,10 +170,18 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each timed loop (fastest kept)")
     ap.add_argument("--variants", choices=["all", "selected"], default="selected",
                     help="extraction.variants: only the fused CKA/JS variants (the default) or every one")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run (model, data, device, ...)")
     args = ap.parse_args()
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, device cpu")
+    overrides = tuple(args.overrides)
     with tempfile.TemporaryDirectory() as tmp:
-        t = time_extraction(args.sentences, tmp, args.variants, args.repeats)
+        # the tiny models' tokenizer, from the user's cache when it is there (a GPU node without the package)
+        user_tokenizers = Path(os.environ.get("MSPGT_CACHE_DIR", Path.home() / ".cache" / "mspgt")) / "tokenizers"
+        if user_tokenizers.is_dir():
+            shutil.copytree(user_tokenizers, Path(tmp) / "tokenizers")
+        t = time_extraction(args.sentences, tmp, args.variants, args.repeats, overrides)
+        gpu = torch.cuda.get_device_name() if t["device"].startswith("cuda") else "no GPU"
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {t['device']} ({gpu}), "
+              f"{t['dtype']}, model {t['model']}")
         rows = [
             ("extraction vs bare CausalLM forward (hidden states + attentions)", t["extract_s"] / t["bare_full_s"], "<= 1.15"),
             ("extraction vs bare decoder forward (no lm_head)", t["extract_s"] / t["bare_decoder_s"], "<= 1.15"),
@@ -149,9 +193,12 @@ def main() -> None:
         if not args.skip_memory:
             work = Path(tmp) / "mem"
             work.mkdir()
-            rss500, _ = run_peak_rss(500, work, Path(tmp) / "models")
-            rss2000, res = run_peak_rss(2000, work, Path(tmp) / "models")
+            rss500, cuda500, _ = run_peak_rss(500, work, Path(tmp), overrides)
+            rss2000, cuda2000, res = run_peak_rss(2000, work, Path(tmp), overrides)
             rows.append(("peak RSS 2,000 vs 500 sentences", rss2000 / rss500, "<= 1.10"))
+            if cuda500:
+                rows.append(("peak CUDA memory 2,000 vs 500 sentences", cuda2000 / cuda500, "<= 1.10"))
+                print(f"peak CUDA memory: 500 sentences {cuda500:.0f} MiB, 2000 sentences {cuda2000:.0f} MiB")
             tm = res["timings"]
             rows.append(("B=1000 bootstrap / extraction (2,000 sentences)", tm["bootstrap_s"] / tm["extract_s"], "< 0.05"))
             print(f"peak RSS: 500 sentences {rss500:.0f} MiB, 2000 sentences {rss2000:.0f} MiB; "

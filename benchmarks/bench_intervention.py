@@ -14,6 +14,12 @@ Prints, against the targets of the intervention issue:
 
 Usage: python benchmarks/bench_intervention.py [--model smollm2] [--prompts 8] [--samples 4]
        [--new-tokens 24] [--repeats 5] [--sigma 0.5] [--layers 10 20] [--threads 1]
+       [--set model.KEY=VALUE ...] [--data bbc] [--set data.KEY=VALUE ...] [--skip-metrics]
+On a GPU node, a random-weight Llama of SmolLM2's shape, prompts from the gold treebank (no downloads):
+  python benchmarks/bench_intervention.py --model tiny_llama --set model.device=cuda \
+    --set model.tiny.hidden_size=576 --set model.tiny.intermediate_size=1536 \
+    --set model.tiny.num_hidden_layers=30 --set model.tiny.num_attention_heads=9 \
+    --set model.tiny.num_key_value_heads=3 --data conllu --set data.path=../shared/data/ud-english-ewt --skip-metrics
 """
 
 from __future__ import annotations
@@ -43,7 +49,17 @@ def main() -> None:
         "--layers", type=int, nargs=2, default=None, help="first last block (default: middle third)"
     )
     parser.add_argument("--threads", type=int, default=int(os.environ.get("OMP_NUM_THREADS", "1")))
+    parser.add_argument("--data", default="bbc", help="the corpus the prompts come from (conf/data/NAME.yaml)")
+    parser.add_argument("--set", action="append", default=[], metavar="model.KEY=VALUE|data.KEY=VALUE",
+                        help="override a model or data setting (repeatable)")
+    parser.add_argument("--skip-metrics", action="store_true", help="time generation only")
     args = parser.parse_args()
+    settings = {"model": [], "data": []}
+    for item in args.set:
+        group, _, rest = item.partition(".")
+        if group not in settings or "=" not in rest:
+            parser.error(f"--set {item}: use model.KEY=VALUE or data.KEY=VALUE")
+        settings[group].append(rest)
     torch.set_num_threads(args.threads)
 
     from mspgt.data.corpus import load_sentences
@@ -56,10 +72,11 @@ def main() -> None:
     from mspgt.model.loading import load_model
 
     cache = os.environ.get("MSPGT_CACHE_DIR", str(Path.home() / ".cache" / "mspgt"))
-    loaded = load_model(
-        OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml"), cache, need_attentions=False
-    )
-    data = OmegaConf.load(REPO / "conf" / "data" / "bbc.yaml")
+    model_cfg = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "model" / f"{args.model}.yaml"),
+                                OmegaConf.from_dotlist(settings["model"]))
+    loaded = load_model(model_cfg, cache, need_attentions=False)
+    data = OmegaConf.merge(OmegaConf.load(REPO / "conf" / "data" / f"{args.data}.yaml"),
+                           OmegaConf.from_dotlist(settings["data"]))
     data.n_sentences = max(200, 4 * args.prompts)
     sentences = load_sentences(data)
     prompts = choose_prompts(sentences, args.prompts, 12)
@@ -119,6 +136,8 @@ def main() -> None:
         print(f"| {name} | {best:.2f} | {med:.2f} | {best / bare:.3f}x | {target} |")
     same = outputs["bare generate"].continuations == outputs["hooks, sigma=0, scale blocks"].continuations
     print(f"sigma=0 hooks give the bare samples: {same}")
+    if args.skip_metrics:
+        return
 
     sbert, checker = load_sbert("packaged", "cpu"), HarperChecker("en-GB")
     clean, noised = outputs["bare generate"], outputs[f"hooks, sigma={args.sigma:g}, blocks {first}-{last}"]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,5 +60,13 @@ def wandb_run_state(run_folder: Path) -> dict:
 
 @pytest.fixture(scope="session")
 def shared_cache(tmp_path_factory) -> Path:
-    """A model/tokenizer cache shared by the tests of one session (the SmolLM2 tokenizer is slow to parse)."""
-    return tmp_path_factory.mktemp("mspgt-cache")
+    """A model/tokenizer cache shared by the tests of one session (the SmolLM2 tokenizer is slow to parse).
+    `MSPGT_TEST_MODEL_CACHE=<an MSPGT_CACHE_DIR>` seeds it with that cache's tokenizers and models: the way
+    to run the tiny-model tests on a machine without the packages that ship them (a bare GPU node)."""
+    cache = tmp_path_factory.mktemp("mspgt-cache")
+    seed = os.environ.get("MSPGT_TEST_MODEL_CACHE")
+    if seed:
+        for sub in ("tokenizers", "models"):
+            if (Path(seed) / sub).is_dir():
+                shutil.copytree(Path(seed) / sub, cache / sub)
+    return cache

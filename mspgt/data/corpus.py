@@ -92,7 +92,10 @@ def wikitext_documents(cfg: DictConfig) -> Iterator[tuple[str, list[str]]]:
     try:
         import datasets
     except ImportError:
-        raise MspgtError("data=wikitext103 needs the `datasets` package", "pip install -e '.[hub]'") from None
+        raise MspgtError(
+            "data=wikitext103 needs the `datasets` package (and a reachable dataset hub)",
+            "pip install -e '.[hub]' where the hub is reachable, or use the packaged corpus: data=bbc",
+        ) from None
     try:
         ds = datasets.load_dataset(cfg.hub_id, cfg.hub_config, split=cfg.split)
     except Exception as err:

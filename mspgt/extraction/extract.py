@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -122,79 +123,91 @@ def _chunk_statistics(
     loaded: LoadedModel, corpus: PreparedCorpus, lo: int, hi: int, batch_size: int, sleep_s: float,
     bar: tqdm | None, cka_keys: list[str], js_keys: list[str],
 ) -> dict[str, np.ndarray]:
-    """Statistics of groups lo..hi-1: one forward pass per batch, nothing kept beyond the chunk."""
+    """Statistics of groups lo..hi-1: one forward pass per batch, nothing kept beyond the chunk.
+
+    Device work is queued without waiting: the per-group results stay on the device until the chunk ends,
+    and a batch's probe sample is gathered in one indexing per state and copied to the host once.
+    """
     L, m = loaded.n_blocks, loaded.n_blocks + 1
     ng = hi - lo
     out: dict[str, np.ndarray] = {}
     for v in cka_keys:
-        out[f"hsic_{v}"] = np.zeros((ng, m, m))
         out[f"ntok_{v}"] = np.zeros(ng, dtype=np.int64)
     for v in js_keys:
         out[f"js_sum_{v}"] = np.zeros((ng, L))
         out[f"js_first_{v}"] = np.zeros(ng)
         out[f"js_count_{v}"] = np.zeros(ng, dtype=np.int64)
-    act_sum, act_sq, act_count = np.zeros(m), np.zeros(m), 0
+    hsic: dict[str, list[torch.Tensor]] = {v: [] for v in cka_keys}  # per group [m, m], on the device
+    moments: list[torch.Tensor] = []  # per group [2, m]: sums of mean_d(h) and of mean_d(h^2), on the device
+    act_count = 0
     probe: dict[int, dict[str, list]] = {1: {}, 2: {}}
     pad = loaded.tokenizer.pad_token_id
     decoder = loaded.model.get_decoder()
     for batch in _batches(corpus.group_of, lo, hi, batch_size):
         enc = [corpus.encoded[i] for i in batch]
-        T = max(len(e.input_ids) for e in enc)
+        lengths = [len(e.input_ids) for e in enc]
+        T = max(lengths)
         ids = torch.full((len(enc), T), pad, dtype=torch.long)
         mask = torch.zeros((len(enc), T), dtype=torch.long)
         for b, e in enumerate(enc):
-            ids[b, : len(e.input_ids)] = torch.tensor(e.input_ids)
-            mask[b, : len(e.input_ids)] = 1
+            ids[b, : lengths[b]] = torch.tensor(e.input_ids)
+            mask[b, : lengths[b]] = 1
         ids, mask = ids.to(loaded.device), mask.to(loaded.device)
         with residual_stream(loaded.blocks) as states:
             res = decoder(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
-        lengths = mask.sum(1).tolist()
+        # the batch's real tokens, sentence after sentence, for every state (padding never enters)
+        starts = np.concatenate([[0], np.cumsum(lengths)])  # [B+1] where each sentence starts in that order
+        real = torch.cat([b * T + torch.arange(n) for b, n in enumerate(lengths)])  # (N,) flat positions
+        here = states[0].device
+        tokens = torch.stack([s.reshape(-1, s.shape[-1]).index_select(0, real.to(s.device)).to(here)
+                              for s in states])  # (m, N, d)
         groups = corpus.group_of[batch]
         for g in np.unique(groups):
-            members = [b for b in range(len(batch)) if groups[b] == g]
-            # h_0..h_L of the group's real tokens, sentence after sentence (padding never enters)
-            rows = torch.stack([torch.cat([s[b, : lengths[b]] for b in members]) for s in states]).float()  # (m, n, d)
-            keep = torch.cat([torch.arange(lengths[b], device=rows.device) > 0 for b in members])  # (n,)
+            members = np.nonzero(groups == g)[0]  # consecutive rows of the batch
+            rows = tokens[:, starts[members[0]] : starts[members[-1] + 1]].float()  # (m, n, d) h_0..h_L
+            keep = torch.cat([torch.arange(lengths[b]) > 0 for b in members])  # (n,) on the CPU: no sync
             # representation change: unbiased HSIC between every pair of states, per CKA variant
             terms = group_hsic_variants(rows, keep, cka_keys)
-            for v, hsic in terms.hsic.items():
-                out[f"hsic_{v}"][g - lo] = hsic.cpu().numpy()
+            for v, matrix in terms.hsic.items():
+                hsic[v].append(matrix)
                 out[f"ntok_{v}"][g - lo] = int(keep.sum()) if CKA_VARIANTS[v][1] else rows.shape[1]
             # activation scale s_l (interventions), from the same kernel
-            act_sum += terms.sum_of_means.cpu().numpy()
-            act_sq += terms.sum_of_mean_squares.cpu().numpy()
+            moments.append(torch.stack([terms.sum_of_means, terms.sum_of_mean_squares]))
             act_count += rows.shape[1]
-            # probe sample: states at each sampled word's last sub-word token
-            offset = 0
-            for b in members:
-                i = batch[b]
-                take = corpus.probe_take[i]
-                for split in (1, 2):
-                    words = np.nonzero(take == split)[0]
-                    if len(words) == 0:
-                        continue
-                    toks = torch.tensor([offset + enc[b].word_token[w] for w in words], device=rows.device)
-                    p = probe[split]
-                    p.setdefault("feat", []).append(_to_float16(rows[:, toks].permute(1, 0, 2)))  # (words, m, d)
-                    p.setdefault("group", []).append(np.full(len(words), g, dtype=np.int64))
-                    p.setdefault("type", []).append(corpus.word_types[i][words])
-                    for t, ids_t in corpus.label_ids[i].items():
-                        p.setdefault(f"lab_{t}", []).append(ids_t[words])
-                offset += lengths[b]
+        # probe sample: states at each sampled word's last sub-word token, in corpus order per split
+        for split in (1, 2):
+            at, rows_of = [], []
+            for b, i in enumerate(batch):
+                words = np.nonzero(corpus.probe_take[i] == split)[0]
+                if len(words):
+                    at.append(starts[b] + np.asarray(enc[b].word_token)[words])
+                    rows_of.append((i, words))
+            if not at:
+                continue
+            where = torch.from_numpy(np.concatenate(at)).to(tokens.device)
+            p = probe[split]
+            p.setdefault("feat", []).append(_to_float16(tokens.index_select(1, where).permute(1, 0, 2)))  # (w, m, d)
+            for i, words in rows_of:
+                p.setdefault("group", []).append(np.full(len(words), corpus.group_of[i], dtype=np.int64))
+                p.setdefault("type", []).append(corpus.word_types[i][words])
+                for t, ids_t in corpus.label_ids[i].items():
+                    p.setdefault(f"lab_{t}", []).append(ids_t[words])
         # attention drift: JS sums per sentence, added into its group
         by_sink = attention_js_sums_variants(res.attentions, mask, tuple(v == "nosink" for v in js_keys))
         for v in js_keys:
             js, first, count = (x.cpu().numpy() for x in by_sink[v == "nosink"])
-            for b, g in enumerate(groups):
-                out[f"js_sum_{v}"][g - lo] += js[b]
-                out[f"js_first_{v}"][g - lo] += first[b]
-                out[f"js_count_{v}"][g - lo] += count[b]
-        del states, res
+            np.add.at(out[f"js_sum_{v}"], groups - lo, js)
+            np.add.at(out[f"js_first_{v}"], groups - lo, first)
+            np.add.at(out[f"js_count_{v}"], groups - lo, count)
+        del states, res, tokens
         if bar is not None:
             bar.update(len(batch))
         if sleep_s:
             time.sleep(sleep_s)
-    out["act_sum"], out["act_sq"], out["act_count"] = act_sum, act_sq, np.array(act_count)
+    for v in cka_keys:
+        out[f"hsic_{v}"] = torch.stack(hsic[v]).cpu().numpy()  # (groups, m, m)
+    sums = torch.stack(moments).sum(0).cpu().numpy()  # (2, m)
+    out["act_sum"], out["act_sq"], out["act_count"] = sums[0], sums[1], np.array(act_count)
     d = loaded.model.config.hidden_size
     for split, name in ((1, "train"), (2, "eval")):
         p = probe[split]
@@ -211,10 +224,10 @@ FLOAT16_MAX = 65504.0
 
 def _to_float16(x: torch.Tensor) -> np.ndarray:
     """The probe sample is stored in float16 (half the memory); values beyond its range are clipped, loudly."""
-    big = x.abs() > FLOAT16_MAX
-    if bool(big.any()):
-        log.warning("%d probe feature values exceed the float16 range and were clipped to +-%g",
-                    int(big.sum()), FLOAT16_MAX)
+    x = x.float()  # (bf16 cannot hold the float16 limit exactly: clip in float32)
+    n_big = int((x.abs() > FLOAT16_MAX).sum())
+    if n_big:
+        log.warning("%d probe feature values exceed the float16 range and were clipped to +-%g", n_big, FLOAT16_MAX)
     return x.clamp(-FLOAT16_MAX, FLOAT16_MAX).half().cpu().numpy()
 
 
@@ -242,14 +255,43 @@ def build_statistics(
                     for i in range(n_chunks) if i not in todo)
     bar = tqdm(total=n_sent, initial=done_sent, desc=f"extracting {loaded.name}", unit="sent",
                disable=not cfg.extraction.progress, mininterval=2.0)
-    for i in todo:
-        lo, hi = i * cg, min((i + 1) * cg, corpus.n_groups)
-        arrays = _chunk_statistics(loaded, corpus, lo, hi, cfg.extraction.batch_size,
-                                   cfg.extraction.sleep_per_batch_s, bar, cka_keys, js_keys)
-        arrays["group_range"] = np.array([lo, hi])
-        arrays["group_is_eval"] = corpus.group_is_eval[lo:hi]
-        cache.save_chunk(i, arrays)
-    bar.close()
+    writes = BackgroundWrites(cache)
+    try:
+        for i in todo:
+            lo, hi = i * cg, min((i + 1) * cg, corpus.n_groups)
+            arrays = _chunk_statistics(loaded, corpus, lo, hi, cfg.extraction.batch_size,
+                                       cfg.extraction.sleep_per_batch_s, bar, cka_keys, js_keys)
+            arrays["group_range"] = np.array([lo, hi])
+            arrays["group_is_eval"] = corpus.group_is_eval[lo:hi]
+            writes.submit(i, arrays)
+    finally:
+        writes.close()  # a finished chunk is written even when a later one fails
+        bar.close()
+
+
+class BackgroundWrites:
+    """Chunk writes (serialise, checksum, write) overlap the next chunk's forward passes. At most one write
+    is in flight, so at most two chunks are in memory; a failed write is raised at the next submit or close."""
+
+    def __init__(self, cache: StatisticsCache) -> None:
+        self.cache = cache
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mspgt-chunk-write")
+        self.pending: Future | None = None
+
+    def submit(self, index: int, arrays: dict[str, np.ndarray]) -> None:
+        self.wait()
+        self.pending = self.pool.submit(self.cache.save_chunk, index, arrays)
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.result()
+
+    def close(self) -> None:
+        try:
+            self.wait()
+        finally:
+            self.pool.shutdown(wait=True)
 
 
 def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:

@@ -72,8 +72,9 @@ class ScaleNoise:
         self.seed = int(seed)
         self._generators: dict[torch.device, torch.Generator] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-        # per block: [count, sum, sum of squares] of the injected entries (float64, on the block's device)
-        self._moments: dict[int, torch.Tensor] = {}
+        # per block: (entries, variance, mean) of the noise of each call (0-d tensors on the block's device,
+        # read only when asked: recording never waits for the device), folded every FOLD_EVERY calls
+        self._moments: dict[int, list[tuple[int, torch.Tensor, torch.Tensor]]] = {}
 
     # -- the noise stream -------------------------------------------------------------------------------
     def reseed(self, seed: int) -> None:
@@ -112,24 +113,23 @@ class ScaleNoise:
 
         return add_noise
 
+    FOLD_EVERY = 256
+
     def _record(self, layer: int, noise: torch.Tensor) -> None:
-        flat = noise.detach().reshape(-1).double()  # (B*T*d,)
-        moments = torch.stack([flat.new_tensor(flat.numel()), flat.sum(), flat.square().sum()])  # (3,)
-        if layer in self._moments:
-            self._moments[layer] = self._moments[layer] + moments.to(self._moments[layer].device)
-        else:
-            self._moments[layer] = moments
+        """Keep this call's noise moments: one reduction kernel, no host-device copy (cheap per step)."""
+        var, mean = torch.var_mean(noise.detach(), correction=0)  # 0-d each
+        calls = self._moments.setdefault(layer, [])
+        calls.append((noise.numel(), var, mean))
+        if len(calls) >= self.FOLD_EVERY:
+            self._moments[layer] = [_pooled_moments(calls)]
 
     def realised_std(self) -> dict[int, float]:
         """Standard deviation of all noise entries injected so far, per block (nan if none)."""
         out = {}
         for layer in self.layer_std:
-            m = self._moments.get(layer)
-            if m is None or m[0] < 2:
-                out[layer] = float("nan")
-                continue
-            n, s, sq = (float(v) for v in m.cpu())
-            out[layer] = max(sq / n - (s / n) ** 2, 0.0) ** 0.5
+            calls = self._moments.get(layer)
+            n, var, _ = _pooled_moments(calls) if calls else (0, None, None)
+            out[layer] = float(var.sqrt()) if n >= 2 else float("nan")
         return out
 
     def __enter__(self) -> ScaleNoise:
@@ -156,3 +156,15 @@ class ScaleNoise:
         """Remove every hook this object registered (safe to call twice)."""
         while self._handles:
             self._handles.pop().remove()
+
+
+def _pooled_moments(calls: list[tuple[int, torch.Tensor, torch.Tensor]]) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(entries, variance, mean) of the union of several calls' noise, from each call's own moments (float64,
+    on the device of the moments): mean = sum n_i m_i / n, var = sum n_i (v_i + (m_i - mean)^2) / n."""
+    total = sum(n for n, _, _ in calls)
+    var = torch.stack([v for _, v, _ in calls]).double()  # (calls,)
+    mean = torch.stack([m for _, _, m in calls]).double()  # (calls,)
+    share = torch.tensor([n / total for n, _, _ in calls], dtype=torch.float64).to(var.device)  # (calls,)
+    pooled_mean = (share * mean).sum()
+    pooled_var = (share * (var + (mean - pooled_mean) ** 2)).sum()
+    return total, pooled_var, pooled_mean

@@ -137,8 +137,9 @@ def group_hsic_variants(states: Tensor, keep: Tensor, which: Sequence[str]) -> G
     """The four CKA variants' HSIC matrices of one group in one go (what extraction stores per group).
 
     states [m, n, d] (h_0..h_L of the group's real tokens); keep [n] bool marks the tokens that are not the
-    first position of their sentence. HSIC keys: "raw", "raw_nofirst", "std", "std_nofirst" -> [m, m]
-    (those named in `which`; the raw kernel is always built, the moments need it).
+    first position of their sentence (pass it on the CPU: then nothing here waits for the device).
+    HSIC keys: "raw", "raw_nofirst", "std", "std_nofirst" -> [m, m] (those named in `which`; the raw kernel
+    is always built, the moments need it).
     Speed: the kernels are built in float32 from features centred over the group (relative error of the
     HSIC terms ~1e-8, checked against `group_hsic` in the tests), then U-centred in float64; the
     first-position-excluded raw kernel is a sub-matrix of the raw one (the unbiased HSIC is invariant to
@@ -146,7 +147,9 @@ def group_hsic_variants(states: Tensor, keep: Tensor, which: Sequence[str]) -> G
     rows, so position 0's massive activations do not set the scale of the variant that excludes it.
     The moments come for free: sum_t ||h_t||^2 = trace(K_centred) + n ||mean||^2.
     """
-    _check_min_tokens(int(keep.sum()))
+    kept = torch.nonzero(keep.cpu()).squeeze(1)  # [n'] (a CPU `keep` costs no device sync)
+    _check_min_tokens(int(kept.numel()))
+    kept = kept.to(states.device, non_blocking=True)
     m, n, d = states.shape
     x = states.to(torch.float32)  # [m, n, d]
     mean = x.mean(dim=1, keepdim=True)  # [m, 1, d]
@@ -155,9 +158,11 @@ def group_hsic_variants(states: Tensor, keep: Tensor, which: Sequence[str]) -> G
     if "raw" in which:
         hsic["raw"] = hsic_unbiased_matrix(raw)
     if "raw_nofirst" in which:
-        hsic["raw_nofirst"] = hsic_unbiased_matrix(raw[:, keep][:, :, keep])  # [m, n', n'] sub-kernel
-    for name, rows in (("std", x), ("std_nofirst", x[:, keep])):
+        sub = raw.index_select(1, kept).index_select(2, kept)  # [m, n', n'] sub-kernel
+        hsic["raw_nofirst"] = hsic_unbiased_matrix(sub)
+    for name in ("std", "std_nofirst"):
         if name in which:
+            rows = x if name == "std" else x.index_select(1, kept)  # [m, n or n', d]
             z = standardise_dimensions(rows, dtype=torch.float32)  # [m, n, d]
             hsic[name] = hsic_unbiased_matrix(gram_linear(z).to(torch.float64))
     mean64 = mean[:, 0].to(torch.float64)  # [m, d]
