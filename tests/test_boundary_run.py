@@ -63,6 +63,13 @@ def test_local_multirun_gives_each_job_its_own_folder(tmp_path, shared_cache):
     assert [read_results(j)["model"]["name"] for j in jobs] == ["tiny_llama", "tiny_qwen2"]
     for j in jobs:
         assert list((j / "wandb").glob("offline-run-*"))
+    # Experiment 3 over the sweep: both models, one per family, so no within-family verdict is possible
+    record = json.loads((sweep / "robustness.json").read_text())
+    assert sorted(m["model"] for m in record["models"]) == ["tiny_llama", "tiny_qwen2"]
+    assert set(record["families"]) == {"llama", "qwen"}
+    verdicts = {v["id"]: v["verdict"] for v in record["predictions"]}
+    assert verdicts["li_cv_within_family"] == "untestable here"
+    assert "## The paper's predictions" in (sweep / "robustness.md").read_text()
 
 
 def test_changed_fusion_settings_reuse_the_cache_without_the_model(tmp_path):

@@ -1,4 +1,5 @@
-"""The sweep summary: every job's boundaries and CIs side by side (our format).
+"""The sweep summary: every job's boundaries and CIs side by side (our format), and Experiment 3 over them
+(`robustness.{md,json}`: families, CVs, a verdict per prediction; mspgt/reports/robustness.py).
 
 After a multirun, each job folder `<sweep dir>/<num>-<overrides>/` holds a results.json (or an error.txt).
 This module gathers them into `sweep_summary.json` and `sweep_summary.md` in the sweep folder, and logs
@@ -20,6 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mspgt.errors import MspgtError
+from mspgt.reports.robustness import robustness, robustness_markdown
 from mspgt.reports.store import write_json_atomic
 from mspgt.reports.tracking import Tracker
 
@@ -131,6 +133,11 @@ def write_sweep_summary(sweep_dir: str | Path, tracking: DictConfig | None) -> d
     write_json_atomic(sweep_dir / "sweep_summary.json", summary)
     (sweep_dir / "sweep_summary.md").write_text(summary_markdown(sweep_dir.name, rows))
     log.info("sweep summary: %s", sweep_dir / "sweep_summary.md")
+    record = robustness([sweep_dir])  # Experiment 3 over this sweep's jobs
+    if record is not None:
+        write_json_atomic(sweep_dir / "robustness.json", record)
+        (sweep_dir / "robustness.md").write_text(robustness_markdown(record))
+        log.info("robustness (paper 4.3) and the predictions: %s", sweep_dir / "robustness.md")
     if tracking is not None and tracking.mode != "disabled":
         families = sorted({r["family"] for r in rows if r.get("family")})
         tracker = Tracker(tracking, sweep_dir, job_type="sweep_summary", name=f"{sweep_dir.name}-summary",
@@ -138,6 +145,9 @@ def write_sweep_summary(sweep_dir: str | Path, tracking: DictConfig | None) -> d
                           config={"sweep_dir": str(sweep_dir), "n_jobs": len(rows)})
         columns, data = table_rows(rows)
         tracker.table("boundaries", columns, data)
+        if record is not None:
+            tracker.table("predictions", ["tier", "id", "verdict", "prediction"],
+                          [[str(v["tier"]), v["id"], v["verdict"], v["prediction"]] for v in record["predictions"]])
         tracker.summary({"n_jobs": len(rows), "n_done": sum(r["status"] == "done" for r in rows)})
         summary["wandb_run"] = tracker.run_path
         tracker.finish()

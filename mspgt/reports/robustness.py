@@ -1,0 +1,351 @@
+"""Experiment 3 (paper 4.3): boundary positions across models and families, and a verdict on each of the
+paper's predictions that the results at hand can test (method.md "Robustness (Experiment 3) and the
+predictions").
+
+Inputs are the files the other experiments write: boundary results (`results.json` of experiment=boundary,
+or the boundary store) and intervention results (`intervention.json`), found under any folders. The newest
+file wins where two describe the same model and data (and scale and sigma). Outputs `robustness.json` and
+`robustness.md`. Run at the end of every sweep (mspgt/cluster/callbacks.py), or by hand over many sweeps:
+
+    python -m mspgt.reports.robustness outputs/ [--out DIR]
+
+Definitions (ours where the paper's equations are unreadable; each report says so):
+- relative position of a boundary: l / L (mspgt.layers);
+- per family: mean, sample standard deviation (ddof=1) and CV = std / mean of the relative positions of the
+  models whose curve had that peak (models without it are counted, not averaged);
+- "degrades structure more": a larger |relative change| of the structure metric (variance of sentence
+  lengths) at the same sigma, for the same model and data;
+- local brittleness of a family: the mean over its models of the local scale's brittleness coefficient
+  (experiment=intervention, scale=local) at one sigma.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+from itertools import combinations
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mspgt.layers import BOUNDARY_NAMES
+from mspgt.reports.store import write_json_atomic
+
+# The paper's thresholds (section 5, the tiers of predictions).
+LI_CV_MAX = 0.2  # Tier 1: within-family CV of the L-I position below this
+LOCAL_BRITTLENESS_RATIO_MIN = 5.0  # Tier 3: local brittleness differs by more than this across families
+IG_DRIFT_MIN = 0.30  # Tier 3: the I-G boundary drifts by more than this share of depth within a family
+STRUCTURE_METRIC = "length_variance"
+
+# The paper's reported boundaries (blocks, depth), for comparison only; keyed by our model config names.
+PAPER_BOUNDARIES = {
+    "llama2": {"L-I": 13, "I-G": 16, "n_blocks": 32},
+    "llama3": {"L-I": 13, "I-G": 16, "n_blocks": 32},
+    "qwen25": {"L-I": 2, "I-G": 20, "n_blocks": 28},
+    "qwen15": {"L-I": 2, "I-G": 8, "n_blocks": 32},
+}
+
+SUPPORTED, REFUTED, MIXED, UNTESTABLE, NOT_TESTED = "supported", "refuted", "mixed", "untestable here", "not tested"
+
+
+@dataclass(frozen=True)
+class ModelBoundaries:
+    """One model's boundaries on one corpus, from a boundary result."""
+
+    model: str
+    family: str
+    n_blocks: int
+    data: str
+    layer: dict[str, int | None]  # boundary name -> block (None: no such peak)
+    relative: dict[str, float | None]
+    accepted: dict[str, bool]
+    ci: dict[str, tuple[int, int] | None]
+    source: str
+
+
+@dataclass(frozen=True)
+class ScaleIntervention:
+    """One intervention run: a model, a scale, a sigma, its structure change and brittleness."""
+
+    model: str
+    family: str
+    data: str
+    scale: str
+    sigma: float
+    structure_change_pct: float | None
+    structure_p: float | None
+    brittleness: float | None
+    source: str
+
+
+def _newest(paths: Iterable[Path]) -> list[Path]:
+    return sorted(set(paths), key=lambda p: p.stat().st_mtime)
+
+
+def collect(folders: Iterable[str | Path]) -> tuple[list[ModelBoundaries], list[ScaleIntervention]]:
+    """Every boundary and intervention result under `folders`; the newest per model and data (and scale,
+    sigma) wins. Unreadable files are skipped."""
+    folders = [Path(f) for f in folders]
+    boundary: dict[tuple[str, str], ModelBoundaries] = {}
+    candidates = [p for f in folders for p in (f.rglob("*.json") if f.is_dir() else [f])]
+    for path in _newest(candidates):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if not isinstance(r, dict) or r.get("experiment") != "boundary" or "boundaries" not in r:
+            continue
+        model, bounds = r.get("model", {}), r["boundaries"]
+        row = ModelBoundaries(
+            model=str(model.get("name")), family=str(model.get("family")), n_blocks=int(model.get("n_blocks", 0)),
+            data=str(r.get("data", {}).get("key")),
+            layer={n: bounds.get(n, {}).get("layer") for n in BOUNDARY_NAMES},
+            relative={n: bounds.get(n, {}).get("relative") for n in BOUNDARY_NAMES},
+            accepted={n: bool(bounds.get(n, {}).get("accepted")) for n in BOUNDARY_NAMES},
+            ci={n: (None if bounds.get(n, {}).get("ci_low") is None
+                    else (bounds[n]["ci_low"], bounds[n]["ci_high"])) for n in BOUNDARY_NAMES},
+            source=str(path),
+        )
+        boundary[row.model, row.data] = row  # newer files come later and win
+    interventions: dict[tuple[str, str, str, float], ScaleIntervention] = {}
+    for path in _newest(p for f in folders for p in (f.rglob("intervention.json") if f.is_dir() else [f])
+                        if p.name == "intervention.json"):
+        try:
+            r = json.loads(path.read_text())
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        scale = r.get("scale", {}).get("name")
+        if r.get("experiment") != "intervention" or scale in (None, "none") or r.get("sigma") is None:
+            continue
+        structure = r.get("metrics", {}).get(STRUCTURE_METRIC, {})
+        row = ScaleIntervention(
+            model=str(r["model"]["name"]), family=str(r["model"]["family"]), data=str(r.get("data", {}).get("key")),
+            scale=str(scale), sigma=float(r["sigma"]),
+            structure_change_pct=structure.get("relative_change_pct"), structure_p=structure.get("p"),
+            brittleness=r.get("brittleness", {}).get("value"), source=str(path),
+        )
+        interventions[row.model, row.data, row.scale, row.sigma] = row
+    return sorted(boundary.values(), key=lambda b: (b.family, b.model, b.data)), list(interventions.values())
+
+
+def family_statistics(rows: list[ModelBoundaries], ddof: int = 1) -> dict[str, dict[str, dict[str, Any]]]:
+    """family -> boundary -> {models, found, mean, std, cv, range} of the relative positions (our definition:
+    sample std with `ddof`, CV = std / mean; None where fewer than ddof + 1 models found the peak)."""
+    out: dict[str, dict[str, dict[str, Any]]] = defaultdict(dict)
+    by_family: dict[str, list[ModelBoundaries]] = defaultdict(list)
+    for r in rows:
+        by_family[r.family].append(r)
+    for family, members in sorted(by_family.items()):
+        for name in BOUNDARY_NAMES:
+            values = np.array([m.relative[name] for m in members if m.relative[name] is not None], dtype=float)
+            enough = len(values) > ddof
+            mean = float(values.mean()) if len(values) else None
+            std = float(values.std(ddof=ddof)) if enough else None
+            out[family][name] = {
+                "models": [m.model for m in members],
+                "found": len(values),
+                "accepted": sum(m.accepted[name] for m in members),
+                "mean": mean,
+                "std": std,
+                "cv": (std / mean) if std is not None and mean else None,
+                "range": float(values.max() - values.min()) if len(values) >= 2 else None,
+            }
+    return dict(out)
+
+
+def cross_family_offsets(stats: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """Difference of family means of the relative positions, for every pair of families and boundary."""
+    rows = []
+    for a, b in combinations(sorted(stats), 2):
+        for name in BOUNDARY_NAMES:
+            ma, mb = stats[a][name]["mean"], stats[b][name]["mean"]
+            rows.append({"families": [a, b], "boundary": name,
+                         "offset": None if ma is None or mb is None else ma - mb})
+    return rows
+
+
+def _overall(holds: list[bool]) -> str:
+    if not holds:
+        return UNTESTABLE
+    return SUPPORTED if all(holds) else REFUTED if not any(holds) else MIXED
+
+
+def verdicts(rows: list[ModelBoundaries], interventions: list[ScaleIntervention],
+             stats: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+    """One entry per prediction: what it says, the evidence per unit tested, and the verdict."""
+    out = []
+
+    # Tier 1: within-family CV of the L-I position < 0.2
+    tested = {f: s["L-I"]["cv"] for f, s in stats.items() if s["L-I"]["cv"] is not None}
+    out.append({
+        "tier": 1, "id": "li_cv_within_family",
+        "prediction": f"within a family, the CV of the relative L-I position is below {LI_CV_MAX}",
+        "evidence": {f: {"cv": cv, "holds": cv < LI_CV_MAX} for f, cv in tested.items()},
+        "verdict": _overall([cv < LI_CV_MAX for cv in tested.values()]),
+        "needs": "two or more models of a family whose L-I peak was found",
+    })
+    out.append({
+        "tier": 1, "id": "information_phase_transition",
+        "prediction": "an information phase transition at the boundaries (appendix eq. 28)",
+        "evidence": {}, "verdict": NOT_TESTED,
+        "needs": "a layer-wise information measure and its rate of change; mspgt does not compute one",
+    })
+
+    # Tier 2: perturbing the Intermediate scale degrades structure more than Local or Global
+    cells: dict[tuple[str, str, float], dict[str, ScaleIntervention]] = defaultdict(dict)
+    for iv in interventions:
+        cells[iv.model, iv.data, iv.sigma][iv.scale] = iv
+    evidence, holds = {}, []
+    for (model, data, sigma), by_scale in sorted(cells.items()):
+        if not {"local", "intermediate", "global"} <= set(by_scale):
+            continue
+        change = {s: by_scale[s].structure_change_pct for s in ("local", "intermediate", "global")}
+        if any(v is None or not math.isfinite(v) for v in change.values()):
+            continue
+        ok = abs(change["intermediate"]) > max(abs(change["local"]), abs(change["global"]))
+        holds.append(ok)
+        evidence[f"{model} / {data} / sigma={sigma:g}"] = {"structure_change_pct": change, "holds": ok}
+    out.append({
+        "tier": 2, "id": "intermediate_structure",
+        "prediction": "noise in the Intermediate scale changes structure (sentence-length variance) more than "
+                      "noise in the Local or the Global scale (|relative change|, our reading)",
+        "evidence": evidence, "verdict": _overall(holds),
+        "needs": "experiment=intervention with scale=local,intermediate,global at one sigma, same model and data",
+    })
+
+    # Tier 3: local brittleness differs by more than 5x across families
+    local: dict[float, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for iv in interventions:
+        if iv.scale == "local" and iv.brittleness is not None and math.isfinite(iv.brittleness):
+            local[iv.sigma][iv.family].append(iv.brittleness)
+    evidence, holds = {}, []
+    for sigma, fams in sorted(local.items()):
+        if len(fams) < 2:
+            continue
+        means = {f: float(np.mean(v)) for f, v in fams.items()}
+        low = min(means.values())
+        ratio = (max(means.values()) / low) if low > 0 else float("inf")
+        ok = ratio > LOCAL_BRITTLENESS_RATIO_MIN
+        holds.append(ok)
+        evidence[f"sigma={sigma:g}"] = {"local_brittleness": means, "ratio": ratio, "holds": ok}
+    out.append({
+        "tier": 3, "id": "local_brittleness_ratio",
+        "prediction": f"local brittleness differs by more than {LOCAL_BRITTLENESS_RATIO_MIN:g}x across families",
+        "evidence": evidence, "verdict": _overall(holds),
+        "needs": "experiment=intervention scale=local at one sigma on models of two or more families",
+    })
+
+    # Tier 3: the I-G boundary drifts by more than 30% of depth within a family
+    tested = {f: s["I-G"]["range"] for f, s in stats.items() if s["I-G"]["range"] is not None}
+    out.append({
+        "tier": 3, "id": "ig_drift_within_family",
+        "prediction": f"within a family, the relative I-G position varies by more than {IG_DRIFT_MIN:.0%} of depth",
+        "evidence": {f: {"range": r, "holds": r > IG_DRIFT_MIN} for f, r in tested.items()},
+        "verdict": _overall([r > IG_DRIFT_MIN for r in tested.values()]),
+        "needs": "two or more models of a family whose I-G peak was found",
+    })
+    out.append({
+        "tier": "A.5", "id": "fisher_trace",
+        "prediction": "the loss increase under small isotropic noise is proportional to the trace of the "
+                      "Fisher information of the perturbed layers",
+        "evidence": {}, "verdict": NOT_TESTED, "needs": "per-layer Fisher traces; mspgt does not compute them",
+    })
+    return out
+
+
+def robustness(folders: Iterable[str | Path]) -> dict[str, Any] | None:
+    """The whole Experiment 3 record, or None when no boundary or intervention result was found."""
+    rows, interventions = collect(folders)
+    if not rows and not interventions:
+        return None
+    stats = family_statistics(rows)
+    return {
+        "experiment": "robustness",
+        "models": [{"model": r.model, "family": r.family, "n_blocks": r.n_blocks, "data": r.data,
+                    "layer": r.layer, "relative": r.relative, "accepted": r.accepted, "ci": r.ci,
+                    "paper": PAPER_BOUNDARIES.get(r.model), "source": r.source} for r in rows],
+        "families": stats,
+        "offsets": cross_family_offsets(stats),
+        "interventions": [iv.__dict__ for iv in interventions],
+        "predictions": verdicts(rows, interventions, stats),
+        "definitions": {
+            "relative": "boundary block l / number of blocks L",
+            "family_spread": "sample std (ddof=1) and CV = std / mean over the models that found the peak (ours)",
+            "structure": "|relative change| of the sentence-length variance, same model, data and sigma (ours)",
+            "local_brittleness": "mean over a family's models of the scale=local brittleness coefficient (ours)",
+        },
+        "caveat": "Verdicts hold for the models and corpora listed here; results on small models demonstrate the "
+                  "method, they do not test the paper's 7-8B claims.",
+    }
+
+
+def _fmt(x: Any, spec: str = ".3f") -> str:
+    if x is None or (isinstance(x, float) and not math.isfinite(x)):
+        return "n/a"
+    return format(x, spec) if isinstance(x, float) else str(x)
+
+
+def robustness_markdown(record: dict[str, Any]) -> str:
+    lines = ["# Cross-architecture robustness (paper 4.3)", "", "## Boundaries per model", "",
+             "| model | family | blocks | data | L-I (rel.) | L-I CI | I-G (rel.) | I-G CI | paper L-I / I-G |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for m in record["models"]:
+        cells = [m["model"], m["family"], str(m["n_blocks"]), m["data"]]
+        for n in BOUNDARY_NAMES:
+            layer = m["layer"][n]
+            mark = "" if m["accepted"][n] else " (not accepted)"
+            cells.append("none" if layer is None else f"{layer} ({m['relative'][n]:.2f}){mark}")
+            cells.append("" if m["ci"][n] is None else f"[{m['ci'][n][0]}, {m['ci'][n][1]}]")
+        p = m["paper"]
+        cells.append("" if p is None else f"{p['L-I']} / {p['I-G']} of {p['n_blocks']}")
+        lines.append("| " + " | ".join(cells) + " |")
+    lines += ["", "## Families (relative positions)", "",
+              "| family | boundary | models | found | accepted | mean | std | CV | range |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for family, by_name in record["families"].items():
+        for n, s in by_name.items():
+            lines.append(f"| {family} | {n} | {len(s['models'])} | {s['found']} | {s['accepted']} | {_fmt(s['mean'])} "
+                         f"| {_fmt(s['std'])} | {_fmt(s['cv'])} | {_fmt(s['range'])} |")
+    offsets = [o for o in record["offsets"] if o["offset"] is not None]
+    if offsets:
+        lines += ["", "Cross-family offsets (difference of family means): " + "; ".join(
+            f"{o['boundary']} {o['families'][0]} - {o['families'][1]} = {o['offset']:+.3f}" for o in offsets)]
+    lines += ["", "## The paper's predictions", "", "| tier | prediction | verdict | evidence |", "|---|---|---|---|"]
+    for v in record["predictions"]:
+        ev = "; ".join(f"{k}: {'holds' if e.get('holds') else 'fails'}" for k, e in v["evidence"].items())
+        lines.append(f"| {v['tier']} | {v['prediction']} | **{v['verdict']}** | {ev or 'needs ' + v['needs']} |")
+    lines += ["", "Definitions (ours where the paper's equations are unreadable): " + "; ".join(
+        f"{k}: {d}" for k, d in record["definitions"].items()) + ".", "", record["caveat"]]
+    return "\n".join(lines) + "\n"
+
+
+def write_robustness(folders: Iterable[str | Path], out: str | Path) -> Path | None:
+    """robustness.json and robustness.md in `out` over every result under `folders`; None if none found."""
+    record = robustness(folders)
+    if record is None:
+        return None
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(out / "robustness.json", record)
+    (out / "robustness.md").write_text(robustness_markdown(record))
+    return out / "robustness.md"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Experiment 3: boundaries across models, and the predictions")
+    parser.add_argument("folders", nargs="+", type=Path, help="folders searched for results (e.g. outputs/)")
+    parser.add_argument("--out", type=Path, default=None, help="where robustness.{md,json} go (default: first folder)")
+    args = parser.parse_args(argv)
+    path = write_robustness(args.folders, args.out or args.folders[0])
+    if path is None:
+        raise SystemExit(f"no boundary or intervention result under {[str(f) for f in args.folders]}")
+    print(path.read_text())
+
+
+if __name__ == "__main__":
+    main()

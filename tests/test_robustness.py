@@ -1,0 +1,138 @@
+"""Experiment 3 on planted results: family statistics are the textbook formulas, each prediction's verdict
+follows its threshold, too little evidence is 'untestable' (never a crash), the newest result wins."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mspgt.reports.robustness import (
+    MIXED,
+    NOT_TESTED,
+    REFUTED,
+    SUPPORTED,
+    UNTESTABLE,
+    collect,
+    robustness,
+    write_robustness,
+)
+
+
+def boundary_result(folder: Path, model: str, family: str, n_blocks: int, li: int | None, ig: int | None,
+                    data: str = "bbc-1234", accepted: bool = True) -> Path:
+    def b(layer):
+        if layer is None:
+            return {"layer": None, "relative": None, "accepted": False, "ci_low": None, "ci_high": None}
+        return {"layer": layer, "relative": layer / n_blocks, "accepted": accepted, "ci_low": layer - 1,
+                "ci_high": layer + 1}
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "results.json"
+    path.write_text(json.dumps({"experiment": "boundary", "model": {"name": model, "family": family,
+                                "n_blocks": n_blocks}, "data": {"key": data},
+                                "boundaries": {"L-I": b(li), "I-G": b(ig)}}))
+    return path
+
+
+def intervention_result(folder: Path, model: str, family: str, scale: str, sigma: float, structure_pct: float,
+                        brittleness: float, data: str = "bbc-1234") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "intervention.json"
+    path.write_text(json.dumps({
+        "experiment": "intervention", "model": {"name": model, "family": family}, "data": {"key": data},
+        "scale": {"name": scale}, "sigma": sigma,
+        "metrics": {"length_variance": {"relative_change_pct": structure_pct, "p": 0.01}},
+        "brittleness": {"value": brittleness},
+    }))
+    return path
+
+
+def by_id(record: dict) -> dict[str, dict]:
+    return {v["id"]: v for v in record["predictions"]}
+
+
+def test_family_statistics_are_the_textbook_formulas(tmp_path):
+    for i, (li, ig) in enumerate([(13, 16), (12, 20), (14, 18)]):
+        boundary_result(tmp_path / f"llama{i}", f"llama{i}", "llama", 32, li, ig)
+    record = robustness([tmp_path])
+    li = np.array([13, 12, 14]) / 32
+    ig = np.array([16, 20, 18]) / 32
+    fam = record["families"]["llama"]
+    assert fam["L-I"]["mean"] == pytest.approx(li.mean())
+    assert fam["L-I"]["std"] == pytest.approx(li.std(ddof=1))
+    assert fam["L-I"]["cv"] == pytest.approx(li.std(ddof=1) / li.mean())
+    assert fam["I-G"]["range"] == pytest.approx(ig.max() - ig.min())
+    assert fam["L-I"]["found"] == 3 and fam["L-I"]["accepted"] == 3
+
+
+def test_verdicts_follow_the_paper_thresholds(tmp_path):
+    # llama: L-I at 13/32 and 12/32 (CV 0.06 < 0.2); I-G 16/32 vs 28/32: drift 0.375 > 0.3
+    boundary_result(tmp_path / "a", "llama2", "llama", 32, 13, 16)
+    boundary_result(tmp_path / "b", "llama3", "llama", 32, 12, 28)
+    # qwen: L-I at 2/28 and 10/32 (CV ~0.9 > 0.2); I-G 20/28 vs 22/32: drift 0.027
+    boundary_result(tmp_path / "c", "qwen25", "qwen", 28, 2, 20)
+    boundary_result(tmp_path / "d", "qwen15", "qwen", 32, 10, 22)
+    # interventions: intermediate changes structure most for llama2, not for qwen25
+    for scale, pct in (("local", -5.0), ("intermediate", 40.0), ("global", 10.0)):
+        intervention_result(tmp_path / f"i-llama-{scale}", "llama2", "llama", scale, 0.1, pct, 60.0 if scale == "local" else 5)
+    for scale, pct in (("local", -50.0), ("intermediate", 4.0), ("global", 10.0)):
+        intervention_result(tmp_path / f"i-qwen-{scale}", "qwen25", "qwen", scale, 0.1, pct, 6.0 if scale == "local" else 5)
+    record = robustness([tmp_path])
+    v = by_id(record)
+    assert v["li_cv_within_family"]["verdict"] == MIXED
+    assert v["li_cv_within_family"]["evidence"]["llama"]["holds"] is True
+    assert v["li_cv_within_family"]["evidence"]["qwen"]["holds"] is False
+    assert v["ig_drift_within_family"]["evidence"]["llama"]["range"] == pytest.approx(12 / 32)
+    assert v["ig_drift_within_family"]["verdict"] == MIXED
+    assert v["intermediate_structure"]["verdict"] == MIXED
+    ratio = v["local_brittleness_ratio"]["evidence"]["sigma=0.1"]["ratio"]
+    assert ratio == pytest.approx(10.0) and v["local_brittleness_ratio"]["verdict"] == SUPPORTED
+    assert v["information_phase_transition"]["verdict"] == NOT_TESTED
+    assert v["fisher_trace"]["verdict"] == NOT_TESTED
+    # the paper's numbers sit beside ours for its four models
+    paper = {m["model"]: m["paper"] for m in record["models"]}
+    assert paper["qwen15"] == {"L-I": 2, "I-G": 8, "n_blocks": 32}
+    offsets = {(o["boundary"], tuple(o["families"])): o["offset"] for o in record["offsets"]}
+    assert offsets["L-I", ("llama", "qwen")] == pytest.approx((13 / 32 + 12 / 32) / 2 - (2 / 28 + 10 / 32) / 2)
+
+
+def test_all_failing_is_refuted_and_one_model_is_untestable(tmp_path):
+    boundary_result(tmp_path / "a", "m1", "llama", 30, 2, 11)
+    record = robustness([tmp_path])
+    v = by_id(record)
+    assert v["li_cv_within_family"]["verdict"] == UNTESTABLE
+    assert v["intermediate_structure"]["verdict"] == UNTESTABLE
+    assert v["local_brittleness_ratio"]["verdict"] == UNTESTABLE
+    boundary_result(tmp_path / "b", "m2", "llama", 30, 20, 11)  # L-I 2/30 vs 20/30: CV 1.1
+    assert by_id(robustness([tmp_path]))["li_cv_within_family"]["verdict"] == REFUTED
+
+
+def test_missing_peaks_are_counted_not_averaged(tmp_path):
+    boundary_result(tmp_path / "a", "m1", "qwen", 24, 3, 12)
+    boundary_result(tmp_path / "b", "m2", "qwen", 24, None, None)
+    fam = robustness([tmp_path])["families"]["qwen"]
+    assert fam["L-I"]["found"] == 1 and fam["L-I"]["mean"] == pytest.approx(3 / 24)
+    assert fam["L-I"]["std"] is None and fam["L-I"]["cv"] is None
+
+
+def test_the_newest_result_of_a_model_and_corpus_wins(tmp_path):
+    old = boundary_result(tmp_path / "old", "m1", "llama", 30, 2, 11)
+    new = boundary_result(tmp_path / "new", "m1", "llama", 30, 5, 15)
+    os.utime(old, (1_000_000, 1_000_000))
+    rows, _ = collect([tmp_path])
+    assert len(rows) == 1 and rows[0].layer == {"L-I": 5, "I-G": 15} and rows[0].source == str(new)
+    boundary_result(tmp_path / "other", "m1", "llama", 30, 3, 12, data="conllu-99")  # another corpus: kept
+    assert len(collect([tmp_path])[0]) == 2
+
+
+def test_report_files_and_nothing_found(tmp_path):
+    assert write_robustness([tmp_path], tmp_path) is None
+    boundary_result(tmp_path / "a", "llama2", "llama", 32, 13, 16)
+    path = write_robustness([tmp_path], tmp_path / "out")
+    text = path.read_text()
+    assert "| llama2 | llama | 32 |" in text and "13 / 16 of 32" in text and "untestable here" in text
+    assert json.loads((tmp_path / "out" / "robustness.json").read_text())["experiment"] == "robustness"
