@@ -318,7 +318,8 @@ def robustness_markdown(record: dict[str, Any]) -> str:
     lines += ["", "## The paper's predictions", "", "| tier | prediction | verdict | evidence |", "|---|---|---|---|"]
     for v in record["predictions"]:
         ev = "; ".join(f"{k}: {'holds' if e.get('holds') else 'fails'}" for k, e in v["evidence"].items())
-        lines.append(f"| {v['tier']} | {v['prediction']} | **{v['verdict']}** | {ev or 'needs ' + v['needs']} |")
+        prediction = v["prediction"].replace("|", "\\|")  # a pipe inside a cell would end it
+        lines.append(f"| {v['tier']} | {prediction} | **{v['verdict']}** | {ev or 'needs ' + v['needs']} |")
     lines += ["", "Definitions (ours where the paper's equations are unreadable): " + "; ".join(
         f"{k}: {d}" for k, d in record["definitions"].items()) + ".", "", record["caveat"]]
     return "\n".join(lines) + "\n"
