@@ -39,13 +39,13 @@ def boundary_result(folder: Path, model: str, family: str, n_blocks: int, li: in
 
 
 def intervention_result(folder: Path, model: str, family: str, scale: str, sigma: float, structure_pct: float,
-                        brittleness: float, data: str = "bbc-1234") -> Path:
+                        brittleness: float, data: str = "bbc-1234", p: float = 0.01) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "intervention.json"
     path.write_text(json.dumps({
         "experiment": "intervention", "model": {"name": model, "family": family}, "data": {"key": data},
         "scale": {"name": scale}, "sigma": sigma,
-        "metrics": {"length_variance": {"relative_change_pct": structure_pct, "p": 0.01}},
+        "metrics": {"length_variance": {"relative_change_pct": structure_pct, "p": p}},
         "brittleness": {"value": brittleness},
     }))
     return path
@@ -136,3 +136,14 @@ def test_report_files_and_nothing_found(tmp_path):
     text = path.read_text()
     assert "| llama2 | llama | 32 |" in text and "13 / 16 of 32" in text and "untestable here" in text
     assert json.loads((tmp_path / "out" / "robustness.json").read_text())["experiment"] == "robustness"
+
+
+def test_structure_changes_that_are_not_significant_decide_nothing(tmp_path):
+    for scale, pct in (("local", -4.0), ("intermediate", 2.0), ("global", 17.0)):
+        intervention_result(tmp_path / scale, "m1", "llama", scale, 0.1, pct, 5.0, p=0.3)
+    v = by_id(robustness([tmp_path]))["intermediate_structure"]
+    assert v["verdict"] == UNTESTABLE
+    (evidence,) = v["evidence"].values()
+    assert evidence["holds"] is None and "inconclusive" in evidence["note"]
+    intervention_result(tmp_path / "global", "m1", "llama", "global", 0.1, 17.0, 5.0, p=0.01)
+    assert by_id(robustness([tmp_path]))["intermediate_structure"]["verdict"] == REFUTED

@@ -126,6 +126,11 @@ def write_sweep_summary(sweep_dir: str | Path, tracking: DictConfig | None) -> d
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise MspgtError(f"{sweep_dir} is not a folder", "pass the sweep folder (outputs/multirun/<date>)")
+    record = robustness([sweep_dir])  # Experiment 3 over this sweep's boundary and intervention jobs
+    if record is not None:
+        write_json_atomic(sweep_dir / "robustness.json", record)
+        (sweep_dir / "robustness.md").write_text(robustness_markdown(record))
+        log.info("robustness (paper 4.3) and the predictions: %s", sweep_dir / "robustness.md")
     rows = [job_row(f) for f in job_folders(sweep_dir)]
     if not rows:
         return None
@@ -133,11 +138,6 @@ def write_sweep_summary(sweep_dir: str | Path, tracking: DictConfig | None) -> d
     write_json_atomic(sweep_dir / "sweep_summary.json", summary)
     (sweep_dir / "sweep_summary.md").write_text(summary_markdown(sweep_dir.name, rows))
     log.info("sweep summary: %s", sweep_dir / "sweep_summary.md")
-    record = robustness([sweep_dir])  # Experiment 3 over this sweep's jobs
-    if record is not None:
-        write_json_atomic(sweep_dir / "robustness.json", record)
-        (sweep_dir / "robustness.md").write_text(robustness_markdown(record))
-        log.info("robustness (paper 4.3) and the predictions: %s", sweep_dir / "robustness.md")
     if tracking is not None and tracking.mode != "disabled":
         families = sorted({r["family"] for r in rows if r.get("family")})
         tracker = Tracker(tracking, sweep_dir, job_type="sweep_summary", name=f"{sweep_dir.name}-summary",

@@ -41,6 +41,7 @@ LI_CV_MAX = 0.2  # Tier 1: within-family CV of the L-I position below this
 LOCAL_BRITTLENESS_RATIO_MIN = 5.0  # Tier 3: local brittleness differs by more than this across families
 IG_DRIFT_MIN = 0.30  # Tier 3: the I-G boundary drifts by more than this share of depth within a family
 STRUCTURE_METRIC = "length_variance"
+STRUCTURE_ALPHA = 0.05  # a model/sigma counts for Tier 2 only if some scale changed structure at p < this (ours)
 
 # The paper's reported boundaries (blocks, depth), for comparison only; keyed by our model config names.
 PAPER_BOUNDARIES = {
@@ -205,17 +206,24 @@ def verdicts(rows: list[ModelBoundaries], interventions: list[ScaleIntervention]
         if not {"local", "intermediate", "global"} <= set(by_scale):
             continue
         change = {s: by_scale[s].structure_change_pct for s in ("local", "intermediate", "global")}
+        p = {s: by_scale[s].structure_p for s in ("local", "intermediate", "global")}
         if any(v is None or not math.isfinite(v) for v in change.values()):
+            continue
+        key = f"{model} / {data} / sigma={sigma:g}"
+        if not any(v is not None and v < STRUCTURE_ALPHA for v in p.values()):
+            evidence[key] = {"structure_change_pct": change, "p": p, "holds": None,
+                             "note": f"inconclusive: no scale changed structure at p < {STRUCTURE_ALPHA}"}
             continue
         ok = abs(change["intermediate"]) > max(abs(change["local"]), abs(change["global"]))
         holds.append(ok)
-        evidence[f"{model} / {data} / sigma={sigma:g}"] = {"structure_change_pct": change, "holds": ok}
+        evidence[key] = {"structure_change_pct": change, "p": p, "holds": ok}
     out.append({
         "tier": 2, "id": "intermediate_structure",
         "prediction": "noise in the Intermediate scale changes structure (sentence-length variance) more than "
                       "noise in the Local or the Global scale (|relative change|, our reading)",
         "evidence": evidence, "verdict": _overall(holds),
-        "needs": "experiment=intervention with scale=local,intermediate,global at one sigma, same model and data",
+        "needs": "experiment=intervention with scale=local,intermediate,global at one sigma, same model and data, "
+                 f"where some scale changes structure at p < {STRUCTURE_ALPHA}",
     })
 
     # Tier 3: local brittleness differs by more than 5x across families
@@ -276,7 +284,8 @@ def robustness(folders: Iterable[str | Path]) -> dict[str, Any] | None:
         "definitions": {
             "relative": "boundary block l / number of blocks L",
             "family_spread": "sample std (ddof=1) and CV = std / mean over the models that found the peak (ours)",
-            "structure": "|relative change| of the sentence-length variance, same model, data and sigma (ours)",
+            "structure": "|relative change| of the sentence-length variance, same model, data and sigma; counted "
+                         f"only where some scale's change has paired-t p < {STRUCTURE_ALPHA} (ours)",
             "local_brittleness": "mean over a family's models of the scale=local brittleness coefficient (ours)",
         },
         "caveat": "Verdicts hold for the models and corpora listed here; results on small models demonstrate the "
@@ -317,7 +326,8 @@ def robustness_markdown(record: dict[str, Any]) -> str:
             f"{o['boundary']} {o['families'][0]} - {o['families'][1]} = {o['offset']:+.3f}" for o in offsets)]
     lines += ["", "## The paper's predictions", "", "| tier | prediction | verdict | evidence |", "|---|---|---|---|"]
     for v in record["predictions"]:
-        ev = "; ".join(f"{k}: {'holds' if e.get('holds') else 'fails'}" for k, e in v["evidence"].items())
+        ev = "; ".join(f"{k}: {e['note'] if e.get('holds') is None else 'holds' if e['holds'] else 'fails'}"
+                       for k, e in v["evidence"].items())
         prediction = v["prediction"].replace("|", "\\|")  # a pipe inside a cell would end it
         lines.append(f"| {v['tier']} | {prediction} | **{v['verdict']}** | {ev or 'needs ' + v['needs']} |")
     lines += ["", "Definitions (ours where the paper's equations are unreadable): " + "; ".join(
