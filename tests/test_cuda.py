@@ -50,7 +50,7 @@ def test_statistics_on_cuda_match_the_cpu(model, tmp_path, shared_cache):
     for signal in ("representation_change", "attention_drift"):
         assert np.all(np.isfinite(bf16["signals"][signal]))
     for res in results.values():
-        assert res["found_two_peaks"] in (True, False) and len(res["evidence"]) == res["model"]["n_blocks"]
+        assert len(res["evidence"]) == res["model"]["n_blocks"]
 
 
 @pytest.fixture(scope="module")

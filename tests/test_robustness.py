@@ -132,8 +132,9 @@ def test_the_newest_result_of_a_model_and_corpus_wins(tmp_path):
 def test_report_files_and_nothing_found(tmp_path):
     assert write_robustness([tmp_path], tmp_path) is None
     boundary_result(tmp_path / "a", "llama2", "llama", 32, 13, 16)
-    path = write_robustness([tmp_path], tmp_path / "out")
-    text = path.read_text()
+    record = write_robustness([tmp_path], tmp_path / "out")
+    assert record["models"][0]["model"] == "llama2"
+    text = (tmp_path / "out" / "robustness.md").read_text()
     assert "| llama2 | llama | 32 |" in text and "13 / 16 of 32" in text and "untestable here" in text
     assert json.loads((tmp_path / "out" / "robustness.json").read_text())["experiment"] == "robustness"
 

@@ -21,7 +21,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mspgt.errors import MspgtError
-from mspgt.reports.robustness import robustness, robustness_markdown
+from mspgt.reports.robustness import write_robustness
 from mspgt.reports.store import write_json_atomic
 from mspgt.reports.tracking import Tracker
 
@@ -126,10 +126,8 @@ def write_sweep_summary(sweep_dir: str | Path, tracking: DictConfig | None) -> d
     sweep_dir = Path(sweep_dir)
     if not sweep_dir.is_dir():
         raise MspgtError(f"{sweep_dir} is not a folder", "pass the sweep folder (outputs/multirun/<date>)")
-    record = robustness([sweep_dir])  # Experiment 3 over this sweep's boundary and intervention jobs
+    record = write_robustness([sweep_dir], sweep_dir)  # Experiment 3 over this sweep's boundary and intervention jobs
     if record is not None:
-        write_json_atomic(sweep_dir / "robustness.json", record)
-        (sweep_dir / "robustness.md").write_text(robustness_markdown(record))
         log.info("robustness (paper 4.3) and the predictions: %s", sweep_dir / "robustness.md")
     rows = [job_row(f) for f in job_folders(sweep_dir)]
     if not rows:

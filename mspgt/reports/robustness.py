@@ -84,53 +84,50 @@ class ScaleIntervention:
     source: str
 
 
-def _newest(paths: Iterable[Path]) -> list[Path]:
-    return sorted(set(paths), key=lambda p: p.stat().st_mtime)
+def _boundary_row(r: dict[str, Any], path: Path) -> ModelBoundaries:
+    model, bounds = r.get("model", {}), r["boundaries"]
+    return ModelBoundaries(
+        model=str(model.get("name")), family=str(model.get("family")), n_blocks=int(model.get("n_blocks", 0)),
+        data=str(r.get("data", {}).get("key")),
+        layer={n: bounds.get(n, {}).get("layer") for n in BOUNDARY_NAMES},
+        relative={n: bounds.get(n, {}).get("relative") for n in BOUNDARY_NAMES},
+        accepted={n: bool(bounds.get(n, {}).get("accepted")) for n in BOUNDARY_NAMES},
+        ci={n: (None if bounds.get(n, {}).get("ci_low") is None
+                else (bounds[n]["ci_low"], bounds[n]["ci_high"])) for n in BOUNDARY_NAMES},
+        source=str(path),
+    )
+
+
+def _intervention_row(r: dict[str, Any], path: Path) -> ScaleIntervention:
+    structure = r.get("metrics", {}).get(STRUCTURE_METRIC, {})
+    return ScaleIntervention(
+        model=str(r["model"]["name"]), family=str(r["model"]["family"]), data=str(r.get("data", {}).get("key")),
+        scale=str(r["scale"]["name"]), sigma=float(r["sigma"]),
+        structure_change_pct=structure.get("relative_change_pct"), structure_p=structure.get("p"),
+        brittleness=r.get("brittleness", {}).get("value"), source=str(path),
+    )
 
 
 def collect(folders: Iterable[str | Path]) -> tuple[list[ModelBoundaries], list[ScaleIntervention]]:
-    """Every boundary and intervention result under `folders`; the newest per model and data (and scale,
-    sigma) wins. Unreadable files are skipped."""
-    folders = [Path(f) for f in folders]
+    """Every boundary and intervention result under `folders` (each JSON file read once, oldest first, so the
+    newest per model and data, and scale and sigma, wins). Unreadable files are skipped."""
+    paths = {p for f in map(Path, folders) for p in (f.rglob("*.json") if f.is_dir() else [f])}
     boundary: dict[tuple[str, str], ModelBoundaries] = {}
-    candidates = [p for f in folders for p in (f.rglob("*.json") if f.is_dir() else [f])]
-    for path in _newest(candidates):
-        try:
-            r = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if not isinstance(r, dict) or r.get("experiment") != "boundary" or "boundaries" not in r:
-            continue
-        model, bounds = r.get("model", {}), r["boundaries"]
-        row = ModelBoundaries(
-            model=str(model.get("name")), family=str(model.get("family")), n_blocks=int(model.get("n_blocks", 0)),
-            data=str(r.get("data", {}).get("key")),
-            layer={n: bounds.get(n, {}).get("layer") for n in BOUNDARY_NAMES},
-            relative={n: bounds.get(n, {}).get("relative") for n in BOUNDARY_NAMES},
-            accepted={n: bool(bounds.get(n, {}).get("accepted")) for n in BOUNDARY_NAMES},
-            ci={n: (None if bounds.get(n, {}).get("ci_low") is None
-                    else (bounds[n]["ci_low"], bounds[n]["ci_high"])) for n in BOUNDARY_NAMES},
-            source=str(path),
-        )
-        boundary[row.model, row.data] = row  # newer files come later and win
     interventions: dict[tuple[str, str, str, float], ScaleIntervention] = {}
-    for path in _newest(p for f in folders for p in (f.rglob("intervention.json") if f.is_dir() else [f])
-                        if p.name == "intervention.json"):
+    for path in sorted(paths, key=lambda p: p.stat().st_mtime):
         try:
             r = json.loads(path.read_text())
         except (OSError, json.JSONDecodeError, UnicodeDecodeError):
             continue
-        scale = r.get("scale", {}).get("name")
-        if r.get("experiment") != "intervention" or scale in (None, "none") or r.get("sigma") is None:
+        if not isinstance(r, dict):
             continue
-        structure = r.get("metrics", {}).get(STRUCTURE_METRIC, {})
-        row = ScaleIntervention(
-            model=str(r["model"]["name"]), family=str(r["model"]["family"]), data=str(r.get("data", {}).get("key")),
-            scale=str(scale), sigma=float(r["sigma"]),
-            structure_change_pct=structure.get("relative_change_pct"), structure_p=structure.get("p"),
-            brittleness=r.get("brittleness", {}).get("value"), source=str(path),
-        )
-        interventions[row.model, row.data, row.scale, row.sigma] = row
+        if r.get("experiment") == "boundary" and "boundaries" in r:
+            b = _boundary_row(r, path)
+            boundary[b.model, b.data] = b
+        elif (r.get("experiment") == "intervention" and r.get("scale", {}).get("name") not in (None, "none")
+              and r.get("sigma") is not None):
+            iv = _intervention_row(r, path)
+            interventions[iv.model, iv.data, iv.scale, iv.sigma] = iv
     return sorted(boundary.values(), key=lambda b: (b.family, b.model, b.data)), list(interventions.values())
 
 
@@ -335,8 +332,9 @@ def robustness_markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_robustness(folders: Iterable[str | Path], out: str | Path) -> Path | None:
-    """robustness.json and robustness.md in `out` over every result under `folders`; None if none found."""
+def write_robustness(folders: Iterable[str | Path], out: str | Path) -> dict[str, Any] | None:
+    """Write robustness.json and robustness.md in `out` over every result under `folders` and return the
+    record; None (nothing written) if no result was found."""
     record = robustness(folders)
     if record is None:
         return None
@@ -344,7 +342,7 @@ def write_robustness(folders: Iterable[str | Path], out: str | Path) -> Path | N
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "robustness.json", record)
     (out / "robustness.md").write_text(robustness_markdown(record))
-    return out / "robustness.md"
+    return record
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -352,10 +350,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("folders", nargs="+", type=Path, help="folders searched for results (e.g. outputs/)")
     parser.add_argument("--out", type=Path, default=None, help="where robustness.{md,json} go (default: first folder)")
     args = parser.parse_args(argv)
-    path = write_robustness(args.folders, args.out or args.folders[0])
-    if path is None:
+    out = args.out or args.folders[0]
+    if write_robustness(args.folders, out) is None:
         raise SystemExit(f"no boundary or intervention result under {[str(f) for f in args.folders]}")
-    print(path.read_text())
+    print((Path(out) / "robustness.md").read_text())
 
 
 if __name__ == "__main__":
