@@ -69,7 +69,8 @@ def test_pure_noise_is_not_accepted(seed: int) -> None:
     result = _run(_per_group_curves(200, signal=0.0, noise=1.0, seed=seed), n_resamples=500, seed=seed)
     for ci in result.values():
         assert not ci.accepted
-        assert ci.width is None or ci.width >= 5
+        # matched peaks (peaks.MATCHING_RULE): noise shows as a wide CI or as many resamples missing the peak
+        assert ci.width is None or ci.width >= 5 or ci.n_missing > 0.05 * ci.n_resamples
         top = max(ci.selection_frequency.values(), default=0)
         assert top < 0.8 * ci.n_resamples  # no layer dominates
 
@@ -78,11 +79,12 @@ def test_pure_noise_is_not_accepted(seed: int) -> None:
 def test_percentile_interval_on_observed_layers(tail: int, expected_low: int) -> None:
     """inverted_cdf: the low end is the smallest layer whose cumulative frequency reaches 2.5%."""
     chosen = np.array([3] * tail + [5] * (97 - tail) + [9] * 2 + [0])  # 100 resamples, one without a peak
-    ci = _boundary_ci(5, chosen, 10, 0.95, 5, 0.05)
+    none = np.zeros(chosen.size, dtype=bool)
+    ci = _boundary_ci(5, chosen, none, {}, 10, 0.95, 5, 0.05)
     assert (ci.ci_low, ci.ci_high) == (expected_low, 5)
     assert ci.selection_frequency == {3: tail, 5: 97 - tail, 9: 2}
     assert ci.n_missing == 1 and ci.accepted
-    strict = _boundary_ci(5, chosen, 10, 0.95, 5, 0.0)  # no resample may miss the peak
+    strict = _boundary_ci(5, chosen, none, {}, 10, 0.95, 5, 0.0)  # no resample may miss the peak
     assert not strict.accepted
 
 
@@ -104,6 +106,29 @@ def test_resamples_without_peaks_are_counted_missing() -> None:
     for ci in result.values():
         assert ci.n_missing == 40 and ci.ci_low is None and ci.width is None and not ci.accepted
         assert ci.selection_frequency == {}
+
+
+def test_nan_resamples_are_counted_apart_with_the_signal_that_was_undefined() -> None:
+    """Audit defect: a resample whose evidence is NaN is not "no such peak"; it is n_undefined, and the
+    output says which signal made it NaN."""
+    curves = _per_group_curves(60, signal=1.0, noise=0.05, seed=2)
+
+    def evidence_fn(counts: np.ndarray):
+        evidence = _evidence_fn(curves)(counts)  # [b, L]
+        probe = np.where(counts[:, :1] > 1, np.nan, evidence)  # undefined where group 0 was drawn twice+
+        evidence = np.where(np.isnan(probe).any(axis=1, keepdims=True), np.nan, evidence)
+        return evidence, {"probe_jump": probe, "representation_change": np.ones_like(counts[:, :N_BLOCKS], dtype=float)}
+
+    point = detect_boundaries(_evidence_fn(curves)(np.ones((1, 60)))[0])
+    result = bootstrap_boundaries(evidence_fn, 60, N_BLOCKS, point, n_resamples=200, seed=3)
+    counts = resample_counts(60, 200, np.random.default_rng(3))
+    expected = int((counts[:, 0] > 1).sum())
+    assert expected > 5
+    for ci in result.values():
+        assert ci.n_undefined == expected and ci.n_missing == 0
+        assert ci.undefined_signals == {"probe_jump": expected, "representation_change": 0}
+        assert sum(ci.selection_frequency.values()) + ci.n_missing + ci.n_undefined == 200
+        assert not ci.accepted  # undefined resamples count against acceptance (> 5%)
 
 
 def test_same_seed_same_result_and_chunking_does_not_matter() -> None:

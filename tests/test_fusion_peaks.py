@@ -7,7 +7,7 @@ import pytest
 
 from mspgt.errors import MspgtError
 from mspgt.fusion.fuse import SIGNAL_NAMES, fuse, minmax_normalise, validate_fusion
-from mspgt.fusion.peaks import detect_boundaries, detect_boundaries_batch
+from mspgt.fusion.peaks import NONE_FOUND, UNDEFINED, detect_boundaries, detect_boundaries_batch
 
 ALL_ON = dict.fromkeys(SIGNAL_NAMES, True)
 EQUAL = dict.fromkeys(SIGNAL_NAMES, 1.0)
@@ -170,15 +170,57 @@ def test_batch_matches_single_curves() -> None:
     curves = minmax_normalise(rng.random((300, 32)) + _bumps(32, [7, 25], [1.5, 1.2]))  # [B, L]
     curves[3] = 0.0  # no peak at all
     curves[4, 10] = np.nan  # an undefined resample
-    li, ig = detect_boundaries_batch(curves, prominence=0.3)
+    picks = detect_boundaries_batch(curves, prominence=0.3)  # no point estimate: two most prominent
+    li, ig = picks.li, picks.ig
     assert li.shape == ig.shape == (300,)
     for row in range(300):
         if row == 4:
-            assert li[row] == ig[row] == 0
+            assert li[row] == ig[row] == UNDEFINED  # NaN is not "no such peak"
             continue
         pick = detect_boundaries(curves[row], prominence=0.3)
-        assert (li[row], ig[row]) == (pick.li or 0, pick.ig or 0)
-    assert li[3] == ig[3] == 0
+        assert (li[row], ig[row]) == (pick.li or NONE_FOUND, pick.ig or NONE_FOUND)
+    assert li[3] == ig[3] == NONE_FOUND
+    assert not picks.li_relabelled.any() and not picks.ig_relabelled.any()
+
+
+def test_resample_peaks_are_matched_to_the_point_estimate() -> None:
+    """Audit defect: a competing third peak must not be mixed into a boundary's CI. Point estimate (5, 15).
+    Resample 1: the third peak (block 10) outranks the one at block 5: labelling by layer order put 10 into
+    the L-I interval; matched, L-I is missing in that resample. Resample 2: top peaks (2, 9) with a weak
+    peak at 16: by order I-G = 9; matched, 9 is not the I-G peak, so I-G is missing and L-I = 2."""
+    three = minmax_normalise(_bumps(20, [5, 10, 15], [0.6, 0.9, 1.0], width=0.7))
+    low = minmax_normalise(_bumps(20, [2, 9, 16], [1.0, 0.9, 0.5], width=0.7))
+    two = minmax_normalise(_bumps(20, [6, 15], [0.9, 1.0], width=0.7))
+    assert (detect_boundaries(three).li, detect_boundaries(three).ig) == (10, 15)  # the order rule
+    assert (detect_boundaries(low).li, detect_boundaries(low).ig) == (2, 9)
+    picks = detect_boundaries_batch(np.stack([three, low, two]), prominence=0.3, point=(5, 15))
+    assert picks.li.tolist() == [NONE_FOUND, 2, 6] and picks.ig.tolist() == [15, NONE_FOUND, 15]
+    assert picks.li_relabelled.tolist() == [True, False, False]
+    assert picks.ig_relabelled.tolist() == [False, True, False]
+    # far from the point estimate the nearest pair still wins; ties go to the larger summed prominence
+    tie = minmax_normalise(_bumps(20, [3, 7, 15], [0.7, 0.9, 1.0], width=0.6))  # 3 and 7 both 2 from 5
+    assert detect_boundaries_batch(tie[None], point=(5, 15)).li.tolist() == [7]
+
+
+def test_a_plateau_from_replicated_first_block_does_not_move_a_peak() -> None:
+    """Audit defect: first_block=replicate sets S_attn(1) = S_attn(2); a JS peak at block 2 then forms a
+    two-block plateau that find_peaks reports at block 1. The planted peak at block 2 is found at 2."""
+    from mspgt.signals.attention_drift import attention_drift
+
+    js = _bumps(16, [2, 11], [1.0, 0.8], width=0.5)  # [L] JS of blocks 1..L, a peak at block 2
+    js[0] = 0.05  # block 1's own value is never used by replicate
+    drift = attention_drift(js[None], np.zeros(1), np.ones(1), first_block="replicate")  # [L]
+    assert drift[0] == drift[1]
+    only_attention = {"attention_drift": True, "representation_change": False, "probe_jump": False}
+    evidence = fuse({"attention_drift": drift}, EQUAL, only_attention)
+    pick = detect_boundaries(evidence, replicated_first=True)
+    assert (pick.li, pick.ig) == (2, 11)
+    assert detect_boundaries_batch(evidence[None], replicated_first=True).li.tolist() == [2]
+    # a three-block plateau starting at block 1 is centred on blocks 2..3 -> 2; a plateau elsewhere as before
+    plateau = np.array([1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 1.0, 1.0, 0.0])
+    assert detect_boundaries(plateau, replicated_first=True).peaks == [2, 7]
+    assert detect_boundaries(plateau).peaks == [2, 7]  # (1 + 3) // 2 = 2 either way
+    assert detect_boundaries(np.array([1.0, 1.0, 0.0, 0.0, 1.0]), replicated_first=True).peaks == [2, 5]
 
 
 def test_detect_errors() -> None:

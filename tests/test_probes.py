@@ -121,9 +121,10 @@ def test_bootstrap_weights_equal_sklearn_sample_weights(planted):
                 np.testing.assert_allclose(f[task][b, layer], expected, rtol=1e-12)
 
 
-def test_sparse_resamples_skip_absent_classes_like_sklearn():
-    """Many classes, few words per group: resamples often miss a class entirely (tp + fp + fn = 0);
-    it is skipped, as sklearn's zero_division=np.nan skips it, not counted as F1 = 0."""
+def test_a_resample_averages_the_classes_in_its_own_gold_labels():
+    """Audit defect: a resample's F1 is the point statistic applied to the resample, i.e. macro F1 over the
+    classes present in the RESAMPLED gold labels (sklearn labels=<classes in y>). A class absent from the
+    resample's gold words but predicted there is not averaged in as F1 = 0."""
     rng = np.random.default_rng(11)
     n, n_layers, n_classes, n_groups = 150, 2, 10, 30
     gold = rng.choice(n_classes, n, p=np.arange(1, n_classes + 1) / 55)  # [N] skewed classes
@@ -137,18 +138,35 @@ def test_sparse_resamples_skip_absent_classes_like_sklearn():
     )  # fmt: skip
     weights = rng.multinomial(n_groups // 6, np.full(n_groups, 1 / n_groups), size=40)  # [B, G] small draws
     f = task_f1(result, weights, n_groups)["pos"]  # [B, L+1]
-    skipped = 0
+    predicted_but_absent = 0
     for b in range(len(weights)):
-        drawn = weights[b, group] > 0
+        drawn = weights[b, group] > 0  # [N] words of the drawn groups
         for layer in range(n_layers):
             expected = f1_score(
-                gold, pred[:, layer], average="macro", labels=result.present["pos"],
-                sample_weight=weights[b, group], zero_division=np.nan,
-            )  # fmt: skip
+                np.repeat(gold, weights[b, group]), np.repeat(pred[:, layer], weights[b, group]),
+                average="macro", labels=np.unique(gold[drawn]),
+            )  # fmt: skip  (the resampled words, duplicates included)
             np.testing.assert_allclose(f[b, layer], expected, rtol=1e-12)
-            seen = set(gold[drawn]) | set(pred[drawn, layer])
-            skipped += len(set(result.present["pos"]) - seen) > 0
-    assert skipped > 10  # the skipping rule was exercised
+            predicted_but_absent += len(set(pred[drawn, layer]) - set(gold[drawn])) > 0
+    assert predicted_but_absent > 10  # the rule was exercised: the old rule scored those classes F1 = 0
+
+
+def test_rare_class_gap_is_closed():
+    """The audit's case: a rare class in one held-out group only, predicted (wrongly) in the others. A
+    resample without that group must give the F1 of the words it holds, classes of its gold labels."""
+    gold = np.array([0, 0, 1, 1, 2, 0, 0, 1, 1, 0])  # class 2 (rare) only in group 0
+    pred = np.array([0, 0, 1, 1, 2, 0, 2, 1, 1, 2])[:, None]  # [N, 1] class 2 predicted in group 1
+    group = np.array([0, 0, 0, 0, 0, 1, 1, 1, 1, 1])
+    tp, fp, fn = _confusion_counts(gold, pred, group, 2, 3)
+    result = ProbeResult(
+        tasks=["ner"], n_classes={"ner": 3}, eval_groups=np.arange(2), tp={"ner": tp}, fp={"ner": fp},
+        fn={"ner": fn}, present={"ner": np.unique(gold)}, accuracy={}, selectivity=None, control_accuracy=None,
+        seconds=0.0,
+    )  # fmt: skip
+    only_group_1 = task_f1(result, np.array([0.0, 1.0]), 2)["ner"][0]
+    g1 = group == 1
+    assert only_group_1 == pytest.approx(f1_score(gold[g1], pred[g1, 0], average="macro", labels=[0, 1]))
+    assert only_group_1 == pytest.approx((2 * 1 / (2 * 1 + 0 + 2) + 1.0) / 2)  # class 0: tp 1, fn 2; class 1: 1
 
 
 def test_weights_scale_invariance_and_shapes(planted):

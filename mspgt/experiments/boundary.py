@@ -21,9 +21,9 @@ from mspgt.data.labels import SRL_NOTE, TASKS, label_sentences
 from mspgt.errors import MspgtError
 from mspgt.extraction.cache import StatisticsCache
 from mspgt.extraction.extract import build_statistics, cache_material, load_statistics, prepare_corpus
-from mspgt.fusion.bootstrap import bootstrap_boundaries
+from mspgt.fusion.bootstrap import bootstrap_boundaries, check_bootstrap_settings
 from mspgt.fusion.fuse import fuse, validate_fusion
-from mspgt.fusion.peaks import detect_boundaries
+from mspgt.fusion.peaks import MATCHING_RULE, detect_boundaries
 from mspgt.layers import relative_position, scales_from_boundaries
 from mspgt.model.loading import load_model, resolve_device
 from mspgt.reports.boundary_report import boundary_figure, boundary_markdown, log_boundary_to_wandb
@@ -41,12 +41,7 @@ def validate_boundary_config(cfg: DictConfig) -> None:
     """Every check that needs no data or model, so bad settings fail before any long work."""
     validate_fusion(dict(cfg.fusion.weights), dict(cfg.fusion.signals), cfg.fusion.prominence)
     b = cfg.bootstrap
-    if b.n_resamples < 1 or not 0 < b.ci_level < 1 or b.group_size < 1 or b.acceptance_width <= 0:
-        raise MspgtError(
-            f"bootstrap settings out of range: n_resamples={b.n_resamples}, ci_level={b.ci_level}, "
-            f"group_size={b.group_size}, acceptance_width={b.acceptance_width}",
-            "use n_resamples >= 1, 0 < ci_level < 1, group_size >= 1, acceptance_width > 0",
-        )
+    check_bootstrap_settings(b.n_resamples, b.ci_level, b.acceptance_width, b.max_missing_fraction, b.group_size)
     unknown = [t for t in cfg.probes.tasks if t not in TASKS]
     if unknown:
         raise MspgtError(f"unknown probe tasks {unknown}", f"probes.tasks is a subset of {list(TASKS)}")
@@ -134,17 +129,19 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     weights, enabled = dict(cfg.fusion.weights), dict(cfg.fusion.signals)
     signals = layer_signals(stats, probes, cfg.fusion)
     evidence = fuse(signals, weights, enabled)
-    pick = detect_boundaries(evidence, cfg.fusion.prominence)
+    replicated_first = bool(enabled.get("attention_drift")) and cfg.fusion.attention.first_block == "replicate"
+    pick = detect_boundaries(evidence, cfg.fusion.prominence, replicated_first)
 
-    def evidence_fn(counts: np.ndarray) -> np.ndarray:
-        return fuse(layer_signals(stats, probes, cfg.fusion, counts), weights, enabled)
+    def evidence_fn(counts: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        resampled = layer_signals(stats, probes, cfg.fusion, counts)
+        return fuse(resampled, weights, enabled), resampled
 
     t = time.perf_counter()
     b = cfg.bootstrap
     cis = bootstrap_boundaries(
         evidence_fn, stats.n_groups, L, pick, n_resamples=b.n_resamples, seed=b.seed, ci_level=b.ci_level,
         acceptance_width=b.acceptance_width, max_missing_fraction=b.max_missing_fraction,
-        prominence=cfg.fusion.prominence,
+        prominence=cfg.fusion.prominence, replicated_first=replicated_first,
     )
     timings["bootstrap_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all

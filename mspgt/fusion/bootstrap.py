@@ -9,17 +9,24 @@ empirical-distribution quantile (numpy method="inverted_cdf": the smallest obser
 cumulative frequency reaches the level), so both ends are layers that were actually chosen.
 Argmax-type statistics are discrete and bootstrap badly, so the selection frequency of every layer and
 the number of resamples without such a peak are reported beside the interval.
+
+Each resample's peaks are matched to the point estimate's boundaries (`peaks.MATCHING_RULE`), so a third,
+competing peak cannot mix two different peaks into one interval; `n_relabelled` counts the resamples where
+matching chose another layer than labelling the two most prominent peaks by layer order would have.
+A resample whose evidence is NaN (a signal undefined under that resample, e.g. a task's probe F1 when the
+resample holds no held-out word of that task) is counted apart from the resamples without the peak
+(`n_undefined`, with `undefined_signals`: which signal was NaN how often); both count against acceptance.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from mspgt.errors import MspgtError
-from mspgt.fusion.peaks import BoundaryPick, detect_boundaries_batch
+from mspgt.fusion.peaks import NONE_FOUND, UNDEFINED, BoundaryPick, ResamplePicks, detect_boundaries_batch
 from mspgt.layers import BOUNDARY_NAMES, relative_position
 
 
@@ -33,6 +40,9 @@ def resample_counts(n_groups: int, n_resamples: int, rng: np.random.Generator) -
     return rng.multinomial(n_groups, np.full(n_groups, 1.0 / n_groups), size=n_resamples).astype(np.int64)
 
 
+EvidenceFn = Callable[[np.ndarray], "np.ndarray | tuple[np.ndarray, Mapping[str, np.ndarray]]"]
+
+
 @dataclass
 class BoundaryCI:
     """One boundary: point estimate, percentile CI over resamples, acceptance, selection frequencies."""
@@ -44,9 +54,12 @@ class BoundaryCI:
     width: int | None  # ci_high - ci_low, in layers
     accepted: bool
     selection_frequency: dict[int, int] = field(default_factory=dict)  # layer -> resamples choosing it
-    n_missing: int = 0  # resamples with no such peak
+    n_missing: int = 0  # resamples with finite evidence but no such peak
     n_resamples: int = 0
     ci_level: float = 0.95
+    n_undefined: int = 0  # resamples whose evidence was NaN/inf (no peak could be looked for)
+    undefined_signals: dict[str, int] = field(default_factory=dict)  # signal -> resamples where it was NaN/inf
+    n_relabelled: int = 0  # resamples where matching to the point estimate changed this boundary's layer
 
     def as_dict(self) -> dict:
         return asdict(self)
@@ -55,14 +68,17 @@ class BoundaryCI:
 def _boundary_ci(
     point: int | None,
     chosen: np.ndarray,
+    relabelled: np.ndarray,
+    undefined_signals: dict[str, int],
     n_blocks: int,
     ci_level: float,
     acceptance_width: float,
     max_missing_fraction: float,
 ) -> BoundaryCI:
-    """Summarise the layers chosen for one boundary over resamples (0 = none found)."""
+    """Summarise the layers chosen for one boundary over resamples (NONE_FOUND / UNDEFINED: no layer)."""
     found = chosen[chosen > 0]  # [B_found]
-    n_missing = int(chosen.size - found.size)
+    n_missing = int(np.sum(chosen == NONE_FOUND))
+    n_undefined = int(np.sum(chosen == UNDEFINED))
     layers, counts = np.unique(found, return_counts=True)
     if found.size:
         alpha = 1.0 - ci_level
@@ -75,7 +91,7 @@ def _boundary_ci(
         point is not None
         and width is not None
         and width < acceptance_width
-        and n_missing / chosen.size <= max_missing_fraction
+        and (n_missing + n_undefined) / chosen.size <= max_missing_fraction
     )
     return BoundaryCI(
         layer=point,
@@ -88,11 +104,42 @@ def _boundary_ci(
         n_missing=n_missing,
         n_resamples=int(chosen.size),
         ci_level=ci_level,
+        n_undefined=n_undefined,
+        undefined_signals=dict(undefined_signals) if n_undefined else {},
+        n_relabelled=int(relabelled.sum()),
     )
 
 
+def check_bootstrap_settings(
+    n_resamples: int, ci_level: float, acceptance_width: float, max_missing_fraction: float, group_size: int = 1
+) -> None:
+    """The one range check of the bootstrap settings (run before any data is touched, and again here)."""
+    if (n_resamples < 1 or not 0 < ci_level < 1 or acceptance_width <= 0 or not 0 <= max_missing_fraction <= 1
+            or group_size < 1):
+        raise MspgtError(
+            f"bootstrap settings out of range: n_resamples={n_resamples}, ci_level={ci_level}, "
+            f"acceptance_width={acceptance_width}, max_missing_fraction={max_missing_fraction}, "
+            f"group_size={group_size}",
+            "use bootstrap.n_resamples >= 1, 0 < bootstrap.ci_level < 1, bootstrap.acceptance_width > 0, "
+            "0 <= bootstrap.max_missing_fraction <= 1, bootstrap.group_size >= 1",
+        )
+
+
+def _undefined_signals(signals: Mapping[str, np.ndarray] | None, rows: np.ndarray) -> dict[str, int]:
+    """For the resamples `rows` [b] bool with undefined evidence: how many had each signal non-finite."""
+    if signals is None or not rows.any():
+        return {}
+    out = {}
+    for name, values in signals.items():
+        bad = ~np.isfinite(np.asarray(values, dtype=np.float64)).all(axis=-1)  # [b]
+        if np.ndim(bad) == 0:
+            bad = np.full(rows.shape, bool(bad))
+        out[name] = int((bad & rows).sum())
+    return out
+
+
 def bootstrap_boundaries(
-    evidence_fn: Callable[[np.ndarray], np.ndarray],
+    evidence_fn: EvidenceFn,
     n_groups: int,
     n_blocks: int,
     point: BoundaryPick,
@@ -103,32 +150,44 @@ def bootstrap_boundaries(
     max_missing_fraction: float = 0.05,
     prominence: float = 0.3,
     chunk: int = 250,
+    replicated_first: bool = False,
 ) -> dict[str, BoundaryCI]:
     """Bootstrap CIs of the L-I and I-G boundaries over resamples of sentence groups.
 
-    evidence_fn maps group counts [b, G] to fused evidence [b, L]; it is called on chunks of at most
-    `chunk` resamples to bound memory. A boundary is accepted iff the full data found it, its CI width
-    is below `acceptance_width` layers (the paper: 5) and at most `max_missing_fraction` of the resamples
-    found no such peak (that last condition is our definition). Deterministic for a seed.
+    evidence_fn maps group counts [b, G] to fused evidence [b, L], or to (evidence [b, L], signals) with
+    signals a mapping name -> [b, L] of the fused signals (then a NaN resample says which signal was
+    undefined). It is called on chunks of at most `chunk` resamples to bound memory. Each resample's peaks
+    are matched to `point` (peaks.MATCHING_RULE). A boundary is accepted iff the full data found it, its CI
+    width is below `acceptance_width` layers (the paper: 5) and at most `max_missing_fraction` of the
+    resamples found no such peak or were undefined (that last condition is our definition).
+    replicated_first: E(1) copies block 2's attention drift (peaks.find_evidence_peaks). Deterministic for a seed.
     """
-    if not 0 < ci_level < 1 or acceptance_width <= 0 or not 0 <= max_missing_fraction <= 1 or chunk < 1:
-        raise MspgtError(
-            f"bad bootstrap settings: ci_level={ci_level}, acceptance_width={acceptance_width}, "
-            f"max_missing_fraction={max_missing_fraction}, chunk={chunk}",
-            "use 0 < bootstrap.ci_level < 1, bootstrap.acceptance_width > 0, 0 <= bootstrap.max_missing_fraction <= 1",
-        )
+    check_bootstrap_settings(n_resamples, ci_level, acceptance_width, max_missing_fraction)
+    if chunk < 1:
+        raise MspgtError(f"bootstrap chunk={chunk}", "use a chunk of at least 1 resample")
     counts = resample_counts(n_groups, n_resamples, np.random.default_rng(seed))  # [B, G]
-    li = np.zeros(n_resamples, dtype=np.int64)  # [B]
-    ig = np.zeros(n_resamples, dtype=np.int64)  # [B]
+    pair = (point.li, point.ig) if point.li is not None and point.ig is not None else None
+    parts: list[ResamplePicks] = []
+    undefined: dict[str, int] = {}
     for start in range(0, n_resamples, chunk):
         part = counts[start : start + chunk]  # [b, G]
-        evidence = np.asarray(evidence_fn(part))  # [b, L]
+        returned = evidence_fn(part)
+        evidence, signals = returned if isinstance(returned, tuple) else (returned, None)
+        evidence = np.asarray(evidence)  # [b, L]
         if evidence.shape != (part.shape[0], n_blocks):
             raise MspgtError(
                 f"evidence_fn returned shape {evidence.shape}, expected {(part.shape[0], n_blocks)}",
                 "return one fused evidence curve over the L blocks per resample",
             )
-        li[start : start + chunk], ig[start : start + chunk] = detect_boundaries_batch(evidence, prominence)
-    settings = (n_blocks, ci_level, acceptance_width, max_missing_fraction)
+        picks = detect_boundaries_batch(evidence, prominence, pair, replicated_first)
+        parts.append(picks)
+        for name, k in _undefined_signals(signals, picks.li == UNDEFINED).items():
+            undefined[name] = undefined.get(name, 0) + k
+    li = np.concatenate([p.li for p in parts])  # [B]
+    ig = np.concatenate([p.ig for p in parts])  # [B]
+    settings = (undefined, n_blocks, ci_level, acceptance_width, max_missing_fraction)
     li_name, ig_name = BOUNDARY_NAMES
-    return {li_name: _boundary_ci(point.li, li, *settings), ig_name: _boundary_ci(point.ig, ig, *settings)}
+    return {
+        li_name: _boundary_ci(point.li, li, np.concatenate([p.li_relabelled for p in parts]), *settings),
+        ig_name: _boundary_ci(point.ig, ig, np.concatenate([p.ig_relabelled for p in parts]), *settings),
+    }

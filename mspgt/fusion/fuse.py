@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from mspgt.errors import MspgtError
+from mspgt.fusion.peaks import check_prominence
 
 SIGNAL_NAMES = ("representation_change", "probe_jump", "attention_drift")
 
@@ -68,11 +69,7 @@ def normalised_weights(weights: Mapping[str, float], enabled: Mapping[str, bool]
 def validate_fusion(weights: Mapping[str, float], enabled: Mapping[str, bool], prominence: float) -> None:
     """Check the fusion settings without any data, before long work starts."""
     normalised_weights(weights, enabled)
-    if not 0 < float(prominence) <= 1:
-        raise MspgtError(
-            f"peak prominence {prominence} is outside (0, 1]; the fused evidence lies in [0, 1]",
-            "set fusion.prominence to a value in (0, 1], e.g. 0.3 (the paper)",
-        )
+    check_prominence(prominence)
 
 
 def fuse(

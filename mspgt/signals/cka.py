@@ -140,33 +140,39 @@ def group_hsic_variants(states: Tensor, keep: Tensor, which: Sequence[str]) -> G
     first position of their sentence (pass it on the CPU: then nothing here waits for the device).
     HSIC keys: "raw", "raw_nofirst", "std", "std_nofirst" -> [m, m] (those named in `which`; the raw kernel
     is always built, the moments need it).
-    Speed: the kernels are built in float32 from features centred over the group (relative error of the
-    HSIC terms ~1e-8, checked against `group_hsic` in the tests), then U-centred in float64; the
-    first-position-excluded raw kernel is a sub-matrix of the raw one (the unbiased HSIC is invariant to
-    feature shifts, so centring over all rows is fine). The standardised variants z-score over their own
-    rows, so position 0's massive activations do not set the scale of the variant that excludes it.
-    The moments come for free: sum_t ||h_t||^2 = trace(K_centred) + n ||mean||^2.
+    Speed and precision: the raw kernels are built in float32, then U-centred in float64 (checked against
+    the float64 `group_hsic` in the tests). The unbiased HSIC is invariant to a common shift of the
+    features, so the shift is chosen for precision: the mean of the kept rows (not position 0). Centring
+    over all rows would leave a large common offset on every other row when position 0 carries a massive
+    activation (1e4x the typical size in LLM attention sinks), and their float32 Gram entries would lose
+    ~1e-4 of the HSIC to cancellation. The first-position-excluded raw kernel is then the sub-matrix of
+    the kept rows, whose features are exactly centred over themselves. The standardised variants z-score
+    over their own rows, so position 0's massive activations do not set the scale of the variant that
+    excludes it. The moments come for free: with s the shift and mu the mean over all rows,
+    sum_t ||h_t||^2 = trace(K) + 2n (mu - s).s + n ||s||^2.
     """
     kept = torch.nonzero(keep.cpu()).squeeze(1)  # [n'] (a CPU `keep` costs no device sync)
     _check_min_tokens(int(kept.numel()))
     kept = kept.to(states.device, non_blocking=True)
     m, n, d = states.shape
     x = states.to(torch.float32)  # [m, n, d]
-    mean = x.mean(dim=1, keepdim=True)  # [m, 1, d]
-    raw = gram_linear(x - mean).to(torch.float64)  # [m, n, n]
+    shift = x.index_select(1, kept).mean(dim=1, keepdim=True)  # [m, 1, d] mean of the kept rows
+    raw = gram_linear(x - shift).to(torch.float64)  # [m, n, n]
     hsic = {}
     if "raw" in which:
         hsic["raw"] = hsic_unbiased_matrix(raw)
     if "raw_nofirst" in which:
-        sub = raw.index_select(1, kept).index_select(2, kept)  # [m, n', n'] sub-kernel
+        sub = raw.index_select(1, kept).index_select(2, kept)  # [m, n', n'] kept rows, centred over themselves
         hsic["raw_nofirst"] = hsic_unbiased_matrix(sub)
     for name in ("std", "std_nofirst"):
         if name in which:
             rows = x if name == "std" else x.index_select(1, kept)  # [m, n or n', d]
             z = standardise_dimensions(rows, dtype=torch.float32)  # [m, n, d]
             hsic[name] = hsic_unbiased_matrix(gram_linear(z).to(torch.float64))
-    mean64 = mean[:, 0].to(torch.float64)  # [m, d]
-    sum_sq = raw.diagonal(dim1=1, dim2=2).sum(-1) + n * mean64.pow(2).sum(-1)  # [m] sum_t ||h_t||^2
+    mean64 = x.mean(dim=1).to(torch.float64)  # [m, d] mean over all rows
+    shift64 = shift[:, 0].to(torch.float64)  # [m, d]
+    sum_sq = (raw.diagonal(dim1=1, dim2=2).sum(-1) + 2 * n * ((mean64 - shift64) * shift64).sum(-1)
+              + n * shift64.pow(2).sum(-1))  # [m] sum_t ||h_t||^2
     return GroupKernelTerms(hsic, n * mean64.mean(-1), sum_sq / d)
 
 

@@ -8,9 +8,11 @@ features are standardised per layer and dimension with train statistics (massive
 per-group confusion counts, so a bootstrap resample of groups recomputes F1 as a matrix product
 (method.md "Signal 2").
 
-F1 average (our choice, reported): macro F1 over the classes present in the held-out gold labels; in a
-resample, a class with tp + fp + fn = 0 is skipped, as sklearn's f1_score(average="macro",
-labels=present, zero_division=np.nan) skips it.
+F1 average (our choice, reported): macro F1 over the classes present in the gold labels of the data it is
+computed on. The same rule holds for the full held-out set and for every bootstrap resample: a class with
+no gold word in the resample (weighted tp + fn = 0) is not averaged, even if the probe predicted it (it
+would otherwise score F1 = 0 there, and a resample's F1 would not be the point statistic applied to the
+resample). This equals sklearn's f1_score(y, p, average="macro", labels=<classes in y>) on the resampled words.
 Selectivity (Hewitt & Liang 2019, "Designing and Interpreting Probes with Control Tasks"): accuracy of the
 POS probe minus accuracy of the same probe trained on a control task that gives every word type a random
 label drawn from the empirical POS label distribution.
@@ -33,8 +35,8 @@ from mspgt.extraction.statistics import ProbeSample
 
 CONTROL = "control"  # the name of the control task (Hewitt & Liang 2019) among the trained heads
 F1_AVERAGE = (
-    "macro F1 over the classes present in the held-out gold labels; classes with tp+fp+fn = 0 in a "
-    "bootstrap resample are skipped (sklearn zero_division=np.nan); F(l) = mean over tasks"
+    "macro F1 over the classes present in the gold labels of the words it is computed on (the held-out "
+    "set, or a bootstrap resample of its groups); F(l) = mean over tasks"
 )
 _STD_FLOOR = 1e-6  # a dimension with a smaller train std is constant: it is centred, not scaled
 _CHUNK = 256  # rows converted from float16 at a time
@@ -352,8 +354,8 @@ def task_f1(result: ProbeResult, group_weights: np.ndarray, n_groups: int) -> di
     """Per task, held-out macro F1 per layer under group weights: [B, G_all] -> [B, L+1] ([G_all] -> [L+1]).
 
     Weighted sums of the per-group tp/fp/fn (a matrix product), then per-class F1 = 2tp / (2tp + fp + fn),
-    averaged over the `present` classes; a class with tp + fp + fn = 0 under these weights is skipped
-    (sklearn zero_division=np.nan); no class left -> nan.
+    averaged over the classes with gold support under these weights (weighted tp + fn > 0: the classes
+    present in the resample's gold labels, module docstring); no class left -> nan.
     """
     w = np.asarray(group_weights, dtype=np.float64)
     single = w.ndim == 1
@@ -381,9 +383,9 @@ def task_f1(result: ProbeResult, group_weights: np.ndarray, n_groups: int) -> di
             return total.reshape(-1, n_layers, c)[..., cls]  # [B, L+1, C_present]
 
         tp, fp, fn = weighted(result.tp[task]), weighted(result.fp[task]), weighted(result.fn[task])
-        denom = 2 * tp + fp + fn  # [B, L+1, C_present]
-        defined = denom > 0
-        f1 = np.divide(2 * tp, denom, out=np.zeros_like(tp), where=defined)
+        support = tp + fn  # [B, L+1, C_present] gold words of each class under these weights
+        defined = support > 0
+        f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=defined)
         n_defined = defined.sum(-1)  # [B, L+1]
         macro = np.divide(f1.sum(-1), n_defined, out=np.full(n_defined.shape, np.nan), where=n_defined > 0)
         out[task] = macro[0] if single else macro
