@@ -64,7 +64,8 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
     loaded = load_model(cfg.model, cache_dir, need_attentions=True)
     labeled = label_sentences(sentences, cfg.data.labels, tasks=list(cfg.probes.tasks))
     encoded = encode_sentences(loaded.tokenizer, labeled, cfg.data.max_tokens)
-    corpus = prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes)
+    corpus = prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes,
+                            cfg.bootstrap.grouping, cfg.bootstrap.grouping_seed)
     batches = _batches(corpus.group_of, 0, corpus.n_groups, cfg.extraction.batch_size)
     pad = loaded.tokenizer.pad_token_id
 

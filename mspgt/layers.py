@@ -1,4 +1,4 @@
-"""Layer indexing and scale ranges: the one place these are defined (method.md, "Indexing").
+"""Layer indexing and scale ranges: the one place these are defined (docs/method.md, "Indexing").
 
 A model with L decoder blocks has residual-stream states h_0 (embeddings) ... h_L (output of block L,
 before the final norm). A layer-wise signal S(l) is defined for l = 1..L and describes the change block l
@@ -41,7 +41,7 @@ class ScaleRanges:
 
 
 def scales_from_boundaries(b_li: int, b_ig: int, n_blocks: int) -> ScaleRanges:
-    """Local = 1..b_LI-1, Intermediate = b_LI..b_IG-1, Global = b_IG..L (method.md)."""
+    """Local = 1..b_LI-1, Intermediate = b_LI..b_IG-1, Global = b_IG..L (docs/method.md)."""
     if not 1 <= b_li < b_ig <= n_blocks:
         raise MspgtError(
             f"boundaries L-I={b_li}, I-G={b_ig} are not 1 <= L-I < I-G <= L={n_blocks}",

@@ -27,7 +27,8 @@ from mspgt.reports.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-BOUNDARY_FIELDS = ("layer", "relative", "ci_low", "ci_high", "width", "accepted", "n_missing", "n_resamples")
+BOUNDARY_FIELDS = ("layer", "relative", "ci_low", "ci_high", "width", "accepted", "n_missing", "n_undefined",
+                   "n_resamples")
 SKIPPED_FOLDERS = (".submitit", "wandb")
 
 
@@ -97,10 +98,10 @@ def summary_markdown(sweep_name: str, rows: list[dict[str, Any]]) -> str:
                 continue
             ci = "" if b["ci_low"] is None else f"[{b['ci_low']}, {b['ci_high']}]"
             cells += [f"{b['layer']} ({b['relative']:.2f})", ci, str(b["width"]), "yes" if b["accepted"] else "no",
-                      f"{b['n_missing']}/{b['n_resamples']}"]
+                      f"{b['n_missing']}/{b['n_resamples']}" + (f" (+{b['n_undefined']} NaN)" if b.get("n_undefined") else "")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "CI: bootstrap percentile interval over sentence groups (layers are 1-based blocks); "
-              "missing: resamples that found no such peak. Each job folder holds its results.json, "
+              "missing: resamples that found no such peak (NaN: resamples whose evidence was undefined). Each job folder holds its results.json, "
               "figure, logs and W&B run (wandb/)."]
     return "\n".join(lines) + "\n"
 

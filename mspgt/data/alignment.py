@@ -1,4 +1,4 @@
-"""Word-to-token alignment for the probes (method.md "Signal 2"): each word is read at its LAST sub-word
+"""Word-to-token alignment for the probes (docs/method.md "Signal 2"): each word is read at its LAST sub-word
 token, where a causal model has seen the whole word.
 
 A token belongs to a word when their character spans overlap (byte-level BPE tokens carry the leading

@@ -1,4 +1,4 @@
-"""Corpora of sentences (method.md "Data unit"): BBC News (packaged), WikiText-103, a text file, CoNLL-U.
+"""Corpora of sentences (docs/method.md "Data unit"): BBC News (packaged), WikiText-103, a text file, CoNLL-U.
 
 Every source yields `Sentence`s in a fixed, seed-determined order; consecutive sentences form the groups
 that the bootstrap resamples, so sentences of one document stay together.

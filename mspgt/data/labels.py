@@ -1,4 +1,4 @@
-"""Word labels for the probes (paper 4.1.1, Signal 2; method.md "Signal 2"): POS, dependency relation,
+"""Word labels for the probes (paper 4.1.1, Signal 2; docs/method.md "Signal 2"): POS, dependency relation,
 named entity and an approximate semantic role, one label per word.
 
 Sources:

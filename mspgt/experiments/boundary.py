@@ -28,7 +28,7 @@ from mspgt.layers import relative_position, scales_from_boundaries
 from mspgt.model.loading import load_model, resolve_device
 from mspgt.reports.boundary_report import boundary_figure, boundary_markdown, log_boundary_to_wandb
 from mspgt.reports.store import data_identity, data_key, save_boundary, write_json_atomic
-from mspgt.signals.cka import ESTIMATOR
+from mspgt.signals.cka import CKA_ESTIMANDS, ESTIMATOR
 from mspgt.signals.layerwise import cka_key, js_key, layer_signals
 from mspgt.signals.probes import ProbeResult, probe_f1, train_probes
 
@@ -80,7 +80,8 @@ def obtain_statistics(cfg: DictConfig) -> tuple[Any, StatisticsCache, dict[str, 
         t = time.perf_counter()
         labeled = label_sentences(sentences, cfg.data.labels, tasks=list(cfg.probes.tasks))
         encoded = encode_sentences(loaded.tokenizer, labeled, cfg.data.max_tokens)
-        corpus = prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes)
+        corpus = prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes,
+                            cfg.bootstrap.grouping, cfg.bootstrap.grouping_seed)
         timings["label_s"] = time.perf_counter() - t
         log.info("%d sentences in %d groups of %d; %s, %d blocks", len(sentences), corpus.n_groups,
                  cfg.bootstrap.group_size, loaded.name, loaded.n_blocks)
@@ -155,7 +156,9 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "model": {"name": cfg.model.name, "family": cfg.model.family, "n_blocks": L,
                   "weights_id": stats.meta.get("weights_id")},
         "data": {"name": cfg.data.name, "key": data_key(cfg.data), **data_identity(cfg.data), "n_sentences": stats.meta.get("n_sentences"),
-                 "n_groups": stats.n_groups, "group_size": cfg.bootstrap.group_size},
+                 "n_groups": stats.n_groups, "group_size": cfg.bootstrap.group_size,
+                 "grouping": cfg.bootstrap.grouping, "grouping_seed": cfg.bootstrap.grouping_seed},
+        "probe_sample": probe_sample_record(stats),
         "boundaries": {name: {**ci.as_dict(), "relative": (relative_position(ci.layer, L) if ci.layer else None)}
                        for name, ci in cis.items()},
         "found_two_peaks": pick.li is not None,
@@ -170,8 +173,12 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "notes": {
             "srl": SRL_NOTE,
             "cka_estimator": f"{ESTIMATOR}; variant={cka_key(cfg.fusion)}",
+            "cka_estimand": CKA_ESTIMANDS[cfg.bootstrap.grouping],
+            "peak_matching": MATCHING_RULE,
             "attention_variant": js_key(cfg.fusion),
-            "attention_first_block": cfg.fusion.attention.first_block,
+            "attention_first_block": cfg.fusion.attention.first_block + (
+                " (S_attn(1) = S_attn(2); a plateau this makes at blocks 1-2 is centred from block 2 on)"
+                if cfg.fusion.attention.first_block == "replicate" else ""),
             "f1_average": cfg.probes.f1_average,
             "fusion_weights": "normalised to sum 1 over enabled signals (paper's values unreadable: ours)",
             "acceptance": f"CI width < {b.acceptance_width} layers and at most {b.max_missing_fraction:.0%} of "
@@ -192,13 +199,27 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     return flat_summary(result)
 
 
+def probe_sample_record(stats: Any) -> dict[str, Any]:
+    """How many words and groups the probes were trained and evaluated on (each side of the split)."""
+    n_eval_groups = int(stats.group_is_eval.sum())
+    out: dict[str, Any] = {"rule": "a fixed number of words per group, spread over every group of its side, "
+                                   "seeded (extraction.extract.spread_word_sample)"}
+    for name, sample, side in (("train", stats.probe_train, stats.n_groups - n_eval_groups),
+                               ("eval", stats.probe_eval, n_eval_groups)):
+        per_group = np.bincount(sample.group) if sample.group.size else np.zeros(1, dtype=np.int64)  # [G]
+        out[name] = {"words": int(sample.group.size), "groups": int(np.count_nonzero(per_group)),
+                     "groups_on_side": side, "max_words_per_group": int(per_group.max())}
+    return out
+
+
 def flat_summary(result: dict) -> dict[str, Any]:
     out: dict[str, Any] = {"model": result["model"]["name"], "n_blocks": result["model"]["n_blocks"]}
     for name, b in result["boundaries"].items():
         k = name.replace("-", "").lower()
         out.update({f"{k}_layer": b["layer"], f"{k}_relative": b["relative"], f"{k}_ci_low": b["ci_low"],
                     f"{k}_ci_high": b["ci_high"], f"{k}_width": b["width"], f"{k}_accepted": b["accepted"],
-                    f"{k}_n_missing": b["n_missing"]})
+                    f"{k}_n_missing": b["n_missing"], f"{k}_n_undefined": b["n_undefined"],
+                    f"{k}_n_relabelled": b["n_relabelled"]})
     return out
 
 

@@ -1,7 +1,7 @@
 """Forward hooks on the real Hugging Face decoder blocks: the residual stream h_0..h_L of one forward pass.
 
 h_0 is the input of block 1 (the embeddings as the blocks see them); h_l is the output of block l, before
-the final norm (method.md "Indexing": `hidden_states[-1]` is after the norm in some families).
+the final norm (docs/method.md "Indexing": `hidden_states[-1]` is after the norm in some families).
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The statistics one pass over the corpus keeps, per group of consecutive sentences (the bootstrap unit).
 
 A bootstrap resample is a vector of group weights (how often each group was drawn); every signal is
-recomputed from these arrays with those weights, without the model (method.md "Data unit").
+recomputed from these arrays with those weights, without the model (docs/method.md "Data unit").
 Shapes: G groups, L blocks, so L + 1 residual-stream states h_0..h_L; d hidden size; N probe words.
 """
 
@@ -32,7 +32,7 @@ def cka_variant(standardise: bool, exclude_first_position: bool) -> str:
 
 @dataclass
 class ProbeSample:
-    """A bounded sample of words: their states at every layer and their labels (method.md, Signal 2).
+    """A bounded sample of words: their states at every layer and their labels (docs/method.md, Signal 2).
 
     One row per word, taken at the LAST sub-word token of the word.
     """

@@ -6,7 +6,7 @@ standard deviation" and no more; the estimator is our definition, configurable):
   s_l^2 = E_tok mean_d h^2 - (E_tok mean_d h)^2 (what the boundary result stores as activation_std);
 - `per_dimension`: the root mean per-dimension variance, s_l^2 = mean_d Var_tok(h_d) = tr Cov(h_l) / d,
   which ignores constant per-dimension offsets (e.g. massive activations in a few dimensions).
-h_l is the output of block l before the final norm (forward hooks on the blocks, method.md "Indexing");
+h_l is the output of block l before the final norm (forward hooks on the blocks, docs/method.md "Indexing");
 h_0 the embedding output. Padding is excluded; position 0 (the attention sink, massive activations) is
 excluded by default. Statistics stream in float64: memory does not grow with the number of sentences.
 """

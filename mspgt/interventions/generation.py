@@ -1,4 +1,4 @@
-"""Batched sampling with the KV cache, paired across conditions (method.md "Interventions").
+"""Batched sampling with the KV cache, paired across conditions (docs/method.md "Interventions").
 
 Every prompt is sampled `samples_per_prompt` times. Rows (prompt i, sample j) are laid out prompt-major
 and cut into batches of `batch_size` rows; the layout depends on nothing but the settings, so the clean

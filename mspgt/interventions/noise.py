@@ -1,4 +1,4 @@
-"""Isotropic Gaussian noise at the output of the blocks of one scale (paper 4.2.1, eq. 7; method.md).
+"""Isotropic Gaussian noise at the output of the blocks of one scale (paper 4.2.1, eq. 7; docs/method.md).
 
 For every block l of the scale: h_l <- h_l + e, e ~ N(0, (sigma * s_l)^2 I), where s_l is the standard
 deviation of block l's clean activations (activation_scale.py). The hook sits on the real Hugging Face

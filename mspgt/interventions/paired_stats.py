@@ -8,7 +8,7 @@
 - 95% interval of the relative change: the t interval of mean(d), divided by |mean_clean| (the clean
   mean's own uncertainty is ignored: an approximation, said so in the reports).
 - brittleness coefficient of a scale at a sigma: the mean absolute relative change (in %) over the
-  configured metrics (the paper's eq. 8 is unreadable in our copy: OUR definition, method.md).
+  configured metrics (the paper's eq. 8 is unreadable in our copy: OUR definition, docs/method.md).
 Prompts where either condition is nan (an undefined metric) are dropped from the pair; `n` says how many
 pairs remain.
 """

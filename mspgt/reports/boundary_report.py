@@ -64,15 +64,26 @@ def boundary_markdown(result: dict) -> str:
         f"## Boundaries: {m['name']} ({m['n_blocks']} blocks) on {d['name']} ({d['n_sentences']} sentences, "
         f"{d['n_groups']} groups of {d['group_size']})",
         "",
-        "| boundary | block | relative | 95% CI | width | accepted | resamples without it | most selected |",
-        "|---|---|---|---|---|---|---|---|",
+        "| boundary | block | relative | 95% CI | width | accepted | resamples without it | undefined | "
+        "relabelled by matching | most selected |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, b in result["boundaries"].items():
         freq = sorted(b["selection_frequency"].items(), key=lambda kv: -kv[1])[:3]
         top = ", ".join(f"{k}: {v / b['n_resamples']:.0%}" for k, v in freq) or "-"
         ci = "-" if b["ci_low"] is None else f"[{b['ci_low']}, {b['ci_high']}]"
+        undefined = f"{b.get('n_undefined', 0)}" + (
+            f" ({', '.join(f'{k}: {v}' for k, v in b['undefined_signals'].items() if v)} NaN)"
+            if b.get("undefined_signals") else "")
         lines.append(f"| {name} | {_fmt(b['layer'])} | {_fmt(b['relative'], '.1%')} | {ci} | {_fmt(b['width'])} | "
-                     f"{'yes' if b['accepted'] else 'no'} | {b['n_missing']} / {b['n_resamples']} | {top} |")
+                     f"{'yes' if b['accepted'] else 'no'} | {b['n_missing']} / {b['n_resamples']} | {undefined} | "
+                     f"{b.get('n_relabelled', 0)} | {top} |")
+    sample = result.get("probe_sample")
+    if sample:
+        lines += ["", "Probe sample: " + "; ".join(
+            f"{side} {sample[side]['words']} words from {sample[side]['groups']} of {sample[side]['groups_on_side']} "
+            f"groups (at most {sample[side]['max_words_per_group']} per group)" for side in ("train", "eval"))
+            + f" ({sample['rule']})."]
     if not result["found_two_peaks"]:
         lines += ["", f"Fewer than two peaks with prominence >= the threshold: peaks at {result['peaks']['layers']}."]
     lines += ["", "| block | " + " | ".join(result["signals"]) + " | E(l) |",
@@ -98,7 +109,8 @@ def log_boundary_to_wandb(cfg: DictConfig, out_dir: Path, result: dict, figure: 
     summary: dict[str, Any] = {"n_blocks": result["model"]["n_blocks"], "found_two_peaks": result["found_two_peaks"]}
     for name, b in result["boundaries"].items():
         k = name.replace("-", "_")
-        for field in ("layer", "relative", "ci_low", "ci_high", "width", "accepted", "n_missing"):
+        for field in ("layer", "relative", "ci_low", "ci_high", "width", "accepted", "n_missing", "n_undefined",
+                      "n_relabelled"):
             summary[f"{k}/{field}"] = b[field]
     summary.update({f"timings/{k}": v for k, v in result["timings"].items()})
     tracker.summary(summary)

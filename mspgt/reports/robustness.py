@@ -1,5 +1,5 @@
 """Experiment 3 (paper 4.3): boundary positions across models and families, and a verdict on each of the
-paper's predictions that the results at hand can test (method.md "Robustness (Experiment 3) and the
+paper's predictions that the results at hand can test (docs/method.md "Robustness (Experiment 3) and the
 predictions").
 
 Inputs are the files the other experiments write: boundary results (`results.json` of experiment=boundary,

@@ -2,7 +2,7 @@
 
 A_l is block l's head-averaged attention distribution of each query over its allowed keys (real keys
 k <= q; padding never enters). The per-group statistics are sums over valid queries (a real token with at
-least 2 allowed keys), so a bootstrap resample is a weighted sum / weighted count (method.md, Signal 3).
+least 2 allowed keys), so a bootstrap resample is a weighted sum / weighted count (docs/method.md, Signal 3).
 Attention sinks (Xiao et al. 2024, arXiv 2309.17453): `drop_sink` drops the first real key (position 0
 under right padding) and renormalises the rest.
 Shapes: B sentences in a batch, H heads, T positions, L blocks, G groups, R resamples.

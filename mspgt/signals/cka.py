@@ -1,6 +1,6 @@
 """Signal 1, representation change (paper eq. 3): S_rep(l) = 1 - CKA(h_{l-1}, h_l), over blocks l = 1..L.
 
-Estimator (method.md, Signal 1): linear-kernel CKA with the unbiased HSIC (Song et al. 2012) computed per
+Estimator (docs/method.md, Signal 1): linear-kernel CKA with the unbiased HSIC (Song et al. 2012) computed per
 group of sentences and averaged over groups: minibatch CKA (Nguyen, Raghu & Kornblith 2021, arXiv
 2010.15327, eq. 3). Storing the per-group HSIC terms makes a bootstrap resample a weighted mean.
 `linear_cka` is the plain full-data linear CKA (Kornblith et al. 2019) the tests compare against.
@@ -21,6 +21,13 @@ from mspgt.errors import MspgtError
 ESTIMATOR = (
     "minibatch linear CKA with unbiased HSIC per sentence group (Nguyen, Raghu & Kornblith 2021, eq. 3)"
 )
+# What the minibatch estimator estimates, by how groups are formed (bootstrap.grouping; README "Which CKA").
+CKA_ESTIMANDS = {
+    "shuffled": "the corpus's (population) linear CKA over tokens: groups of sentences drawn at random across "
+                "the corpus, as Nguyen et al.'s random minibatches",
+    "consecutive": "a within-group linear CKA: groups of consecutive sentences (mostly one document), so "
+                   "structure between groups (topic, document) drops out",
+}
 # A dimension whose std within the group is below this fraction of its largest |value| counts as constant.
 _CONSTANT_DIM_RTOL = 1e-8
 

@@ -1,7 +1,7 @@
 """The three layer-wise signals (paper eqs. 3-5), recomputed from stored statistics for any group weights.
 
 `weights` is None for the point estimate, or [B, G] bootstrap counts: every signal is a weighted statistic
-of per-group terms, so a resample never touches the model (method.md "Data unit").
+of per-group terms, so a resample never touches the model (docs/method.md "Data unit").
 """
 
 from __future__ import annotations

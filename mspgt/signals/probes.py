@@ -6,7 +6,7 @@ task's held-out F1 of a probe trained on h_l, l = 0..L. The probe is the paper's
 features are standardised per layer and dimension with train statistics (massive activations, Sun et al.
 2024, arXiv 2402.17762, would otherwise dominate). Probes train once; the held-out predictions are kept as
 per-group confusion counts, so a bootstrap resample of groups recomputes F1 as a matrix product
-(method.md "Signal 2").
+(docs/method.md "Signal 2").
 
 F1 average (our choice, reported): macro F1 over the classes present in the gold labels of the data it is
 computed on. The same rule holds for the full held-out set and for every bootstrap resample: a class with
