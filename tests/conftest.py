@@ -25,6 +25,7 @@ TINY = [
     "probes.max_train_words=300",
     "probes.max_eval_words=150",
     "bootstrap.n_resamples=50",
+    "bootstrap.group_size=4",
 ]
 
 

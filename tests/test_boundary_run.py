@@ -38,9 +38,15 @@ def test_single_run_writes_results_figure_and_wandb(model, tmp_path, shared_cach
     for name in ("L-I", "I-G"):
         b = res["boundaries"][name]
         assert b["n_resamples"] == 50
-        assert sum(b["selection_frequency"].values()) + b["n_missing"] == 50
+        assert sum(b["selection_frequency"].values()) + b["n_missing"] + b["n_undefined"] == 50
+        assert 0 <= b["n_relabelled"] <= 50
     assert "approximate" in res["notes"]["srl"].lower()
     assert "unbiased HSIC" in res["notes"]["cka_estimator"]
+    assert "population" in res["notes"]["cka_estimand"] and res["data"]["grouping"] == "shuffled"
+    assert "two most prominent" in res["notes"]["peak_matching"]
+    sample = res["probe_sample"]  # the held-out sample is spread over the held-out groups
+    assert sample["eval"]["words"] == 150 and sample["eval"]["groups"] == sample["eval"]["groups_on_side"]
+    assert "Probe sample: train" in (out / "summary.md").read_text()
     assert (out / "boundaries.png").stat().st_size > 10_000
     assert (out / "results.json").stat().st_mode & 0o044, "results must be readable by colleagues (umask 022)"
     assert "| L-I |" in (out / "summary.md").read_text()

@@ -27,6 +27,7 @@ CONF = ROOT / "conf"
 TINY = [
     "model=tiny_llama",
     "data.n_sentences=120",
+    "bootstrap.group_size=4",
     "generation.n_prompts=6",
     "generation.samples_per_prompt=3",
     "generation.prompt_words=8",
