@@ -128,13 +128,14 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         timings["probes_cached_s" if from_cache else "probes_s"] = time.perf_counter() - t
 
     weights, enabled = dict(cfg.fusion.weights), dict(cfg.fusion.signals)
-    signals = layer_signals(stats, probes, cfg.fusion)
+    average = str(cfg.probes.f1_average)
+    signals = layer_signals(stats, probes, cfg.fusion, f1_average=average)
     evidence = fuse(signals, weights, enabled)
     replicated_first = bool(enabled.get("attention_drift")) and cfg.fusion.attention.first_block == "replicate"
     pick = detect_boundaries(evidence, cfg.fusion.prominence, replicated_first)
 
     def evidence_fn(counts: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        resampled = layer_signals(stats, probes, cfg.fusion, counts)
+        resampled = layer_signals(stats, probes, cfg.fusion, counts, average)
         return fuse(resampled, weights, enabled), resampled
 
     t = time.perf_counter()
@@ -150,7 +151,7 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     scales = None
     if pick.li is not None and pick.ig is not None:
         scales = scales_from_boundaries(pick.li, pick.ig, L).as_dict()
-    f_point = probe_f1(probes, np.ones(stats.n_groups), stats.n_groups) if probes is not None else None
+    f_point = probe_f1(probes, np.ones(stats.n_groups), stats.n_groups, average) if probes is not None else None
     result = {
         "experiment": "boundary",
         "model": {"name": cfg.model.name, "family": cfg.model.family, "n_blocks": L,
