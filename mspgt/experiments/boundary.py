@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mspgt.config_validation import writable_folder
 from mspgt.data.alignment import encode_sentences
 from mspgt.data.corpus import load_sentences
 from mspgt.data.labels import SRL_NOTE, TASKS, label_sentences
@@ -65,6 +67,15 @@ def obtain_statistics(cfg: DictConfig) -> tuple[Any, StatisticsCache, dict[str, 
     """The corpus statistics from the cache, or one extraction pass that fills it (resuming if killed)."""
     timings: dict[str, float] = {}
     cache = StatisticsCache(cfg.paths.cache_dir, cache_material(cfg, data_identity(cfg.data)))
+    why = writable_folder(cache.dir)
+    if why is not None:  # a read-only cache (a shared mount): a complete entry is read without a lock
+        stats = load_statistics(cache) if cfg.extraction.cache else None
+        if stats is None:
+            raise MspgtError(f"the statistics cache {cache.dir} cannot be written ({why}) and holds no complete "
+                             "entry for these settings",
+                             "point paths.cache_dir (or MSPGT_CACHE_DIR) at a writable folder")
+        log.info("statistics loaded from the read-only cache %s (no model needed)", cache.dir)
+        return stats, cache, timings
     with cache.lock(cfg.extraction.lock_timeout_s):
         stats = load_statistics(cache) if cfg.extraction.cache else None
         if stats is not None:
@@ -98,20 +109,29 @@ def obtain_statistics(cfg: DictConfig) -> tuple[Any, StatisticsCache, dict[str, 
 
 def obtain_probes(cfg: DictConfig, stats: Any, cache: StatisticsCache) -> tuple[ProbeResult, bool]:
     """Probes trained once per statistics and probe settings, kept beside the statistics (so changing fusion
-    or bootstrap settings never retrains them). Returns the result and whether it came from the cache."""
+    or bootstrap settings never retrains them), trained under their own lock: of two jobs needing them, one
+    trains and the other waits and reuses them. Returns the result and whether it came from the cache."""
     p = cfg.probes
     device = str(resolve_device(p.device))
     settings = {k: p[k] for k in ("hidden", "epochs", "batch_size", "lr", "weight_decay", "seed", "control_task")}
     settings["device"] = device.split(":")[0]
-    cached = cache.load_artifact("probes", settings) if cfg.extraction.cache else None
-    if cached is not None:
-        return cached, True
-    result = train_probes(
-        stats.probe_train, stats.probe_eval, {k: len(v) for k, v in stats.label_names.items()},
-        hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-        seed=p.seed, control_task=p.control_task, device=device, progress=cfg.extraction.progress,
-    )
-    cache.save_artifact("probes", settings, result)
+    writable = writable_folder(cache.dir) is None
+    lock = cache.artifact_lock("probes", settings, cfg.extraction.lock_timeout_s) if writable else nullcontext()
+    with lock:
+        cached = cache.load_artifact("probes", settings) if cfg.extraction.cache else None
+        if cached is not None:
+            log.info("probes loaded from the cache %s", cache.artifact_path("probes", settings))
+            return cached, True
+        result = train_probes(
+            stats.probe_train, stats.probe_eval, {k: len(v) for k, v in stats.label_names.items()},
+            hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
+            seed=p.seed, control_task=p.control_task, device=device, progress=cfg.extraction.progress,
+        )
+        log.info("probes trained in %.1f s", result.seconds)
+        if writable:
+            cache.save_artifact("probes", settings, result)
+        else:
+            log.warning("the cache %s is read-only: the trained probes are not kept", cache.dir)
     return result, False
 
 
