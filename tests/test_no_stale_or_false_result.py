@@ -289,3 +289,29 @@ def test_sweep_summary_shows_the_swept_values(tmp_path, shared_cache):
     md = (sweep / "sweep_summary.md").read_text()
     assert "| job | fusion.prominence | model |" in md
     assert "| 0 | 0.2 | tiny_llama |" in md and "| 1 | 0.9 | tiny_llama |" in md
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -rm` for a small tmpfs")
+def test_full_disk_is_one_message_naming_the_fix(tmp_path):
+    from omegaconf import OmegaConf
+
+    from mspgt.model.loading import _tiny_tokenizer
+
+    seed = tmp_path / "seed"
+    _tiny_tokenizer(OmegaConf.create({}), seed)  # the tokenizer the tiny model borrows, cached
+    size = sum(f.stat().st_size for f in (seed / "tokenizers").rglob("*") if f.is_file())
+    cache, out = tmp_path / "cache", tmp_path / "r"
+    cache.mkdir()
+    command = " ".join([sys.executable, "-m", "mspgt.run", "model=tiny_llama", *TINY, "tracking.mode=disabled",
+                        f"hydra.run.dir={out}"])
+    env = dict(os.environ, MSPGT_CACHE_DIR=str(cache), WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+    # room for the tokenizer and about one chunk of statistics: the second chunk fills the disk
+    script = (f"mount -t tmpfs -o size={size + 200_000} tmpfs {cache} && cp -r {seed}/tokenizers {cache}/ "
+              f"&& exec {command}")
+    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=600)
+    text = log_text(proc)
+    assert proc.returncode == 2, text[-3000:]
+    assert "No space left on device" in text and "free space there" in text, text[-3000:]
+    assert "Traceback" not in text
+    assert not (out / "results.json").exists()

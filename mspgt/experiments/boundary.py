@@ -210,10 +210,10 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "cache_dir": stats.meta.get("cache_dir"),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    write_json_atomic(out_dir / "results.json", result)
-    store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, result)
     fig = boundary_figure(result, out_dir / "boundaries.png")
     (out_dir / "summary.md").write_text(boundary_markdown(result))
+    store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, result)
+    write_json_atomic(out_dir / "results.json", result)  # last: a results.json means the job finished
     log.info("\n%s", boundary_markdown(result))
     log.info("results: %s (stored for interventions at %s)", out_dir / "results.json", store_path)
     log_boundary_to_wandb(cfg, out_dir, result, fig)
