@@ -31,6 +31,7 @@ log = logging.getLogger(__name__)
 EXPERIMENTS = ("boundary", "intervention")
 TRACKING_MODES = ("offline", "online", "disabled")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
+NONNEG = ">= 0 (not negative)"
 SIGMA_WARN = 10.0  # noise std above 10x the activation scale drowns the signal (our threshold)
 
 
@@ -63,7 +64,7 @@ def _rules() -> list[Rule]:
     pos, nonneg = _ge(1), _ge(0)
     return [
         Rule("seed", "int", example="0"),
-        Rule("sigma", "number", nonneg, ">= 0", "0.5"),
+        Rule("sigma", "number", nonneg, NONNEG, "0.5"),
         Rule("data.n_sentences", "int", pos, ">= 1", "1000"),
         Rule("data.min_words", "int", pos, ">= 1", "5"),
         Rule("data.max_words", "int", pos, ">= 1", "40"),
@@ -76,7 +77,7 @@ def _rules() -> list[Rule]:
         Rule("extraction.chunk_groups", "int", pos, ">= 1", "16"),
         Rule("extraction.cache", "bool"),
         Rule("extraction.progress", "bool"),
-        Rule("extraction.sleep_per_batch_s", "number", nonneg, ">= 0", "0"),
+        Rule("extraction.sleep_per_batch_s", "number", nonneg, NONNEG, "0"),
         Rule("extraction.lock_timeout_s", "number", _ge(0), ">= 0", "21600"),
         Rule("extraction.variants", "choice", choices=("selected", "all")),
         Rule("probes.hidden", "int", pos, ">= 1", "128"),
@@ -86,12 +87,12 @@ def _rules() -> list[Rule]:
         Rule("probes.epochs", "int", pos, ">= 1", "30"),
         Rule("probes.batch_size", "int", pos, ">= 1", "512"),
         Rule("probes.lr", "number", lambda v: v > 0, "> 0", "0.001"),
-        Rule("probes.weight_decay", "number", nonneg, ">= 0", "0.0001"),
+        Rule("probes.weight_decay", "number", nonneg, NONNEG, "0.0001"),
         Rule("probes.f1_average", "choice", choices=F1_AVERAGES),
         Rule("probes.control_task", "bool"),
         Rule("probes.seed", "int", example="0"),
         Rule("probes.device", "device"),
-        *(Rule(f"fusion.weights.{k}", "number", nonneg, ">= 0", "1.0")
+        *(Rule(f"fusion.weights.{k}", "number", nonneg, NONNEG, "1.0")
           for k in ("representation_change", "probe_jump", "attention_drift")),
         *(Rule(f"fusion.signals.{k}", "bool") for k in ("representation_change", "probe_jump", "attention_drift")),
         Rule("fusion.prominence", "number", lambda v: 0 < v <= 1, "in (0, 1]", "0.3"),
@@ -115,10 +116,10 @@ def _rules() -> list[Rule]:
         Rule("generation.samples_per_prompt", "int", _ge(2), ">= 2", "4"),
         Rule("generation.prompt_words", "int", pos, ">= 1", "12"),
         Rule("generation.max_new_tokens", "int", pos, ">= 1", "48"),
-        Rule("generation.min_new_tokens", "int", nonneg, ">= 0", "0"),
+        Rule("generation.min_new_tokens", "int", nonneg, NONNEG, "0"),
         Rule("generation.temperature", "number", lambda v: v > 0, "> 0", "0.8"),
         Rule("generation.top_p", "number", lambda v: 0 < v <= 1, "in (0, 1]", "0.95"),
-        Rule("generation.top_k", "int", nonneg, ">= 0", "0"),
+        Rule("generation.top_k", "int", nonneg, NONNEG, "0"),
         Rule("generation.batch_size", "int", pos, ">= 1", "32"),
         Rule("generation.seed", "int", example="0"),
         Rule("generation.noise_seed", "int", example="1234"),
@@ -165,7 +166,8 @@ def check_rule(cfg: DictConfig, rule: Rule) -> None:
         hint = f"e.g. `{key}={example}`" if example else f"e.g. `{key}=true`" if rule.kind == "bool" else ""
         raise MspgtError(f"{key}={v!r} is not {what[rule.kind]}", f"set {key} to {what[rule.kind]} {hint}".strip())
     if rule.ok is not None and not rule.ok(v):
-        raise MspgtError(f"{key}={v!r} is out of range", f"set {key} {rule.need}, e.g. `{key}={example}`")
+        raise MspgtError(f"{key}={v!r} is out of range: it must be {rule.need}",
+                         f"set {key} {rule.need}, e.g. `{key}={example}`")
 
 
 def check_device(key: str, value: Any) -> None:

@@ -185,8 +185,7 @@ def conllu_sentences(cfg: DictConfig) -> list[Sentence]:
     if not files:
         raise MspgtError(f"no *.conllu files in {path}", "point data.path at CoNLL-U files")
     out: list[Sentence] = []
-    for f in files:
-        check_conllu_file(f)
+    for f in files:  # checked line by line before the model loads (mspgt/config_validation.py)
         with open(f, encoding="utf-8") as fh:
             for tl in _parse_conllu(conllu, fh, f):
                 words, spans, upos, deprel, pos, parts = [], [], [], [], 0, []
