@@ -315,3 +315,25 @@ def test_full_disk_is_one_message_naming_the_fix(tmp_path):
     assert "No space left on device" in text and "free space there" in text, text[-3000:]
     assert "Traceback" not in text
     assert not (out / "results.json").exists()
+
+
+def test_file_digest_memo_never_outlives_an_edit(tmp_path, monkeypatch):
+    import hashlib
+
+    import mspgt.identity as identity
+
+    calls = []
+    real_hash = identity._hash
+    monkeypatch.setattr(identity, "_hash", lambda p: calls.append(p) or real_hash(p))
+    monkeypatch.setattr(identity, "_memo", {})
+    f, memo = tmp_path / "weights.bin", tmp_path / "memo"
+    f.write_bytes(b"A" * 1000)
+    first = identity.file_sha256(f, memo)
+    assert first == hashlib.sha256(b"A" * 1000).hexdigest() and len(calls) == 1
+    monkeypatch.setattr(identity, "_memo", {})  # a new process: the memo on disk is used, no second read
+    assert identity.file_sha256(f, memo) == first and len(calls) == 1
+    st = f.stat()
+    f.write_bytes(b"B" * 1000)  # same size, and the old mtime put back (`cp -p`, `touch -d`)
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
+    monkeypatch.setattr(identity, "_memo", {})
+    assert identity.file_sha256(f, memo) == hashlib.sha256(b"B" * 1000).hexdigest() and len(calls) == 2
