@@ -210,6 +210,8 @@ def test_two_jobs_train_the_probes_once(tmp_path):
              for i in range(2)]
     outputs = [p.communicate(timeout=600)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
+    trained = ["probes_s" in read_results(tmp_path / f"j{i}")["timings"] for i in range(2)]
+    assert sorted(trained) == [False, True], "exactly one job trains the probes; the other reuses them"
     both = "".join(outputs)
     assert both.count("probes trained in") == 1, both[-4000:]
     assert both.count("probes loaded from the cache") == 1
