@@ -64,7 +64,7 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         if err.errno not in DISK_ERRORS:
             (out / "error.txt").write_text(traceback.format_exc())
             raise
-        clear = MspgtError(f"cannot write {err.filename or 'a file'}: {err.strerror}",
+        clear = MspgtError(f"{err.filename or 'a file'}: {err.strerror}",
                            f"{DISK_ERRORS[err.errno]}, then run the same command again (a finished cache entry "
                            "or chunk is reused)")
         _record(out, clear)
