@@ -3,8 +3,8 @@
 Three parts, in order:
 1. `RULES`: every scalar setting of every group with its type and range (our table; it mirrors conf/);
 2. the cross-group checks of each experiment (fusion weights, probe tasks, scale names, ...);
-3. the file-system preflight: the corpus exists and is UTF-8 text or CoNLL-U, and the run, cache and store
-   folders can be written (a store that cannot be written would otherwise fail after all the work).
+3. the file-system preflight: the corpus exists and is UTF-8 text or CoNLL-U, a local model folder holds a
+   config, weights and a tokenizer, and the run, cache and store folders can be written (a store that cannot be written would otherwise fail after all the work).
 Each failure is an `MspgtError` naming the setting and the fix; warnings (a setting that runs, but
 probably not as meant) go to the log.
 """
@@ -292,6 +292,34 @@ def check_corpus_files(cfg: DictConfig) -> None:
         check_conllu_file(f)
 
 
+WEIGHT_FILES = ("*.safetensors", "pytorch_model*.bin", "*.pt", "*.pth")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tokenizer_config.json")
+
+
+def check_model_folder(model: DictConfig) -> None:
+    """A local Hugging Face folder (model.local_path) holds a config, weights and a tokenizer, so a bad folder
+    is named here, not by a sentencepiece or safetensors traceback after minutes. (The folder's content
+    identity and the loading itself belong to mspgt/model/loading.py.)"""
+    local = model.get("local_path") if model.get("source") == "hub" else None
+    if not local:
+        return
+    folder = Path(str(local))
+    if not folder.is_dir():
+        raise MspgtError(f"model.local_path={folder} is not a folder",
+                         "point model.local_path at a folder with config.json, the weights and the tokenizer")
+    missing = []
+    if not (folder / "config.json").is_file():
+        missing.append("config.json")
+    if not any(next(folder.glob(p), None) for p in WEIGHT_FILES):
+        missing.append("weights (*.safetensors or pytorch_model*.bin)")
+    if not model.get("tokenizer_path") and not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        missing.append(f"a tokenizer (one of {', '.join(TOKENIZER_FILES)})")
+    if missing:
+        raise MspgtError(f"model.local_path={folder} is missing {'; '.join(missing)}",
+                         "download the whole model folder (config, weights and tokenizer files) into "
+                         "model.local_path, e.g. `huggingface-cli download <hub id> --local-dir <folder>`")
+
+
 def validate_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Every check that needs no data or model. Returns what the preflight learned ({"cache_writable": ...})."""
     choose("experiment", cfg.experiment.name, EXPERIMENTS, "experiment")
@@ -299,6 +327,7 @@ def validate_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
         check_rule(cfg, rule)
     check_experiment(cfg)
     check_corpus_files(cfg)
+    check_model_folder(cfg.model)
     check_folder("hydra.run.dir", run_dir)
     boundary_too = cfg.experiment.name == "boundary" or bool(cfg.experiment.get("run_boundary_first", False))
     if boundary_too:

@@ -119,6 +119,7 @@ BAD = [
     (["paths.store_dir={file}"], "paths.store_dir"),
     (["paths.cache_dir={file}"], "paths.cache_dir"),
     (["hydra.run.dir={file}"], "hydra.run.dir"),
+    (["model=llama2", "model.local_path={modeldir}"], "missing weights"),
 ]
 
 
@@ -127,10 +128,13 @@ def test_bad_input_fails_before_the_model_loads(override, names, tmp_path):
     (tmp_path / "binary.txt").write_bytes(b"abc\xff\xfe\x00\x01 binary")
     (tmp_path / "notconllu.conllu").write_text("# a comment\nThis is prose, not CoNLL-U.\n")
     (tmp_path / "file").write_text("a file in the way")
-    files = {"binary": tmp_path / "binary.txt", "notconllu": tmp_path / "notconllu.conllu", "file": tmp_path / "file"}
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "llama"}')  # no weights, no tokenizer
+    files = {"binary": tmp_path / "binary.txt", "notconllu": tmp_path / "notconllu.conllu", "file": tmp_path / "file",
+             "modeldir": tmp_path / "model"}
     override = [o.format(**files) for o in override]
     run = tmp_path / "r"
-    args = ["model=tiny_llama", *TINY, *override]
+    args = ["model=tiny_llama", *TINY, *override]  # a later model= wins
     if not any(o.startswith("hydra.run.dir=") for o in override):
         args.append(f"hydra.run.dir={run}")
     proc = run_mspgt(args, tmp_path, check=False)
