@@ -56,6 +56,7 @@ def _in_open(lo: float, hi: float) -> Callable[[Any], bool]:
 
 
 def _rules() -> list[Rule]:
+    from mspgt.extraction.extract import GROUPINGS
     from mspgt.interventions.activation_scale import STD_KINDS
     from mspgt.interventions.grammar import BACKENDS
     from mspgt.signals.attention_drift import FIRST_BLOCK_CHOICES
@@ -104,7 +105,9 @@ def _rules() -> list[Rule]:
         Rule("bootstrap.ci_level", "number", _in_open(0, 1), "in (0, 1)", "0.95"),
         Rule("bootstrap.acceptance_width", "number", lambda v: v > 0, "> 0", "5"),
         Rule("bootstrap.max_missing_fraction", "number", lambda v: 0 <= v <= 1, "in [0, 1]", "0.05"),
-        Rule("bootstrap.group_size", "int", pos, ">= 1", "4"),
+        Rule("bootstrap.group_size", "int", pos, ">= 1", "16"),
+        Rule("bootstrap.grouping", "choice", choices=GROUPINGS),
+        Rule("bootstrap.grouping_seed", "int", example="0"),
         Rule("bootstrap.seed", "int", example="0"),
         Rule("experiment.alpha", "number", _in_open(0, 1), "in (0, 1)", "0.05"),
         Rule("experiment.run_boundary_first", "bool"),
