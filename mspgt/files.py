@@ -4,9 +4,13 @@ on a shared cluster)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
+import socket
 import tempfile
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -15,6 +19,11 @@ from typing import Any
 from filelock import FileLock, Timeout
 
 from mspgt.errors import MspgtError
+
+log = logging.getLogger(__name__)
+
+# How often a job waiting for a lock says so (seconds). MSPGT_LOCK_LOG_S overrides it (tests use 1 s).
+LOCK_LOG_INTERVAL_S = 60.0
 
 
 def umask() -> int:
@@ -29,23 +38,50 @@ def publish(tmp: str | Path, path: Path, directory: bool = False) -> None:
     os.replace(tmp, path)
 
 
+def _holder(lock_path: Path) -> str:
+    """Who holds a lock, as its holder wrote it beside the lock (best effort)."""
+    try:
+        return lock_path.with_name(lock_path.name + ".holder").read_text().strip() or "an unknown job"
+    except OSError:
+        return "an unknown job"
+
+
 @contextmanager
 def build_lock(lock_path: Path, timeout_s: float, what: str) -> Iterator[None]:
     """Hold the file lock `lock_path` while building the cache entry `what`, so that concurrent jobs (a
     Slurm array, two terminals) build it once: the others wait, then find it built. The lock is released
-    on exit or when the process dies; the wait is bounded."""
+    on exit or when the process dies; the wait is bounded, and a waiting job logs who holds the lock and how
+    long it has waited, at once and then every LOCK_LOG_INTERVAL_S."""
     lock_path.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(str(lock_path))
+    interval = float(os.environ.get("MSPGT_LOCK_LOG_S", LOCK_LOG_INTERVAL_S))
+    start = time.monotonic()
     try:
-        lock.acquire(timeout=timeout_s, poll_interval=0.5)
+        lock.acquire(timeout=0)
     except Timeout:
-        raise MspgtError(
-            f"waited {timeout_s:.0f} s for another job building {what}",
-            f"wait for that job, raise the lock timeout, or delete {lock_path} if no job uses it",
-        ) from None
+        while True:
+            waited = time.monotonic() - start
+            log.info("waiting for %s: the lock %s is held by %s (waited %.0f s of at most %.0f s)",
+                     what, lock_path, _holder(lock_path), waited, timeout_s)
+            try:
+                lock.acquire(timeout=max(0.0, min(interval, timeout_s - waited)), poll_interval=0.5)
+                break
+            except Timeout:
+                if time.monotonic() - start >= timeout_s:
+                    raise MspgtError(
+                        f"waited {timeout_s:.0f} s for another job building {what} (held by {_holder(lock_path)})",
+                        f"wait for that job, raise the lock timeout (extraction.lock_timeout_s), or delete "
+                        f"{lock_path} if no job uses it",
+                    ) from None
+    holder = lock_path.with_name(lock_path.name + ".holder")
+    with contextlib.suppress(OSError):  # who holds it is a courtesy to waiting jobs, not needed for correctness
+        holder.write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
+                          f"{time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC\n")
     try:
         yield
     finally:
+        with contextlib.suppress(OSError):
+            holder.unlink(missing_ok=True)
         lock.release()
 
 

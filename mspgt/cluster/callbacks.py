@@ -4,6 +4,8 @@
   launcher config against the cluster (preflight.py); then watches the jobs so the wait is bounded
   (watchdog.py). Hydra turns an exception raised by a callback into a warning and carries on, so a failed
   check ends the sweep with SystemExit (exit status 1 and the message), which Hydra does not swallow.
+- `OutputFolderCheck` (in conf/config.yaml): before Hydra creates the run (or sweep) folder, checks that it
+  can be written; otherwise one message naming the fix and exit status 2 (not Hydra's mkdir traceback).
 - `SweepSummary` (in conf/config.yaml): at the end of any sweep, the side-by-side table (summary.py).
   Hydra 1.3 skips on_multirun_end when a job failed: then run `python -m mspgt.cluster.summary <sweep dir>`.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import _thread
 import logging
 import signal
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,31 @@ def _ensure_hydra_config(config: DictConfig) -> None:
     """Let `${hydra:...}` interpolations resolve in a callback that runs before Hydra sets its config."""
     if not HydraConfig.initialized():
         HydraConfig.instance().set_config(config)
+
+
+class OutputFolderCheck(Callback):
+    """The run folder (hydra.run.dir) or sweep folder (hydra.sweep.dir) can be written, before Hydra makes it."""
+
+    def _check(self, config: DictConfig, key: str) -> None:
+        from mspgt.config_validation import writable_folder
+
+        _ensure_hydra_config(config)
+        try:
+            folder = Path(str(OmegaConf.select(config, key)))
+        except Exception:  # an interpolation Hydra resolves later: its own error will say
+            return
+        why = writable_folder(folder)
+        if why is not None:
+            err = MspgtError(f"{key}={folder} cannot be written: {why}",
+                             f"point {key} (or paths.outputs) at a writable folder, e.g. `{key}=/tmp/mspgt-run`")
+            print(f"[mspgt][ERROR] - {err}", file=sys.stderr)
+            raise SystemExit(2)
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.run.dir")
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(config, "hydra.sweep.dir")
 
 
 class SlurmPreflight(Callback):

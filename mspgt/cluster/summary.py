@@ -44,9 +44,39 @@ def job_folders(sweep_dir: Path) -> list[Path]:
     return sorted(found, key=job_number)
 
 
+def job_overrides(folder: Path) -> dict[str, str]:
+    """The job's command-line overrides (`key=value`, as Hydra saved them in .hydra/overrides.yaml)."""
+    saved = folder / ".hydra" / "overrides.yaml"
+    if not saved.exists():
+        return {}
+    out = {}
+    for item in OmegaConf.load(saved):
+        key, _, value = str(item).partition("=")
+        out[key.lstrip("+~")] = value
+    return out
+
+
+def swept_keys(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
+    """The settings this sweep varies: sweep syntax in multirun.yaml (`a=1,2`, range(), choice(), glob()),
+    and any override whose value differs between jobs. In command-line order."""
+    keys: list[str] = []
+    saved = sweep_dir / "multirun.yaml"
+    if saved.exists():
+        for item in OmegaConf.select(OmegaConf.load(saved), "hydra.overrides.task", default=[]) or []:
+            key, _, value = str(item).partition("=")
+            if "," in value or value.startswith(("range(", "choice(", "glob(", "interval(")):
+                keys.append(key.lstrip("+~"))
+    for row in rows:
+        for key in row.get("overrides", {}):
+            values = {r.get("overrides", {}).get(key) for r in rows}
+            if len(values) > 1 and key not in keys:
+                keys.append(key)
+    return [k for k in keys if not k.startswith("hydra.")]
+
+
 def job_row(folder: Path) -> dict[str, Any]:
     """One job: its model, data and boundaries from results.json; or its status and last error line."""
-    job = {"job": folder.name.split("-", 1)[0], "folder": folder.name}
+    job = {"job": folder.name.split("-", 1)[0], "folder": folder.name, "overrides": job_overrides(folder)}
     results = folder / "results.json"
     if not results.exists():
         error = (folder / "error.txt").read_text(errors="replace").strip().splitlines()
@@ -75,10 +105,12 @@ def boundary_names(rows: list[dict[str, Any]]) -> list[str]:
     return names
 
 
-def summary_markdown(sweep_name: str, rows: list[dict[str, Any]]) -> str:
-    """A markdown table: one row per job, per boundary its layer (relative depth), CI, width, accepted."""
+def summary_markdown(sweep_name: str, rows: list[dict[str, Any]], swept: list[str] | None = None) -> str:
+    """A markdown table: one row per job, its swept settings, per boundary its layer (relative depth), CI,
+    width, accepted."""
     names = boundary_names(rows)
-    head = ["job", "model", "family", "blocks", "data"]
+    swept = swept or []
+    head = ["job", *swept, "model", "family", "blocks", "data"]
     for n in names:
         head += [f"{n} layer (rel.)", f"{n} CI", f"{n} width", f"{n} accepted", f"{n} missing"]
     lines = [f"# Sweep {sweep_name}: boundaries side by side", "",
@@ -86,10 +118,12 @@ def summary_markdown(sweep_name: str, rows: list[dict[str, Any]]) -> str:
     for row in rows:
         if row["status"] != "done":
             error = str(row.get("error", "")).replace("|", "\\|")
-            cells = [row["job"], f"{row['status']}: {error}"] + [""] * (len(head) - 2)
+            cells = [row["job"], *_swept_cells(row, swept), f"{row['status']}: {error}"]
+            cells += [""] * (len(head) - len(cells))
             lines.append("| " + " | ".join(cells) + " |")
             continue
-        cells = [row["job"], str(row["model"]), str(row["family"]), str(row["n_blocks"]), str(row["data"])]
+        cells = [row["job"], *_swept_cells(row, swept), str(row["model"]), str(row["family"]), str(row["n_blocks"]),
+                 str(row["data"])]
         for n in names:
             b = row["boundaries"].get(n)
             if b is None or b["layer"] is None:
@@ -106,15 +140,20 @@ def summary_markdown(sweep_name: str, rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def table_rows(rows: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+def _swept_cells(row: dict[str, Any], swept: list[str]) -> list[str]:
+    return [str(row.get("overrides", {}).get(k, "(default)")).replace("|", "\\|") for k in swept]
+
+
+def table_rows(rows: list[dict[str, Any]], swept: list[str] | None = None) -> tuple[list[str], list[list[Any]]]:
     """Flat columns and rows for a W&B table."""
     names = boundary_names(rows)
-    columns = ["job", "folder", "status", "model", "family", "n_blocks", "data"]
+    swept = swept or []
+    columns = ["job", "folder", "status", *swept, "model", "family", "n_blocks", "data"]
     columns += [f"{n}_{f}" for n in names for f in BOUNDARY_FIELDS]
     data = []
     for row in rows:
-        values = [row["job"], row["folder"], row["status"], row.get("model"), row.get("family"), row.get("n_blocks"),
-                  row.get("data")]
+        values = [row["job"], row["folder"], row["status"], *_swept_cells(row, swept), row.get("model"),
+                  row.get("family"), row.get("n_blocks"), row.get("data")]
         for n in names:
             b = row["boundaries"].get(n, {})
             values += [b.get(f) for f in BOUNDARY_FIELDS]
@@ -133,16 +172,17 @@ def write_sweep_summary(sweep_dir: str | Path, tracking: DictConfig | None) -> d
     rows = [job_row(f) for f in job_folders(sweep_dir)]
     if not rows:
         return None
-    summary = {"sweep": sweep_dir.name, "sweep_dir": str(sweep_dir), "jobs": rows}
+    swept = swept_keys(sweep_dir, rows)
+    summary = {"sweep": sweep_dir.name, "sweep_dir": str(sweep_dir), "swept": swept, "jobs": rows}
     write_json_atomic(sweep_dir / "sweep_summary.json", summary)
-    (sweep_dir / "sweep_summary.md").write_text(summary_markdown(sweep_dir.name, rows))
+    (sweep_dir / "sweep_summary.md").write_text(summary_markdown(sweep_dir.name, rows, swept))
     log.info("sweep summary: %s", sweep_dir / "sweep_summary.md")
     if tracking is not None and tracking.mode != "disabled":
         families = sorted({r["family"] for r in rows if r.get("family")})
         tracker = Tracker(tracking, sweep_dir, job_type="sweep_summary", name=f"{sweep_dir.name}-summary",
                           group=sweep_dir.name, tags=families,
                           config={"sweep_dir": str(sweep_dir), "n_jobs": len(rows)})
-        columns, data = table_rows(rows)
+        columns, data = table_rows(rows, swept)
         tracker.table("boundaries", columns, data)
         if record is not None:
             tracker.table("predictions", ["tier", "id", "verdict", "prediction"],

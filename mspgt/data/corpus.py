@@ -7,17 +7,22 @@ that the bootstrap resamples, so sentences of one document stay together.
 from __future__ import annotations
 
 import importlib.metadata as md
+import logging
 import random
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 from omegaconf import DictConfig
 
 from mspgt.errors import MspgtError, choose
 
 SOURCES = ("bbc", "wikitext103", "text", "conllu")
+CONLLU_FIELDS = 10  # ID FORM LEMMA UPOS XPOS FEATS HEAD DEPREL DEPS MISC
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -117,11 +122,49 @@ def wikitext_documents(cfg: DictConfig) -> Iterator[tuple[str, list[str]]]:
         yield f"wikitext-{article}", split_sentences(" ".join(lines))
 
 
+def read_utf8(path: Path) -> str:
+    """The file's text; bytes that are not UTF-8 (a binary file, another encoding) are an error naming the
+    byte offset, never replaced silently."""
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        line = data.count(b"\n", 0, err.start) + 1
+        raise MspgtError(
+            f"{path} is not UTF-8 text: byte {err.start} (line {line}) is 0x{data[err.start]:02x} ({err.reason})",
+            "give a UTF-8 text file in data.path (convert it, e.g. `iconv -f latin1 -t utf-8`), not a binary file",
+        ) from None
+
+
+def check_utf8(path: Path) -> None:
+    read_utf8(path)
+
+
+def check_conllu_file(path: Path) -> None:
+    """Every line is a comment, blank, or 10 tab-separated fields with an ID first (CoNLL-U); the first line
+    that is not names the file, line and the expected format."""
+    text = read_utf8(path)
+    n_tokens = 0
+    for i, line in enumerate(text.splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        fields = line.split("\t")
+        if len(fields) != CONLLU_FIELDS or not re.match(r"^\d+([-.]\d+)?$", fields[0]):
+            raise MspgtError(
+                f"{path} line {i} is not CoNLL-U: {len(fields)} tab-separated field(s) {line[:60]!r}",
+                "give data=conllu files in CoNLL-U format (10 tab-separated columns, ID FORM LEMMA UPOS XPOS "
+                "FEATS HEAD DEPREL DEPS MISC; # comments; a blank line ends a sentence), or use data=text",
+            )
+        n_tokens += 1
+    if n_tokens == 0:
+        raise MspgtError(f"{path} holds no CoNLL-U token lines", "give data=conllu files with annotated sentences")
+
+
 def text_documents(cfg: DictConfig) -> Iterator[tuple[str, list[str]]]:
     path = Path(cfg.path)
     if not path.is_file():
         raise MspgtError(f"data.path={cfg.path} is not a file", "give an existing UTF-8 text file: data.path=...")
-    text = path.read_text(encoding="utf-8", errors="replace")
+    text = read_utf8(path)
     if cfg.one_per_line:
         yield path.name, [" ".join(line.split()) for line in text.splitlines() if line.strip()]
     else:
@@ -142,9 +185,9 @@ def conllu_sentences(cfg: DictConfig) -> list[Sentence]:
     if not files:
         raise MspgtError(f"no *.conllu files in {path}", "point data.path at CoNLL-U files")
     out: list[Sentence] = []
-    for f in files:
+    for f in files:  # checked line by line before the model loads (mspgt/config_validation.py)
         with open(f, encoding="utf-8") as fh:
-            for tl in conllu.parse_incr(fh):
+            for tl in _parse_conllu(conllu, fh, f):
                 words, spans, upos, deprel, pos, parts = [], [], [], [], 0, []
                 for tok in tl:
                     if not isinstance(tok["id"], int):
@@ -173,6 +216,35 @@ def conllu_sentences(cfg: DictConfig) -> list[Sentence]:
     return out
 
 
+def _parse_conllu(conllu, fh, path: Path):
+    """conllu.parse_incr, its parse errors named with the file."""
+    try:
+        yield from conllu.parse_incr(fh)
+    except conllu.exceptions.ParseException as err:
+        raise MspgtError(f"{path} is not valid CoNLL-U: {str(err).splitlines()[0][:200]}",
+                         "fix the file (10 tab-separated columns per token line) or use data=text") from None
+
+
+def _is_word(token: str) -> bool:
+    letters = sum(ch.isalpha() for ch in token)
+    return letters >= max(1, len(token) / 2)
+
+
+def check_sentences(sents: list[Sentence], cfg: DictConfig) -> None:
+    """Warnings (not errors) for a corpus that runs, but probably not as meant (our thresholds)."""
+    if len(sents) < cfg.n_sentences:
+        log.warning("data.n_sentences=%d but the corpus gave only %d sentences of %d-%d words: using %d",
+                    cfg.n_sentences, len(sents), cfg.min_words, cfg.max_words, len(sents))
+    if len(sents) >= 2 and len({s.text for s in sents}) == 1:
+        log.warning("all %d sentences are identical (%r): every signal is then flat; check the corpus",
+                    len(sents), sents[0].text[:60])
+    if sents:
+        wordy = sum(np.mean([_is_word(t) for t in s.text.split()]) >= 0.5 for s in sents)
+        if wordy < len(sents) / 2:
+            log.warning("%d of %d sentences are mostly not words (fewer than half their tokens are mostly "
+                        "letters): is data.path a text corpus?", len(sents) - wordy, len(sents))
+
+
 def load_sentences(cfg: DictConfig, minimum: int | None = None) -> list[Sentence]:
     """The sentences a data config names, in order. `minimum`: fail clearly if fewer are available."""
     choose("data source", cfg.source, SOURCES, "data")
@@ -186,6 +258,7 @@ def load_sentences(cfg: DictConfig, minimum: int | None = None) -> list[Sentence
         sents = _take(text_documents(cfg), cfg)
     else:
         sents = conllu_sentences(cfg)
+    check_sentences(sents, cfg)
     if minimum is not None and len(sents) < minimum:
         raise MspgtError(
             f"the corpus gave {len(sents)} sentences ({cfg.min_words}-{cfg.max_words} words each); "

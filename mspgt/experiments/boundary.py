@@ -9,12 +9,14 @@ from __future__ import annotations
 import logging
 import math
 import time
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mspgt.config_validation import writable_folder
 from mspgt.data.alignment import encode_sentences
 from mspgt.data.corpus import load_sentences
 from mspgt.data.labels import SRL_NOTE, TASKS, label_sentences
@@ -65,6 +67,15 @@ def obtain_statistics(cfg: DictConfig) -> tuple[Any, StatisticsCache, dict[str, 
     """The corpus statistics from the cache, or one extraction pass that fills it (resuming if killed)."""
     timings: dict[str, float] = {}
     cache = StatisticsCache(cfg.paths.cache_dir, cache_material(cfg, data_identity(cfg.data)))
+    why = writable_folder(cache.dir)
+    if why is not None:  # a read-only cache (a shared mount): a complete entry is read without a lock
+        stats = load_statistics(cache) if cfg.extraction.cache else None
+        if stats is None:
+            raise MspgtError(f"the statistics cache {cache.dir} cannot be written ({why}) and holds no complete "
+                             "entry for these settings",
+                             "point paths.cache_dir (or MSPGT_CACHE_DIR) at a writable folder")
+        log.info("statistics loaded from the read-only cache %s (no model needed)", cache.dir)
+        return stats, cache, timings
     with cache.lock(cfg.extraction.lock_timeout_s):
         stats = load_statistics(cache) if cfg.extraction.cache else None
         if stats is not None:
@@ -98,20 +109,29 @@ def obtain_statistics(cfg: DictConfig) -> tuple[Any, StatisticsCache, dict[str, 
 
 def obtain_probes(cfg: DictConfig, stats: Any, cache: StatisticsCache) -> tuple[ProbeResult, bool]:
     """Probes trained once per statistics and probe settings, kept beside the statistics (so changing fusion
-    or bootstrap settings never retrains them). Returns the result and whether it came from the cache."""
+    or bootstrap settings never retrains them), trained under their own lock: of two jobs needing them, one
+    trains and the other waits and reuses them. Returns the result and whether it came from the cache."""
     p = cfg.probes
     device = str(resolve_device(p.device))
     settings = {k: p[k] for k in ("hidden", "epochs", "batch_size", "lr", "weight_decay", "seed", "control_task")}
     settings["device"] = device.split(":")[0]
-    cached = cache.load_artifact("probes", settings) if cfg.extraction.cache else None
-    if cached is not None:
-        return cached, True
-    result = train_probes(
-        stats.probe_train, stats.probe_eval, {k: len(v) for k, v in stats.label_names.items()},
-        hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-        seed=p.seed, control_task=p.control_task, device=device, progress=cfg.extraction.progress,
-    )
-    cache.save_artifact("probes", settings, result)
+    writable = writable_folder(cache.dir) is None
+    lock = cache.artifact_lock("probes", settings, cfg.extraction.lock_timeout_s) if writable else nullcontext()
+    with lock:
+        cached = cache.load_artifact("probes", settings) if cfg.extraction.cache else None
+        if cached is not None:
+            log.info("probes loaded from the cache %s", cache.artifact_path("probes", settings))
+            return cached, True
+        result = train_probes(
+            stats.probe_train, stats.probe_eval, {k: len(v) for k, v in stats.label_names.items()},
+            hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
+            seed=p.seed, control_task=p.control_task, device=device, progress=cfg.extraction.progress,
+        )
+        log.info("probes trained in %.1f s", result.seconds)
+        if writable:
+            cache.save_artifact("probes", settings, result)
+        else:
+            log.warning("the cache %s is read-only: the trained probes are not kept", cache.dir)
     return result, False
 
 
@@ -128,13 +148,14 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         timings["probes_cached_s" if from_cache else "probes_s"] = time.perf_counter() - t
 
     weights, enabled = dict(cfg.fusion.weights), dict(cfg.fusion.signals)
-    signals = layer_signals(stats, probes, cfg.fusion)
+    average = str(cfg.probes.f1_average)
+    signals = layer_signals(stats, probes, cfg.fusion, f1_average=average)
     evidence = fuse(signals, weights, enabled)
     replicated_first = bool(enabled.get("attention_drift")) and cfg.fusion.attention.first_block == "replicate"
     pick = detect_boundaries(evidence, cfg.fusion.prominence, replicated_first)
 
     def evidence_fn(counts: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        resampled = layer_signals(stats, probes, cfg.fusion, counts)
+        resampled = layer_signals(stats, probes, cfg.fusion, counts, average)
         return fuse(resampled, weights, enabled), resampled
 
     t = time.perf_counter()
@@ -150,7 +171,7 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     scales = None
     if pick.li is not None and pick.ig is not None:
         scales = scales_from_boundaries(pick.li, pick.ig, L).as_dict()
-    f_point = probe_f1(probes, np.ones(stats.n_groups), stats.n_groups) if probes is not None else None
+    f_point = probe_f1(probes, np.ones(stats.n_groups), stats.n_groups, average) if probes is not None else None
     result = {
         "experiment": "boundary",
         "model": {"name": cfg.model.name, "family": cfg.model.family, "n_blocks": L,
@@ -189,10 +210,10 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         "cache_dir": stats.meta.get("cache_dir"),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
-    write_json_atomic(out_dir / "results.json", result)
-    store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, result)
     fig = boundary_figure(result, out_dir / "boundaries.png")
     (out_dir / "summary.md").write_text(boundary_markdown(result))
+    store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, result)
+    write_json_atomic(out_dir / "results.json", result)  # last: a results.json means the job finished
     log.info("\n%s", boundary_markdown(result))
     log.info("results: %s (stored for interventions at %s)", out_dir / "results.json", store_path)
     log_boundary_to_wandb(cfg, out_dir, result, fig)

@@ -150,10 +150,10 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
     )
     needs_boundary = scale != "none" and cfg.scale.get("layers") is None
     boundary = stored_boundary(cfg, out_dir) if needs_boundary else None
+    sentences = load_sentences(cfg.data)  # the corpus first: its errors come before the model loads
+    prompts = choose_prompts(sentences, int(gen.n_prompts), int(gen.prompt_words))
     loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=False)
     blocks, blocks_source = noise_blocks(cfg.scale, loaded, boundary)
-    sentences = load_sentences(cfg.data)
-    prompts = choose_prompts(sentences, int(gen.n_prompts), int(gen.prompt_words))
     sbert = load_sbert(str(cfg.metrics.sbert), device="cuda" if loaded.device.type == "cuda" else "cpu")
     timing: dict[str, float] = {}
     t0 = time.perf_counter()

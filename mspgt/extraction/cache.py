@@ -4,13 +4,16 @@ Layout of one entry (`<cache_dir>/stats/<key>/`):
 - `manifest.json`: everything the key was made from (model weights id, data identity, settings, version);
 - `chunk_00000.npz` ...: the statistics of consecutive groups, each written to a temp file and renamed;
 - `chunk_00000.sha256` ...: the checksum of each chunk, written after it;
-- `.lock`: a file lock held while building, so two jobs needing the same entry never both write it.
+- `.lock`: a file lock held while building, so two jobs needing the same entry never both write it;
+- `probes-<key>.pkl` (+ `.sha256`, `.probes-<key>.lock`): probes trained on these statistics, under their lock.
+A complete entry on a read-only mount is read without any lock (nothing is written then).
 A run killed mid-extraction leaves whole chunks behind and resumes after the last one. A chunk whose
 checksum does not match, or that does not load, is deleted and recomputed: never silently used.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -80,8 +83,9 @@ class StatisticsCache:
             if found == json.loads(json.dumps(wanted, default=str)):
                 return
             log.warning("cache %s has a mismatched or corrupt manifest: clearing it", self.dir)
-            for f in self.dir.glob("chunk_*"):
-                f.unlink()
+            # the chunks and everything derived from them (trained probes): never reused for new statistics
+            for f in [*self.dir.glob("chunk_*"), *self.dir.glob("*.pkl"), *self.dir.glob("*.sha256")]:
+                f.unlink(missing_ok=True)
         write_bytes_atomic(path, json.dumps(wanted, indent=2, default=str).encode())
 
     # -- chunks ------------------------------------------------------------------------------------
@@ -101,8 +105,9 @@ class StatisticsCache:
                 return {k: z[k] for k in z.files}
         except Exception as err:
             log.warning("cache chunk %s is corrupt (%s): it will be recomputed", path, err)
-            path.unlink(missing_ok=True)
-            digest.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):  # a read-only cache: not used, and a clear error follows
+                path.unlink(missing_ok=True)
+                digest.unlink(missing_ok=True)
             return None
 
     def save_chunk(self, i: int, arrays: dict[str, np.ndarray]) -> None:
@@ -133,9 +138,15 @@ class StatisticsCache:
             return pickle.loads(data)  # our own file, checksummed: never a foreign pickle
         except Exception as err:
             log.warning("cached %s %s is corrupt (%s): recomputing it", name, path, err)
-            path.unlink(missing_ok=True)
-            digest.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
+                digest.unlink(missing_ok=True)
             return None
+
+    def artifact_lock(self, name: str, settings: dict[str, Any], timeout_s: float) -> AbstractContextManager[None]:
+        """The build lock of one artifact: two jobs needing the same probes train them once."""
+        path = self.artifact_path(name, settings)
+        return build_lock(path.with_name(f".{path.stem}.lock"), timeout_s, f"the {name} {path}")
 
     def save_artifact(self, name: str, settings: dict[str, Any], obj: Any) -> None:
         path = self.artifact_path(name, settings)

@@ -1,7 +1,9 @@
 """The boundary store: the latest boundary result per (model, data), read by experiment=intervention.
 
 A result is stored under `paths.store_dir/boundary/<model>__<data key>.json`; the data key is a hash of
-the data settings that change which sentences are read, so a result from another corpus is never used.
+the data settings that change which sentences are read and, for a local corpus (data=text, data=conllu), of
+the corpus files' contents instead of their path: a result from another corpus, or from an earlier version
+of an edited file, is never used.
 """
 
 from __future__ import annotations
@@ -15,8 +17,9 @@ from omegaconf import DictConfig, OmegaConf
 
 from mspgt.errors import MspgtError
 from mspgt.files import write_json_atomic
+from mspgt.identity import files_sha256
 
-__all__ = ["boundary_path", "data_identity", "data_key", "load_boundary", "save_boundary", "write_json_atomic"]
+__all__ = ["boundary_path", "corpus_files", "data_identity", "data_key", "load_boundary", "save_boundary", "write_json_atomic"]
 
 # Data settings that decide which sentences (and labels) a run sees.
 DATA_IDENTITY_KEYS = (
@@ -25,9 +28,27 @@ DATA_IDENTITY_KEYS = (
 )
 
 
+def corpus_files(data_cfg: DictConfig) -> list[Path]:
+    """The local files a data config reads (data=text: the file; data=conllu: the file or the folder's
+    *.conllu), or [] for a packaged or hub corpus."""
+    if data_cfg.get("source") not in ("text", "conllu") or OmegaConf.is_missing(data_cfg, "path"):
+        return []
+    path = Path(str(data_cfg.path))
+    if data_cfg.source == "conllu" and path.is_dir():
+        return sorted(path.glob("*.conllu"))
+    return [path] if path.is_file() else []
+
+
 def data_identity(data_cfg: DictConfig) -> dict[str, Any]:
+    """The data settings that decide the sentences; a local corpus is identified by the SHA-256 of its
+    files' contents (`content_sha256`, see mspgt/identity.py), not by its path."""
     d = OmegaConf.to_container(data_cfg, resolve=True)
-    return {k: d[k] for k in DATA_IDENTITY_KEYS if k in d}
+    out = {k: d[k] for k in DATA_IDENTITY_KEYS if k in d}
+    if d.get("source") in ("text", "conllu"):
+        files = corpus_files(data_cfg)
+        out.pop("path", None)
+        out["content_sha256"] = files_sha256(files) if files else None
+    return out
 
 
 def data_key(data_cfg: DictConfig) -> str:

@@ -29,8 +29,10 @@ def layer_signals(
     probes: ProbeResult | None,
     fusion: DictConfig,
     weights: np.ndarray | None = None,
+    f1_average: str = "macro",
 ) -> dict[str, np.ndarray]:
-    """Enabled signals, each [L] (weights None or [G]) or [B, L] (weights [B, G]), over blocks l = 1..L."""
+    """Enabled signals, each [L] (weights None or [G]) or [B, L] (weights [B, G]), over blocks l = 1..L.
+    `f1_average`: probes.f1_average, the F1 average of the probe signal."""
     missing = [k for k, have in ((cka_key(fusion), stats.hsic), (js_key(fusion), stats.js_sum)) if k not in have]
     if missing:
         raise MspgtError(f"the cached statistics hold no {missing} variant (extraction.variants=selected)",
@@ -43,7 +45,7 @@ def layer_signals(
         if probes is None:
             raise MspgtError("probe_jump is enabled but no probe result was given",
                              "train probes first, or set fusion.signals.probe_jump=false")
-        f = probe_f1(probes, np.ones(stats.n_groups) if weights is None else weights, stats.n_groups)
+        f = probe_f1(probes, np.ones(stats.n_groups) if weights is None else weights, stats.n_groups, f1_average)
         out["probe_jump"] = probe_jump(f)
     if fusion.signals.attention_drift:
         v = js_key(fusion)

@@ -8,11 +8,13 @@ features are standardised per layer and dimension with train statistics (massive
 per-group confusion counts, so a bootstrap resample of groups recomputes F1 as a matrix product
 (docs/method.md "Signal 2").
 
-F1 average (our choice, reported): macro F1 over the classes present in the gold labels of the data it is
-computed on. The same rule holds for the full held-out set and for every bootstrap resample: a class with
-no gold word in the resample (weighted tp + fn = 0) is not averaged, even if the probe predicted it (it
-would otherwise score F1 = 0 there, and a resample's F1 would not be the point statistic applied to the
-resample). This equals sklearn's f1_score(y, p, average="macro", labels=<classes in y>) on the resampled words.
+F1 average (probes.f1_average, reported): F1 over the classes present in the gold labels of the data it is
+computed on: `macro` (the default, our choice) averages the per-class F1, `weighted` weights it by each
+class's support (tp + fn), `micro` pools tp, fp and fn over those classes first. The same rule holds for the
+full held-out set and for every bootstrap resample: a class with no gold word in the resample (weighted
+tp + fn = 0) is not averaged, even if the probe predicted it (it would otherwise score F1 = 0 there, and a
+resample's F1 would not be the point statistic applied to the resample). This equals sklearn's
+f1_score(y, p, average=<average>, labels=<classes in y>) on the resampled words.
 Selectivity (Hewitt & Liang 2019, "Designing and Interpreting Probes with Control Tasks"): accuracy of the
 POS probe minus accuracy of the same probe trained on a control task that gives every word type a random
 label drawn from the empirical POS label distribution.
@@ -35,9 +37,10 @@ from mspgt.extraction.statistics import ProbeSample
 
 CONTROL = "control"  # the name of the control task (Hewitt & Liang 2019) among the trained heads
 F1_AVERAGE = (
-    "macro F1 over the classes present in the gold labels of the words it is computed on (the held-out "
-    "set, or a bootstrap resample of its groups); F(l) = mean over tasks"
+    "probes.f1_average (macro, micro or weighted) F1 over the classes present in the gold labels of the words "
+    "it is computed on (the held-out set, or a bootstrap resample of its groups); F(l) = mean over tasks"
 )
+F1_AVERAGES = ("macro", "micro", "weighted")  # the choices of probes.f1_average
 _STD_FLOOR = 1e-6  # a dimension with a smaller train std is constant: it is centred, not scaled
 _CHUNK = 256  # rows converted from float16 at a time
 
@@ -350,12 +353,36 @@ def _accuracy(gold: np.ndarray, pred: np.ndarray) -> np.ndarray:
     return (pred[keep] == gold[keep, None]).mean(0)
 
 
-def task_f1(result: ProbeResult, group_weights: np.ndarray, n_groups: int) -> dict[str, np.ndarray]:
-    """Per task, held-out macro F1 per layer under group weights: [B, G_all] -> [B, L+1] ([G_all] -> [L+1]).
+def average_f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, average: str = "macro") -> np.ndarray:
+    """F1 over the classes (last axis) with gold support, tp + fn > 0, in the counted words: [..., C] -> [...].
+    As sklearn's f1_score(y, p, average=average, labels=<classes in y>): macro, the mean of the per-class
+    F1 = 2tp / (2tp + fp + fn); weighted, per-class F1 weighted by the support tp + fn; micro, the F1 of
+    tp, fp, fn summed over those classes. No class with support -> nan."""
+    if average not in F1_AVERAGES:
+        raise MspgtError(f"probes.f1_average={average!r} is not offered", f"use one of {list(F1_AVERAGES)}")
+    support = tp + fn  # [..., C] gold words of each class
+    present = support > 0
+    nan = np.full(tp.shape[:-1], np.nan)
+    if average == "micro":
+        tp_s, fp_s, fn_s = (np.where(present, x, 0).sum(-1) for x in (tp, fp, fn))  # [...]
+        denom = 2 * tp_s + fp_s + fn_s
+        return np.divide(2 * tp_s, denom, out=nan, where=denom > 0)
+    f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp, dtype=np.float64), where=present)  # [..., C]
+    if average == "weighted":
+        total = support.sum(-1)
+        return np.divide((f1 * support).sum(-1), total, out=nan, where=total > 0)
+    n_present = present.sum(-1)  # [...]
+    return np.divide(f1.sum(-1), n_present, out=nan, where=n_present > 0)
 
-    Weighted sums of the per-group tp/fp/fn (a matrix product), then per-class F1 = 2tp / (2tp + fp + fn),
-    averaged over the classes with gold support under these weights (weighted tp + fn > 0: the classes
-    present in the resample's gold labels, module docstring); no class left -> nan.
+
+def task_f1(
+    result: ProbeResult, group_weights: np.ndarray, n_groups: int, average: str = "macro"
+) -> dict[str, np.ndarray]:
+    """Per task, held-out F1 per layer under group weights: [B, G_all] -> [B, L+1] ([G_all] -> [L+1]).
+
+    Weighted sums of the per-group tp/fp/fn (a matrix product), then their `average` F1 over the classes
+    with gold support under these weights (weighted tp + fn > 0: the classes present in the resample's gold
+    labels, module docstring; average_f1); no class left -> nan.
     """
     w = np.asarray(group_weights, dtype=np.float64)
     single = w.ndim == 1
@@ -383,18 +410,14 @@ def task_f1(result: ProbeResult, group_weights: np.ndarray, n_groups: int) -> di
             return total.reshape(-1, n_layers, c)[..., cls]  # [B, L+1, C_present]
 
         tp, fp, fn = weighted(result.tp[task]), weighted(result.fp[task]), weighted(result.fn[task])
-        support = tp + fn  # [B, L+1, C_present] gold words of each class under these weights
-        defined = support > 0
-        f1 = np.divide(2 * tp, 2 * tp + fp + fn, out=np.zeros_like(tp), where=defined)
-        n_defined = defined.sum(-1)  # [B, L+1]
-        macro = np.divide(f1.sum(-1), n_defined, out=np.full(n_defined.shape, np.nan), where=n_defined > 0)
-        out[task] = macro[0] if single else macro
+        f1 = average_f1(tp, fp, fn, average)  # [B, L+1]
+        out[task] = f1[0] if single else f1
     return out
 
 
-def probe_f1(result: ProbeResult, group_weights: np.ndarray, n_groups: int) -> np.ndarray:
-    """F(l): the mean over tasks of the held-out macro F1 (see task_f1): [B, G_all] -> [B, L+1]."""
-    per_task = task_f1(result, group_weights, n_groups)
+def probe_f1(result: ProbeResult, group_weights: np.ndarray, n_groups: int, average: str = "macro") -> np.ndarray:
+    """F(l): the mean over tasks of the held-out `average` F1 (see task_f1): [B, G_all] -> [B, L+1]."""
+    per_task = task_f1(result, group_weights, n_groups, average)
     return np.mean(np.stack([per_task[t] for t in result.tasks]), axis=0)
 
 
