@@ -31,7 +31,7 @@ from mspgt.signals.layerwise import cka_key, js_key
 
 log = logging.getLogger(__name__)
 
-STATS_VERSION = 3  # bump when what is stored changes: old cache entries are then never used
+STATS_VERSION = 4  # bump when what is stored changes: old cache entries are then never used
 
 
 @dataclass
@@ -243,7 +243,8 @@ def _chunk_statistics(
                 for t, ids_t in corpus.label_ids[i].items():
                     p.setdefault(f"lab_{t}", []).append(ids_t[words])
         # attention drift: JS sums per sentence, added into its group
-        by_sink = attention_js_sums_variants(res.attentions, mask, tuple(v == "nosink" for v in js_keys))
+        by_sink = attention_js_sums_variants(res.attentions, mask, tuple(v == "nosink" for v in js_keys),
+                                             loaded.attention_layout)  # each block's own keys
         for v in js_keys:
             js, first, count = (x.cpu().numpy() for x in by_sink[v == "nosink"])
             np.add.at(out[f"js_sum_{v}"], groups - lo, js)
@@ -296,6 +297,7 @@ def build_statistics(
         "label_names": corpus.label_names, "n_blocks": loaded.n_blocks, "n_sentences": len(corpus.encoded),
         "n_groups": corpus.n_groups, "cka_variants": cka_keys, "js_variants": js_keys,
         "weights_id": loaded.weights_id, "hidden_size": loaded.model.config.hidden_size,
+        "attention_layout": [str(b) for b in loaded.attention_layout],
     })
     todo = [i for i in range(n_chunks) if cache.load_chunk(i) is None]
     if len(todo) < n_chunks:

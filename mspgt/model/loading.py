@@ -26,10 +26,16 @@ from omegaconf import DictConfig
 
 from mspgt.errors import MspgtError
 from mspgt.files import build_lock, publish
+from mspgt.model.attention_layout import (
+    BlockAttention,
+    attention_layout,
+    check_layout_against_weights,
+    describe,
+)
+from mspgt.model.tiny import tiny_config_fields
 
 log = logging.getLogger(__name__)
 
-TINY_ARCHITECTURES = ("llama", "qwen2")
 
 
 @dataclass
@@ -44,6 +50,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     weights_id: str  # identifies the exact weights (sha256 of the file, hub revision or tiny seed)
+    attention_layout: list[BlockAttention]  # per block: the keys its attention may see
 
     @property
     def n_blocks(self) -> int:
@@ -147,6 +154,28 @@ def _assemble_parts(cfg: DictConfig, cache_dir: Path) -> Path:
     return target
 
 
+def sdpa_unsupported(err: Exception) -> bool:
+    """transformers' refusal of SDPA for an architecture without an SDPA path (Gemma2, Bloom, ...)."""
+    return isinstance(err, ValueError) and "scaled_dot_product_attention" in str(err)
+
+
+def with_attention(load: Any, attn: str, what: str) -> Any:
+    """`load(attn)`; where SDPA was asked for and the architecture has none, eager instead, said in the log.
+    (An explicit model.attn_implementation=sdpa fails the same way only if eager fails too.)"""
+    try:
+        return load(attn)
+    except ValueError as err:
+        if attn != "sdpa" or not sdpa_unsupported(err):
+            raise
+        log.info("%s has no SDPA attention in this transformers version: loading it with eager attention", what)
+        return load("eager")
+
+
+def _from_config(auto: Any, config: Any, attn: str, dtype: torch.dtype) -> torch.nn.Module:
+    return with_attention(lambda a: auto.from_config(config, attn_implementation=a, dtype=dtype), attn,
+                          type(config).__name__.removesuffix("Config"))
+
+
 def _load_saved_model(saved: Path, dtype: torch.dtype, attn: str):
     """The cached dequantised model and tokenizer, or None when there is no complete, readable copy."""
     if not (saved / "mspgt-complete").exists():
@@ -155,7 +184,9 @@ def _load_saved_model(saved: Path, dtype: torch.dtype, attn: str):
 
     try:
         tok = AutoTokenizer.from_pretrained(saved)
-        model = AutoModelForCausalLM.from_pretrained(saved, attn_implementation=attn, dtype=dtype)
+        model = with_attention(
+            lambda a: AutoModelForCausalLM.from_pretrained(saved, attn_implementation=a, dtype=dtype), attn, saved.name
+        )
         return model, tok
     except Exception as err:  # a corrupt cache is rebuilt, never used
         log.warning("model cache %s is unreadable (%s); rebuilding it from the GGUF", saved, err)
@@ -177,9 +208,9 @@ def _load_gguf(cfg: DictConfig, gguf: Path, cache_dir: Path, dtype: torch.dtype,
         _check_sha256(gguf, cfg.sha256)
         log.info("dequantising %s (once; later runs load the cached copy)", gguf.name)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, attn_implementation=attn, dtype=torch.float32
-        )
+        model = with_attention(lambda a: AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, attn_implementation=a, dtype=torch.float32
+        ), attn, gguf.name)
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -231,16 +262,12 @@ def _tiny_tokenizer(cfg: DictConfig, cache_dir: Path):
 def _load_tiny(cfg: DictConfig, cache_dir: Path, dtype: torch.dtype, attn: str):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if cfg.architecture not in TINY_ARCHITECTURES:
-        raise MspgtError(
-            f"tiny model architecture {cfg.architecture!r} is not supported",
-            f"use one of {list(TINY_ARCHITECTURES)}",
-        )
+    model_type, fields = tiny_config_fields(cfg.architecture, dict(cfg.tiny), vocab_size=0)
     tok = _tiny_tokenizer(cfg, cache_dir)
-    config = AutoConfig.for_model(cfg.architecture, vocab_size=len(tok), **dict(cfg.tiny))
-    config._attn_implementation = attn
+    fields.update(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(int(cfg.seed))
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
+    model = _from_config(AutoModelForCausalLM, config, attn, dtype)
     return model, tok, f"tiny-{cfg.architecture}-seed{cfg.seed}"
 
 
@@ -270,11 +297,16 @@ def _load_hub(cfg: DictConfig, dtype: torch.dtype, device: torch.device, attn: s
     return model, tok, str(cfg.get("revision") or where)
 
 
-def check_attention_readable(loaded: LoadedModel) -> None:
-    """Fail early if the model does not return attention weights (needed by the attention-drift signal)."""
-    ids = torch.tensor([[loaded.tokenizer.eos_token_id or 0] * 3], device=loaded.device)
+def check_attention_readable(loaded: LoadedModel, probe_tokens: int = 64) -> None:
+    """Fail early if the model does not return attention weights (needed by the attention-drift signal), or
+    if its weights fall outside the attention layout read from its config (attention_layout.py). The probe is
+    one sentence of `probe_tokens` tokens: the longest the data gives (data.max_tokens), so every window
+    that can bind on the data binds here."""
+    vocab = int(loaded.model.get_input_embeddings().weight.shape[0])
+    n = max(3, min(int(probe_tokens), int(getattr(loaded.model.config, "max_position_embeddings", 0) or probe_tokens)))
+    ids = (torch.arange(n, device=loaded.device) * 7919 + 11) % vocab  # [n] arbitrary, varied real ids
     with torch.no_grad():
-        out = loaded.model(input_ids=ids, output_attentions=True, use_cache=False)
+        out = loaded.model(input_ids=ids[None], output_attentions=True, use_cache=False)
     atts = getattr(out, "attentions", None)
     if not atts or len(atts) != loaded.n_blocks or any(a is None for a in atts):
         raise MspgtError(
@@ -282,10 +314,14 @@ def check_attention_readable(loaded: LoadedModel) -> None:
             "load it with eager attention (model.attn_implementation=eager), or turn the signal off: "
             "fusion.signals.attention_drift=false",
         )
+    check_layout_against_weights(list(atts), loaded.attention_layout)
 
 
-def load_model(cfg: DictConfig, cache_dir: str | Path, need_attentions: bool = True) -> LoadedModel:
-    """Load the model `cfg` (a conf/model/*.yaml) describes. Eager attention when weights must be read."""
+def load_model(
+    cfg: DictConfig, cache_dir: str | Path, need_attentions: bool = True, probe_tokens: int = 64
+) -> LoadedModel:
+    """Load the model `cfg` (a conf/model/*.yaml) describes. Eager attention when weights must be read
+    (then checked on a `probe_tokens`-token sentence), SDPA otherwise (eager where it has none)."""
     cache_dir = Path(cache_dir)
     device = resolve_device(cfg.get("device", "auto"))
     dtype = resolve_dtype(cfg.get("dtype", "auto"), device)
@@ -312,17 +348,21 @@ def load_model(cfg: DictConfig, cache_dir: str | Path, need_attentions: bool = T
         model.to(device)
     model.eval()
     model.requires_grad_(False)
+    blocks = decoder_blocks(model)
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     loaded = LoadedModel(
         name=cfg.name,
         family=cfg.family,
         model=model,
         tokenizer=tok,
-        blocks=decoder_blocks(model),
+        blocks=blocks,
         device=device,
         dtype=dtype,
         weights_id=wid,
+        attention_layout=attention_layout(text_config, len(blocks)),
     )
-    log.info("loaded %s: %d blocks, %s, %s, attention=%s", cfg.name, loaded.n_blocks, device, dtype, attn)
+    log.info("loaded %s: %d blocks, %s, %s, attention=%s (%s)", cfg.name, loaded.n_blocks, device, dtype,
+             model.config._attn_implementation, describe(loaded.attention_layout))
     if need_attentions:
-        check_attention_readable(loaded)
+        check_attention_readable(loaded, probe_tokens)
     return loaded
