@@ -75,8 +75,9 @@ def loading_error(where: str, err: Exception, hub: bool, what: str = "model") ->
         fix = "mspgt needs a decoder-only causal language model (AutoModelForCausalLM); this checkpoint is not one"
     elif "size mismatch" in text:
         fix = "config.json does not describe these weights: use the config.json that came with them"
-    elif any(s in text for s in ("HeaderTooLarge", "incomplete metadata", "invalid load key", "unexpected EOF",
-                                 "PytorchStreamReader failed", "MetadataIncompleteBuffer")):
+    elif type(err).__name__ == "SafetensorError" or any(s in text for s in (
+            "HeaderTooLarge", "incomplete metadata", "invalid load key", "unexpected EOF",
+            "PytorchStreamReader failed", "MetadataIncompleteBuffer", "deserializing header")):
         fix = "a weight file is truncated or corrupt: copy the checkpoint again"
     elif hub and isinstance(err, OSError):
         offline = os.environ.get("HF_HUB_OFFLINE") == "1" or os.environ.get("TRANSFORMERS_OFFLINE") == "1"

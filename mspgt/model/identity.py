@@ -26,6 +26,7 @@ from omegaconf import DictConfig
 
 from mspgt.errors import MspgtError
 from mspgt.files import write_bytes_atomic
+from mspgt.model.checkpoint import check_local_folder
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +88,7 @@ def model_identity(cfg: DictConfig, cache_dir: str | Path) -> str:
     if source != "hub":
         raise MspgtError(f"model.source={source!r} is unknown", "use hub, gguf_file, gguf_package, gguf_parts or tiny_random")
     if cfg.get("local_path"):
-        weights = folder_identity(cfg.local_path, cache_dir)
+        weights = folder_identity(check_local_folder(str(cfg.local_path)), cache_dir)
     else:  # known before any download; pin model.revision to a commit for an exact id
         weights = f"{cfg.hub_id}@{cfg.get('revision') or 'main'}"
     tokenizer = cfg.get("tokenizer_path")
