@@ -27,6 +27,7 @@ from omegaconf import DictConfig
 from mspgt.errors import MspgtError
 from mspgt.files import write_bytes_atomic
 from mspgt.model.checkpoint import check_local_folder
+from mspgt.model.tiny import tiny_config_fields
 
 log = logging.getLogger(__name__)
 
@@ -80,13 +81,20 @@ def model_identity(cfg: DictConfig, cache_dir: str | Path) -> str:
     """The weights id of the model `cfg` (conf/model/*.yaml) describes, without loading it."""
     source = cfg.source
     if source == "tiny_random":
+        tiny_config_fields(cfg.architecture, dict(cfg.tiny), vocab_size=0)  # an unknown architecture fails here
         return f"tiny-{cfg.architecture}-seed{cfg.seed}"
     if source in ("gguf_package", "gguf_parts"):
         return str(cfg.sha256)
     if source == "gguf_file":
-        return "sha256:" + file_digest(cfg.path, cache_dir)
+        if not cfg.get("path") or not Path(str(cfg.path)).expanduser().is_file():
+            raise MspgtError(f"model.path={cfg.get('path')} is not a file",
+                             "set model.path=/path/to/model.gguf (a GGUF file on disk)")
+        return "sha256:" + file_digest(Path(str(cfg.path)).expanduser(), cache_dir)
     if source != "hub":
         raise MspgtError(f"model.source={source!r} is unknown", "use hub, gguf_file, gguf_package, gguf_parts or tiny_random")
+    if not cfg.get("local_path") and not cfg.get("hub_id"):
+        raise MspgtError("the model has neither local_path nor hub_id",
+                         "set model.local_path=/path/to/checkpoint (model=local) or model.hub_id=org/name (model=hub)")
     if cfg.get("local_path"):
         weights = folder_identity(check_local_folder(str(cfg.local_path)), cache_dir)
     else:  # known before any download; pin model.revision to a commit for an exact id

@@ -34,7 +34,7 @@ def parameter_count(cfg: DictConfig) -> int | None:
 
         config = AutoConfig.from_pretrained(str(Path(where).expanduser()) if cfg.get("local_path") else where)
         with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config)
+            model = AutoModelForCausalLM.from_config(config, attn_implementation="eager")
         return sum(p.numel() for p in model.parameters())
     except Exception as err:  # decided at load time then
         log.debug("could not count the parameters of %s: %s", where, err)
