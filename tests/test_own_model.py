@@ -196,3 +196,29 @@ def test_any_gguf_file_loads_with_its_sha256_as_weights_id(shared_cache):
     loaded = load_model(cfg, shared_cache, need_attentions=False)
     assert loaded.weights_id == "sha256:b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53"
     assert loaded.n_blocks == 30
+
+
+def test_auto_dtype_and_batch_size_follow_the_model_and_the_device(monkeypatch, shared_cache):
+    import torch
+
+    from mspgt.model import sizing
+
+    assert sizing.auto_dtype(torch.device("cpu"), 10**9) == torch.float32
+    cfg = OmegaConf.load(CONF / "model" / "tiny.yaml")
+    loaded = load_model(cfg, shared_cache, need_attentions=False)
+    assert sizing.auto_batch_size(loaded, max_tokens=64, group_size=4) == sizing.CPU_BATCH
+    # an 80 GB GPU, simulated: small models keep float32, a 7B model gets bf16
+    gib = 1 << 30
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda _d: type("P", (), {"total_memory": 80 * gib}))
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: True)
+    assert sizing.auto_dtype(torch.device("cuda"), 135 * 10**6) == torch.float32
+    assert sizing.auto_dtype(torch.device("cuda"), 7 * 10**9) == torch.bfloat16
+    assert sizing.auto_dtype(torch.device("cuda"), None) == torch.bfloat16
+    # batch: whole groups that fit in half the free memory, capped; at least one group
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _d: (40 * gib, 80 * gib))
+    loaded.device = torch.device("cuda")
+    big = sizing.auto_batch_size(loaded, max_tokens=64, group_size=4)
+    assert big == sizing.MAX_BATCH
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _d: (4 * 1 << 20, 80 * gib))
+    small = sizing.auto_batch_size(loaded, max_tokens=64, group_size=4)
+    assert small % 4 == 0 and 4 <= small < big
