@@ -33,7 +33,9 @@ from mspgt.signals.layerwise import cka_key, js_key
 
 log = logging.getLogger(__name__)
 
-STATS_VERSION = 4  # bump when what is stored changes: old cache entries are then never used
+# Bump when what is stored changes: old cache entries are then never used. 4: attention drift on each block's
+# own keys (sliding windows), weights id from the content of local folders.
+STATS_VERSION = 4
 
 
 @dataclass
