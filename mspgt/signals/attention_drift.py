@@ -1,8 +1,10 @@
 """Signal 3, attention drift (paper eq. 5): S_attn(l) = JS(A_l, A_{l-1}), over blocks l = 1..L.
 
 A_l is block l's head-averaged attention distribution of each query over its allowed keys (real keys
-k <= q; padding never enters). The per-group statistics are sums over valid queries (a real token with at
-least 2 allowed keys), so a bootstrap resample is a weighted sum / weighted count (docs/method.md, Signal 3).
+k <= q, inside the block's window or chunk when its layout has one; padding never enters). Adjacent blocks
+are compared on the keys both may see (see `attention_js_sums`). The per-group statistics are sums over
+valid queries (a real token that sees at least 2 keys in every block), so a bootstrap resample is a
+weighted sum / weighted count (docs/method.md, Signal 3).
 Attention sinks (Xiao et al. 2024, arXiv 2309.17453): `drop_sink` drops the first real key (position 0
 under right padding) and renormalises the rest.
 Shapes: B sentences in a batch, H heads, T positions, L blocks, G groups, R resamples.
@@ -18,6 +20,7 @@ import torch
 from torch import Tensor
 
 from mspgt.errors import MspgtError, choose
+from mspgt.model.attention_layout import FULL, BlockAttention
 from mspgt.signals.cka import group_weights
 
 FIRST_BLOCK_CHOICES = ("replicate", "uniform")
@@ -45,12 +48,13 @@ def js_divergence(
     return js.clamp(0.0, math.log(2.0))
 
 
-def _allowed_keys(attention_mask: Tensor, drop_sink: bool) -> Tensor:
-    """allowed[b, q, k]: key k is real and k <= q (and not the sink, with drop_sink). [B, T] -> [B, T, T]."""
+def _allowed_keys(attention_mask: Tensor, drop_sink: bool, block: BlockAttention = FULL) -> Tensor:
+    """allowed[b, q, k]: key k is real and the block's layout lets q see it (k <= q, inside its window or
+    chunk), and k is not the sink with drop_sink. [B, T] -> [B, T, T]."""
     real = attention_mask.bool()  # [B, T]
     t = real.shape[1]
-    causal = torch.ones(t, t, dtype=torch.bool, device=real.device).tril()  # [T, T]
-    allowed = causal[None] & real[:, None, :] & real[:, :, None]  # [B, T, T]
+    layout = block.key_mask(t, real.device)  # [T, T]
+    allowed = layout[None] & real[:, None, :] & real[:, :, None]  # [B, T, T]
     if drop_sink:
         first_real = real.int().argmax(dim=1)  # [B] position of the first real token
         keys = torch.arange(t, device=real.device)  # [T]
@@ -75,22 +79,40 @@ def _restricted(averaged: Tensor, allowed: Tensor, n_allowed: Tensor) -> Tensor:
     return torch.where(has_mass, renormalised, _uniform(allowed, n_allowed))  # [B, T, T]
 
 
+def _head_restricted(attention: Tensor, keys: Tensor) -> Tensor:
+    """Each head's map restricted to `keys` [T, T] and renormalised, then averaged over heads:
+    [B, H, T, T] -> [B, T, T] float64 (a head with no mass there contributes zeros)."""
+    a = torch.where(keys, attention.to(torch.float64), 0.0)  # [B, H, T, T]
+    mass = a.sum(dim=-1, keepdim=True)  # [B, H, T, 1]
+    return (a / torch.where(mass > 0, mass, 1.0)).mean(dim=1)  # [B, T, T]
+
+
 def attention_js_sums(
-    attentions: Sequence[Tensor], attention_mask: Tensor, drop_sink: bool
+    attentions: Sequence[Tensor], attention_mask: Tensor, drop_sink: bool,
+    layout: Sequence[BlockAttention] | None = None,
 ) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sentence sums of the attention-drift JS over valid queries (paper eq. 5; our sums for the bootstrap).
 
-    attentions: L tensors [B, H, T, T] (query x key), one per block; attention_mask [B, T] (1 = real token).
+    attentions: L tensors [B, H, T, T] (query x key), one per block; attention_mask [B, T] (1 = real token);
+    layout: each block's allowed keys (mspgt.model.attention_layout; None = every block full causal).
     Returns js_sum [B, L] float64 (column l-1 = sum over valid queries of JS(A_l[q], A_{l-1}[q]) for l >= 2,
-    column 0 = 0), first_uniform [B] float64 (sum of JS(A_1[q], uniform over q's allowed keys)) and
-    count [B] int64 (valid queries), on the device of the maps. Block by block: only the previous block's
-    head-averaged map is kept.
+    column 0 = 0), first_uniform [B] float64 (sum of JS(A_1[q], uniform over q's allowed keys in block 1))
+    and count [B] int64 (valid queries), on the device of the maps.
+
+    Common support (our rule): blocks l-1 and l are compared on the keys BOTH may see: each head's map is
+    restricted to them and renormalised, then averaged over heads (and the sink dropped, with drop_sink), so
+    a sliding-window block next to a full one is not measured as drift (a windowed head whose scores equal a
+    full head's gives exactly the full map restricted to its window and renormalised: JS 0). Blocks with
+    the same layout compare their head averages over their own keys, as before. A query is valid when it is real and sees at least 2 keys in every block's allowed
+    set, so every S(l) averages over the same queries. Blocks with equal layouts (the common case) reuse
+    each map's restriction and entropy; only the previous block's maps are kept.
     """
-    return attention_js_sums_variants(attentions, attention_mask, (drop_sink,))[drop_sink]
+    return attention_js_sums_variants(attentions, attention_mask, (drop_sink,), layout)[drop_sink]
 
 
 def attention_js_sums_variants(
-    attentions: Sequence[Tensor], attention_mask: Tensor, drop_sinks: Sequence[bool] = (False, True)
+    attentions: Sequence[Tensor], attention_mask: Tensor, drop_sinks: Sequence[bool] = (False, True),
+    layout: Sequence[BlockAttention] | None = None,
 ) -> dict[bool, tuple[Tensor, Tensor, Tensor]]:
     """`attention_js_sums` for several sink settings at once, sharing one head average per block
     (what extraction calls: both variants are cached in the one pass)."""
@@ -103,16 +125,22 @@ def attention_js_sums_variants(
         raise MspgtError(
             f"attention_mask must be [B, T], got {tuple(attention_mask.shape)}", "pass the tokenizer's mask"
         )
+    layout = list(layout) if layout is not None else [FULL] * len(attentions)
+    if len(layout) != len(attentions):
+        raise MspgtError(
+            f"{len(attentions)} attention maps but a layout of {len(layout)} blocks",
+            "pass the loaded model's attention_layout (one entry per block)",
+        )
     b, t = attention_mask.shape
     device = attentions[0].device
     attention_mask = attention_mask.to(device)  # [B, T], where the maps are
     state = {}
     for drop_sink in drop_sinks:
-        allowed = _allowed_keys(attention_mask, drop_sink)  # [B, T, T]
-        n_allowed = allowed.sum(dim=-1)  # [B, T]
-        valid = attention_mask.bool() & (n_allowed >= 2)  # [B, T]
+        allowed = {spec: _allowed_keys(attention_mask, drop_sink, spec) for spec in dict.fromkeys(layout)}
+        narrowest = torch.stack(list(allowed.values())).all(dim=0)  # [B, T, T] keys every block may see
+        valid = attention_mask.bool() & (narrowest.sum(dim=-1) >= 2)  # [B, T]
         state[drop_sink] = {
-            "allowed": allowed, "n_allowed": n_allowed, "valid": valid, "valid_f": valid.to(torch.float64),
+            "allowed": allowed, "valid": valid, "valid_f": valid.to(torch.float64),
             "js_sum": torch.zeros(b, len(attentions), dtype=torch.float64, device=device),  # [B, L]
             "first_uniform": torch.zeros(b, dtype=torch.float64, device=device),  # [B]
             "previous": None,
@@ -123,19 +151,29 @@ def attention_js_sums_variants(
                 f"attention of block {index + 1} has shape {tuple(attention.shape)}, expected [{b}, H, {t}, {t}]",
                 "pass the model's per-block attentions (eager attention, output_attentions=True)",
             )
-        averaged = attention.to(device).mean(dim=1, dtype=torch.float64)  # [B, T, T] head average
+        spec = layout[index]
+        attention = attention.to(device)  # [B, H, T, T]
+        averaged = attention.mean(dim=1, dtype=torch.float64)  # [B, T, T] head average
         for st in state.values():
-            current = _restricted(averaged, st["allowed"], st["n_allowed"])  # [B, T, T]
-            current_ne = neg_entropy(current)  # [B, T], reused when block index + 2 is compared with it
+            own = st["allowed"][spec]  # [B, T, T]
+            current = _restricted(averaged, own, own.sum(dim=-1))  # [B, T, T] on the block's own keys
+            current_ne = neg_entropy(current)  # [B, T], reused when the next block has the same layout
             if st["previous"] is None:
-                uniform = _uniform(st["allowed"], st["n_allowed"])  # [B, T, T]
+                uniform = _uniform(own, own.sum(dim=-1))  # [B, T, T]
                 js = js_divergence(current, uniform, neg_entropy_p=current_ne)  # [B, T]
                 st["first_uniform"] = (js * st["valid_f"]).sum(dim=1)  # [B]
             else:
-                previous, previous_ne = st["previous"]
-                js = js_divergence(current, previous, neg_entropy_p=current_ne, neg_entropy_q=previous_ne)
+                prev_spec, prev_attention, previous, previous_ne = st["previous"]
+                if prev_spec == spec:
+                    js = js_divergence(current, previous, neg_entropy_p=current_ne, neg_entropy_q=previous_ne)
+                else:  # different layouts: each head restricted to the keys both may see, then as usual
+                    common = own & st["allowed"][prev_spec]  # [B, T, T]
+                    n_common = common.sum(dim=-1)  # [B, T]
+                    both = spec.key_mask(t, device) & prev_spec.key_mask(t, device)  # [T, T]
+                    js = js_divergence(_restricted(_head_restricted(attention, both), common, n_common),
+                                       _restricted(_head_restricted(prev_attention, both), common, n_common))
                 st["js_sum"][:, index] = (js * st["valid_f"]).sum(dim=1)  # [B]
-            st["previous"] = (current, current_ne)
+            st["previous"] = (spec, attention, current, current_ne)
     return {
         k: (st["js_sum"], st["first_uniform"], st["valid"].sum(dim=1).to(torch.int64)) for k, st in state.items()
     }

@@ -1,0 +1,111 @@
+"""What identifies a model's weights, known before the model is loaded: the key of cached statistics and of
+the boundary store, so a replaced checkpoint never reuses another checkpoint's results.
+
+- A local folder (`model.local_path`, and `model.tokenizer_path` when it is a folder): the sha256 of the
+  list of its files with each file's sha256. The files are the folder's top-level regular files (weights,
+  config.json, generation and tokenizer files), without hidden files and `*.md`; subfolders are not read.
+- A GGUF file: its sha256.
+- Speed (our rule): a file's sha256 is computed in full the first time and remembered under
+  `<cache>/identity/`, keyed by its absolute path, size, mtime, ctime and inode; while all five are
+  unchanged the remembered digest is used. Replacing or rewriting a file changes its ctime (which no copy
+  tool can set back), so it is hashed again.
+- A hub id: `<id>@<revision>` (known before any download; set model.revision to a commit hash for an
+  exact id, or download once and use model.local_path).
+- A packaged GGUF: its configured sha256 (checked against the file when it loads). A tiny random model: its
+  architecture and seed (its sizes are part of the cache key through the config).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from mspgt.errors import MspgtError
+from mspgt.files import write_bytes_atomic
+from mspgt.model.checkpoint import check_local_folder
+from mspgt.model.tiny import tiny_config_fields
+
+log = logging.getLogger(__name__)
+
+
+def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def file_digest(path: str | Path, cache_dir: str | Path) -> str:
+    """sha256 of a file, remembered while its size, mtime, ctime and inode stay the same."""
+    path = Path(path).resolve()
+    st = path.stat()
+    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    memo = Path(cache_dir) / "identity" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:24]}.json"
+    try:
+        found = json.loads(memo.read_text())
+        if found.get("path") == str(path) and found.get("stamp") == stamp:
+            return found["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    if st.st_size > 1 << 28:
+        log.info("hashing %s (%.1f GB; once, while the file stays unchanged)", path, st.st_size / 1e9)
+    digest = sha256_of(path)
+    try:
+        write_bytes_atomic(memo, json.dumps({"path": str(path), "stamp": stamp, "sha256": digest}).encode())
+    except OSError as err:  # a read-only cache only costs a re-hash next time
+        log.warning("could not remember the digest of %s (%s)", path, err)
+    return digest
+
+
+def identity_files(folder: Path) -> list[Path]:
+    """The files a folder's identity covers: top-level regular files, not hidden, not *.md."""
+    return sorted(p for p in folder.iterdir()
+                  if p.is_file() and not p.name.startswith(".") and p.suffix.lower() != ".md")
+
+
+def folder_identity(folder: str | Path, cache_dir: str | Path) -> str:
+    """`sha256:<hex>` of the folder's files and their digests (see the module doc)."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise MspgtError(f"{folder} is not a folder", "point model.local_path at a checkpoint folder")
+    listing = [[p.name, file_digest(p, cache_dir)] for p in identity_files(folder)]
+    return "sha256:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()
+
+
+def model_identity(cfg: DictConfig, cache_dir: str | Path) -> str:
+    """The weights id of the model `cfg` (conf/model/*.yaml) describes, without loading it."""
+    source = cfg.source
+    if source == "tiny_random":
+        tiny_config_fields(cfg.architecture, dict(cfg.tiny), vocab_size=0)  # an unknown architecture fails here
+        return f"tiny-{cfg.architecture}-seed{cfg.seed}"
+    if source in ("gguf_package", "gguf_parts"):
+        return str(cfg.sha256)
+    if source == "gguf_file":
+        if not cfg.get("path") or not Path(str(cfg.path)).expanduser().is_file():
+            raise MspgtError(f"model.path={cfg.get('path')} is not a file",
+                             "set model.path=/path/to/model.gguf (a GGUF file on disk)")
+        return "sha256:" + file_digest(Path(str(cfg.path)).expanduser(), cache_dir)
+    if source != "hub":
+        raise MspgtError(f"model.source={source!r} is unknown", "use hub, gguf_file, gguf_package, gguf_parts or tiny_random")
+    if not cfg.get("local_path") and not cfg.get("hub_id"):
+        raise MspgtError("the model has neither local_path nor hub_id",
+                         "set model.local_path=/path/to/checkpoint (model=local) or model.hub_id=org/name (model=hub)")
+    if cfg.get("local_path"):
+        weights = folder_identity(check_local_folder(str(cfg.local_path)), cache_dir)
+    else:  # known before any download; pin model.revision to a commit for an exact id
+        weights = f"{cfg.hub_id}@{cfg.get('revision') or 'main'}"
+    tokenizer = cfg.get("tokenizer_path")
+    if tokenizer:  # a separate tokenizer folder (or hub id) is part of what the statistics depend on
+        is_folder = Path(tokenizer).is_dir()
+        weights += f"+tokenizer:{folder_identity(tokenizer, cache_dir) if is_folder else tokenizer}"
+    return weights
+
+
+def short_id(weights_id: str) -> str:
+    """12 hex characters of a weights id, for file names."""
+    return hashlib.sha256(weights_id.encode()).hexdigest()[:12]
