@@ -21,7 +21,7 @@ from mspgt.errors import MspgtError, choose
 
 log = logging.getLogger("mspgt")
 
-EXPERIMENTS = ("boundary", "intervention")
+EXPERIMENTS = ("boundary", "intervention", "fisher")
 
 
 def run_dir() -> Path:
@@ -48,6 +48,10 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             from mspgt.experiments.boundary import run_boundary
 
             return run_boundary(cfg, out)
+        if cfg.experiment.name == "fisher":
+            from mspgt.experiments.fisher import run_fisher
+
+            return run_fisher(cfg, out)
         from mspgt.experiments.intervention import run_intervention
 
         return run_intervention(cfg, out)
