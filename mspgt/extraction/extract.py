@@ -27,6 +27,7 @@ from mspgt.extraction.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatist
 from mspgt.model.loading import LoadedModel
 from mspgt.signals.attention_drift import attention_js_sums_variants
 from mspgt.signals.cka import group_hsic_variants
+from mspgt.signals.information import CURVES, group_information
 from mspgt.signals.layerwise import cka_key, js_key
 
 log = logging.getLogger(__name__)
@@ -157,7 +158,14 @@ def cache_material(cfg: DictConfig, data_identity: dict) -> dict:
         "batch_size": cfg.extraction.batch_size,
         "variants": stored_variants(cfg),
         "probes": {k: cfg.probes[k] for k in ("tasks", "eval_fraction", "max_train_words", "max_eval_words", "seed")},
+        "information": information_alpha(cfg),
     }
+
+
+def information_alpha(cfg: DictConfig) -> float | None:
+    """The Renyi order of the information curves the pass stores (None: off; extraction.information)."""
+    info = cfg.extraction.get("information")
+    return float(info.alpha) if info is not None and info.enabled else None
 
 
 def _batches(group_of: np.ndarray, lo: int, hi: int, per_batch: int) -> list[list[int]]:
@@ -171,7 +179,7 @@ def _batches(group_of: np.ndarray, lo: int, hi: int, per_batch: int) -> list[lis
 @torch.no_grad()
 def _chunk_statistics(
     loaded: LoadedModel, corpus: PreparedCorpus, lo: int, hi: int, batch_size: int, sleep_s: float,
-    bar: tqdm | None, cka_keys: list[str], js_keys: list[str],
+    bar: tqdm | None, cka_keys: list[str], js_keys: list[str], info_alpha: float | None = None,
 ) -> dict[str, np.ndarray]:
     """Statistics of groups lo..hi-1: one forward pass per batch, nothing kept beyond the chunk.
 
@@ -190,6 +198,7 @@ def _chunk_statistics(
     hsic: dict[str, list[torch.Tensor]] = {v: [] for v in cka_keys}  # per group [m, m], on the device
     moments: list[torch.Tensor] = []  # per group [2, m]: sums of mean_d(h) and of mean_d(h^2), on the device
     act_count = 0
+    info: list[dict[str, np.ndarray]] = []  # per group: information curves (mspgt.signals.information)
     probe: dict[int, dict[str, list]] = {1: {}, 2: {}}
     pad = loaded.tokenizer.pad_token_id
     decoder = loaded.model.get_decoder()
@@ -223,6 +232,8 @@ def _chunk_statistics(
                 out[f"ntok_{v}"][g - lo] = int(keep.sum()) if CKA_VARIANTS[v][1] else rows.shape[1]
             # activation scale s_l (interventions), from the same kernel
             moments.append(torch.stack([terms.sum_of_means, terms.sum_of_mean_squares]))
+            if info_alpha is not None:  # position 0 (attention sink) left out, as in the nofirst CKA variants
+                info.append(group_information(rows[:, keep.to(rows.device)], info_alpha))
             act_count += rows.shape[1]
         # probe sample: states at each sampled word's last sub-word token, in corpus order per split
         for split in (1, 2):
@@ -256,6 +267,8 @@ def _chunk_statistics(
             time.sleep(sleep_s)
     for v in cka_keys:
         out[f"hsic_{v}"] = torch.stack(hsic[v]).cpu().numpy()  # (groups, m, m)
+    for c in CURVES if info else ():
+        out[f"info_{c}"] = np.stack([g[c] for g in info])  # (groups, m)
     sums = torch.stack(moments).sum(0).cpu().numpy()  # (2, m)
     out["act_sum"], out["act_sq"], out["act_count"] = sums[0], sums[1], np.array(act_count)
     d = loaded.model.config.hidden_size
@@ -310,7 +323,8 @@ def build_statistics(
         for i in todo:
             lo, hi = i * cg, min((i + 1) * cg, corpus.n_groups)
             arrays = _chunk_statistics(loaded, corpus, lo, hi, cfg.extraction.batch_size,
-                                       cfg.extraction.sleep_per_batch_s, bar, cka_keys, js_keys)
+                                       cfg.extraction.sleep_per_batch_s, bar, cka_keys, js_keys,
+                                       information_alpha(cfg))
             arrays["group_range"] = np.array([lo, hi])
             arrays["group_is_eval"] = corpus.group_is_eval[lo:hi]
             writes.submit(i, arrays)
@@ -384,5 +398,6 @@ def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
         probe_eval=sample("eval"),
         label_names=label_names,
         group_is_eval=cat("group_is_eval"),
+        information={c: cat(f"info_{c}") for c in CURVES if f"info_{c}" in chunks[0]},
         meta={"cache_dir": str(cache.dir), "n_chunks": cache.n_chunks, **info},
     )
