@@ -118,3 +118,29 @@ def test_too_few_null_points_is_untestable():
     curve, boot = planted(True)
     result = eq28_test(curve[:9], boot[:, :9], {"L-I": 3, "I-G": 5}, k=3)
     assert result["verdict"] == "untestable here"
+
+
+def test_boundary_run_stores_information_per_group_and_tests_eq28(tmp_path, shared_cache):
+    import json
+
+    from tests.conftest import TINY, run_mspgt
+
+    args = ["model=tiny_llama", *TINY, "fusion.prominence=0.05", "hydra.run.dir=run"]
+    run_mspgt(args, tmp_path, cache=shared_cache)
+    result = json.loads((tmp_path / "run" / "results.json").read_text())
+    info = result["information"]
+    L = result["model"]["n_blocks"]
+    assert {"entropy", "mi_input", "mi_adjacent"} <= set(info["curves"])
+    assert any(c.startswith("v_info_") for c in info["curves"])
+    for c in info["curves"].values():
+        assert len(c["value"]) == L + 1
+        finite = [(v, lo, hi) for v, lo, hi in zip(c["value"], c["ci_low"], c["ci_high"], strict=True)
+                  if v is not None]
+        assert all(lo - 1e-9 <= hi for _, lo, hi in finite)
+    assert info["eq28"]["verdict"] in ("supported", "refuted", "mixed", "untestable here")
+    assert (tmp_path / "run" / "information.png").stat().st_size > 0
+    assert "Information phase transition" in (tmp_path / "run" / "summary.md").read_text()
+    # the per-group curves come back from the cache: a second run (fusion change only) gives the same curves
+    run_mspgt([*args[:-1], "fusion.prominence=0.06", "hydra.run.dir=run2"], tmp_path, cache=shared_cache)
+    again = json.loads((tmp_path / "run2" / "results.json").read_text())["information"]
+    assert again["curves"]["mi_input"]["value"] == info["curves"]["mi_input"]["value"]

@@ -15,6 +15,7 @@ from omegaconf import DictConfig
 
 from mspgt.fusion.bootstrap import resample_counts
 from mspgt.fusion.phase_transition import RULE, eq28_test
+from mspgt.reports.intervention_report import json_safe
 from mspgt.signals.information import ESTIMATOR, label_marginal_ce, v_information, weighted_curves
 
 
@@ -52,9 +53,9 @@ def information_result(stats: Any, probes: Any, boundaries: dict[str, int | None
     verdicts = [t["verdict"] for t in tests.values() if t["verdict"] != "untestable here"]
     overall = ("untestable here" if not verdicts else "supported" if set(verdicts) == {"supported"}
                else "refuted" if set(verdicts) == {"refuted"} else "mixed")
-    return {"estimator": ESTIMATOR, "alpha": float(cfg.extraction.information.alpha), "unit": "bits",
+    return json_safe({"estimator": ESTIMATOR, "alpha": float(cfg.extraction.information.alpha), "unit": "bits",
             "states": "h_0..h_L (index = l)", "curves": curves, "eq28": {"rule": RULE, "k": k, "tests": tests,
-                                                                           "verdict": overall}}
+                                                                           "verdict": overall}})
 
 
 def information_figure(result: dict[str, Any], path: str | Path) -> Path:
@@ -91,6 +92,10 @@ def information_figure(result: dict[str, Any], path: str | Path) -> Path:
     return Path(path)
 
 
+def _f(x: float | None, spec: str = "+.4f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
 def information_markdown(result: dict[str, Any]) -> str:
     info = result.get("information")
     if not info:
@@ -103,6 +108,6 @@ def information_markdown(result: dict[str, Any]) -> str:
         lines.append("| (no boundary was found: nothing to test) | | | | | |")
     for name, t in e["tests"].items():
         for bname, b in t["boundaries"].items():
-            lines.append(f"| {name} | {bname} (h_{b['kink_point']}) | {b['kink']:+.4f} | [{b['ci_low']:+.4f}, "
-                         f"{b['ci_high']:+.4f}] | {b['null_threshold']:.4f} | {b['verdict']} |")
+            lines.append(f"| {name} | {bname} (h_{b['kink_point']}) | {_f(b['kink'])} | [{_f(b['ci_low'])}, "
+                         f"{_f(b['ci_high'])}] | {_f(b['null_threshold'], '.4f')} | {b['verdict']} |")
     return "\n".join(lines) + "\n"

@@ -37,10 +37,13 @@ def check_alpha(alpha: float) -> float:
 
 
 def normalised_grams(states: Tensor) -> Tensor:
-    """[m, n, d] token states -> [m, n, n] float64 cosine-kernel Gram matrices divided by n (trace 1)."""
-    x = states.to(torch.float64)  # [m, n, d]
+    """[m, n, d] token states -> [m, n, n] float64 cosine-kernel Gram matrices divided by n (trace 1).
+    The product runs in the states' precision (at least float32: the costly step), the rest in float64."""
+    x = states if states.dtype in (torch.float32, torch.float64) else states.float()  # [m, n, d]
     unit = x / x.norm(dim=-1, keepdim=True).clamp_min(1e-30)  # [m, n, d]
-    return unit @ unit.transpose(-1, -2) / x.shape[1]  # [m, n, n]
+    gram = (unit @ unit.transpose(-1, -2)).to(torch.float64)  # [m, n, n]
+    gram.diagonal(dim1=-2, dim2=-1).fill_(1.0)  # exactly unit diagonal (rounding), so the trace is exactly 1
+    return gram / x.shape[1]
 
 
 def renyi_entropy(grams: Tensor, alpha: float) -> Tensor:
