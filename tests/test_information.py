@@ -144,3 +144,21 @@ def test_boundary_run_stores_information_per_group_and_tests_eq28(tmp_path, shar
     run_mspgt([*args[:-1], "fusion.prominence=0.06", "hydra.run.dir=run2"], tmp_path, cache=shared_cache)
     again = json.loads((tmp_path / "run2" / "results.json").read_text())["information"]
     assert again["curves"]["mi_input"]["value"] == info["curves"]["mi_input"]["value"]
+
+
+def test_v_information_of_trained_probes_jumps_where_the_labels_become_decodable():
+    from mspgt.signals.probes import train_probes
+    from tests.test_probes import DECODABLE_FROM, N_CLASSES, N_GROUPS, planted_sample
+
+    torch.set_num_threads(1)
+    train = planted_sample(1200, np.arange(28), seed=1)
+    held_out = planted_sample(600, np.arange(28, N_GROUPS), seed=2, unlabeled=0.1)
+    result = train_probes(train, held_out, N_CLASSES, epochs=30, seed=0, control_task=False)
+    ce = result.heldout_ce["pos"]  # [N, L+1] nats
+    assert np.array_equal(np.isnan(ce[:, 0]), held_out.labels["pos"] < 0)
+    prior = label_marginal_ce(train.labels["pos"], held_out.labels["pos"], N_CLASSES["pos"])
+    index = np.unique(held_out.group, return_inverse=True)[1]
+    v = v_information(prior, ce.astype(float), index, int(index.max()) + 1)  # [L+1] bits
+    assert np.all(v[:DECODABLE_FROM] < 0.2)  # noise: no usable information (held-out, so ~0 or below)
+    assert np.all(v[DECODABLE_FROM:] > 1.5)  # 4 balanced classes: at most 2 bits
+    assert np.all(v <= np.log2(4) + 0.05)
