@@ -65,7 +65,7 @@ def robustness_figure(record: dict[str, Any], path: str | Path) -> Path:
     ax.set_xticks(range(len(points)), [p["label"] for p in points], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("relative position l / L")
-    ax.set_title("Boundary positions across models (paper Fig. 10); bars: 95% bootstrap CI of our runs")
+    ax.set_title("Boundary positions by family (paper Fig. 10); bars: 95% bootstrap CIs (ours)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
