@@ -22,8 +22,9 @@ from mspgt.signals.information import (
 @pytest.mark.parametrize("alpha", [0.5, 1.0, 2.0, 3.0])
 def test_entropy_of_orthogonal_and_of_identical_tokens(alpha):
     n = 8
-    orthogonal = torch.eye(n)[None] * 3.0  # [1, n, d=n]: n orthogonal tokens
-    identical = torch.ones(1, n, 5)  # every token the same
+    # float64 states keep the Gram product in float64 (float32 states give rank-one entropies of ~1e-6 bits)
+    orthogonal = torch.eye(n, dtype=torch.float64)[None] * 3.0  # [1, n, d=n]: n orthogonal tokens
+    identical = torch.ones(1, n, 5, dtype=torch.float64)  # every token the same
     grams = normalised_grams(torch.cat([orthogonal, identical[:, :, :1].expand(1, n, n)]))
     h = renyi_entropy(grams, alpha)
     assert h[0].item() == pytest.approx(np.log2(n), abs=1e-9)
@@ -39,8 +40,8 @@ def test_alpha_two_shortcut_equals_the_eigenvalue_formula():
 
 def test_mutual_information_planted_answers():
     n = 8
-    h0 = torch.eye(n) * 2.0  # orthogonal tokens: S = log2 n
-    same = torch.ones(n, n)  # one repeated token: S = 0
+    h0 = torch.eye(n, dtype=torch.float64) * 2.0  # orthogonal tokens: S = log2 n
+    same = torch.ones(n, n, dtype=torch.float64)  # one repeated token: S = 0
     info = group_information(torch.stack([h0, h0 * 5, same]), alpha=1.0)
     assert info["entropy"] == pytest.approx([np.log2(n), np.log2(n), 0.0], abs=1e-6)
     assert info["mi_input"][1] == pytest.approx(np.log2(n), abs=1e-6)  # I(X; X) = S(X) for orthogonal tokens
