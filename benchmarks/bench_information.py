@@ -2,7 +2,7 @@
 boundary pass on the default model (SmolLM2-135M; target: at most 10% of extraction time).
 
 Two measures, both printed: (1) extraction wall time with the curves on vs off, interleaved repeats, fastest
-of each; (2) the time spent inside `group_information` as a share of the extraction with the curves on (less
+of each; (2) the time spent inside `group_information_tensor` as a share of the extraction with the curves on (less
 sensitive to a shared, loaded machine than (1)).
 
 Usage: python benchmarks/bench_information.py [--sentences 400] [--repeats 3] [HYDRA_OVERRIDE ...]
@@ -49,7 +49,7 @@ def main() -> None:
     corpus = extract.prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes)
 
     inside = [0.0]
-    original = extract.group_information
+    original = extract.group_information_tensor
 
     def timed(*a, **k):
         t = time.perf_counter()
@@ -58,7 +58,7 @@ def main() -> None:
         finally:
             inside[0] += time.perf_counter() - t
 
-    extract.group_information = timed
+    extract.group_information_tensor = timed
     times: dict[bool, list[float]] = {True: [], False: []}
     shares = []
     for rep in range(args.repeats):
@@ -72,12 +72,12 @@ def main() -> None:
             if enabled:
                 shares.append(inside[0] / times[True][-1])
             print(f"repeat {rep}: information {'on ' if enabled else 'off'} {times[enabled][-1]:.1f} s"
-                  + (f" (inside group_information {inside[0]:.1f} s)" if enabled else ""), flush=True)
+                  + (f" (inside group_information_tensor {inside[0]:.1f} s)" if enabled else ""), flush=True)
     on, off = min(times[True]), min(times[False])
     print(f"\n{loaded.name}, {len(sentences)} sentences, {corpus.n_groups} groups, alpha="
           f"{cfg.extraction.information.alpha}")
     print(f"extraction with curves / without (fastest of {args.repeats}): {on:.1f} / {off:.1f} s = {on / off:.3f}")
-    print(f"time inside group_information / extraction with curves: {min(shares):.3f} (min), "
+    print(f"time inside group_information_tensor / extraction with curves: {min(shares):.3f} (min), "
           f"{max(shares):.3f} (max); target <= 0.10")
 
 

@@ -27,7 +27,7 @@ from mspgt.extraction.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatist
 from mspgt.model.loading import LoadedModel
 from mspgt.signals.attention_drift import attention_js_sums_variants
 from mspgt.signals.cka import group_hsic_variants
-from mspgt.signals.information import CURVES, group_information
+from mspgt.signals.information import CURVES, group_information_tensor
 from mspgt.signals.layerwise import cka_key, js_key
 
 log = logging.getLogger(__name__)
@@ -198,7 +198,7 @@ def _chunk_statistics(
     hsic: dict[str, list[torch.Tensor]] = {v: [] for v in cka_keys}  # per group [m, m], on the device
     moments: list[torch.Tensor] = []  # per group [2, m]: sums of mean_d(h) and of mean_d(h^2), on the device
     act_count = 0
-    info: list[dict[str, np.ndarray]] = []  # per group: information curves (mspgt.signals.information)
+    info: list[torch.Tensor] = []  # per group [3, m]: information curves (signals/information.py), on the device
     probe: dict[int, dict[str, list]] = {1: {}, 2: {}}
     pad = loaded.tokenizer.pad_token_id
     decoder = loaded.model.get_decoder()
@@ -233,7 +233,7 @@ def _chunk_statistics(
             # activation scale s_l (interventions), from the same kernel
             moments.append(torch.stack([terms.sum_of_means, terms.sum_of_mean_squares]))
             if info_alpha is not None:  # position 0 (attention sink) left out, as in the nofirst CKA variants
-                info.append(group_information(rows[:, keep.to(rows.device)], info_alpha))
+                info.append(group_information_tensor(rows[:, keep.to(rows.device)], info_alpha))
             act_count += rows.shape[1]
         # probe sample: states at each sampled word's last sub-word token, in corpus order per split
         for split in (1, 2):
@@ -267,8 +267,10 @@ def _chunk_statistics(
             time.sleep(sleep_s)
     for v in cka_keys:
         out[f"hsic_{v}"] = torch.stack(hsic[v]).cpu().numpy()  # (groups, m, m)
-    for c in CURVES if info else ():
-        out[f"info_{c}"] = np.stack([g[c] for g in info])  # (groups, m)
+    if info:
+        curves = torch.stack(info).cpu().numpy()  # (groups, 3, m)
+        for i, c in enumerate(CURVES):
+            out[f"info_{c}"] = curves[:, i]  # (groups, m)
     sums = torch.stack(moments).sum(0).cpu().numpy()  # (2, m)
     out["act_sum"], out["act_sq"], out["act_count"] = sums[0], sums[1], np.array(act_count)
     d = loaded.model.config.hidden_size

@@ -66,6 +66,13 @@ def hadamard_joint(a: Tensor, b: Tensor) -> Tensor:
 def group_information(states: Tensor, alpha: float = 1.0) -> dict[str, np.ndarray]:
     """S(h_l), I(h_0; h_l), I(h_{l-1}; h_l) of one group's tokens: states [m, n, d] -> three [m] arrays (bits;
     mi_adjacent[0] = nan: h_0 has no predecessor)."""
+    rows = group_information_tensor(states, alpha).cpu().numpy()  # [3, m]
+    return dict(zip(CURVES, rows, strict=True))
+
+
+def group_information_tensor(states: Tensor, alpha: float = 1.0) -> Tensor:
+    """The curves of `group_information` as one [3, m] float64 tensor (rows in CURVES order) on the states'
+    device: the pass keeps it there until its chunk ends (no host sync per group)."""
     if states.ndim != 3 or states.shape[1] < 2:
         raise MspgtError(f"group_information needs states [m, n >= 2, d], got {tuple(states.shape)}",
                          "use larger sentence groups (bootstrap.group_size) or longer sentences")
@@ -73,10 +80,11 @@ def group_information(states: Tensor, alpha: float = 1.0) -> dict[str, np.ndarra
     m = grams.shape[0]
     joints = torch.cat([hadamard_joint(grams[:1].expand(m, -1, -1), grams),  # (h_0, h_l), l = 0..L
                         hadamard_joint(grams[:-1], grams[1:])])  # (h_{l-1}, h_l), l = 1..L
-    h = renyi_entropy(torch.cat([grams, joints]), alpha).cpu().numpy()  # [3m - 1]
+    h = renyi_entropy(torch.cat([grams, joints]), alpha)  # [3m - 1]
     entropy, joint_input, joint_adjacent = h[:m], h[m : 2 * m], h[2 * m :]
-    mi_adjacent = np.concatenate([[np.nan], entropy[:-1] + entropy[1:] - joint_adjacent])
-    return {"entropy": entropy, "mi_input": entropy[0] + entropy - joint_input, "mi_adjacent": mi_adjacent}
+    nan = torch.full((1,), float("nan"), dtype=h.dtype, device=h.device)
+    mi_adjacent = torch.cat([nan, entropy[:-1] + entropy[1:] - joint_adjacent])  # [m]
+    return torch.stack([entropy, entropy[0] + entropy - joint_input, mi_adjacent])  # [3, m]
 
 
 def weighted_curves(per_group: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
