@@ -28,7 +28,7 @@ from mspgt.errors import MspgtError, choose
 
 log = logging.getLogger(__name__)
 
-EXPERIMENTS = ("boundary", "intervention")
+EXPERIMENTS = ("boundary", "intervention", "fisher")
 TRACKING_MODES = ("offline", "online", "disabled")
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+|mps)$")
 NONNEG = ">= 0 (not negative)"

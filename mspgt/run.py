@@ -57,6 +57,10 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
             from mspgt.experiments.boundary import run_boundary
 
             return run_boundary(cfg, out)
+        if cfg.experiment.name == "fisher":
+            from mspgt.experiments.fisher import run_fisher
+
+            return run_fisher(cfg, out)
         from mspgt.experiments.intervention import run_intervention
 
         return run_intervention(cfg, out)

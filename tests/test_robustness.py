@@ -12,7 +12,6 @@ import pytest
 
 from mspgt.reports.robustness import (
     MIXED,
-    NOT_TESTED,
     REFUTED,
     SUPPORTED,
     UNTESTABLE,
@@ -91,8 +90,8 @@ def test_verdicts_follow_the_paper_thresholds(tmp_path):
     assert v["intermediate_structure"]["verdict"] == MIXED
     ratio = v["local_brittleness_ratio"]["evidence"]["sigma=0.1"]["ratio"]
     assert ratio == pytest.approx(10.0) and v["local_brittleness_ratio"]["verdict"] == SUPPORTED
-    assert v["information_phase_transition"]["verdict"] == NOT_TESTED
-    assert v["fisher_trace"]["verdict"] == NOT_TESTED
+    assert v["information_phase_transition"]["verdict"] == UNTESTABLE  # no information curves in these results
+    assert v["fisher_trace"]["verdict"] == UNTESTABLE  # no experiment=fisher result
     # the paper's numbers sit beside ours for its four models
     paper = {m["model"]: m["paper"] for m in record["models"]}
     assert paper["qwen15"] == {"L-I": 2, "I-G": 8, "n_blocks": 32}
@@ -148,3 +147,61 @@ def test_structure_changes_that_are_not_significant_decide_nothing(tmp_path):
     assert evidence["holds"] is None and "inconclusive" in evidence["note"]
     intervention_result(tmp_path / "global", "m1", "llama", "global", 0.1, 17.0, 5.0, p=0.01)
     assert by_id(robustness([tmp_path]))["intermediate_structure"]["verdict"] == REFUTED
+
+
+def fisher_result(folder: Path, model: str, family: str, verdict: str, ratios: dict[str, float],
+                  local_coefficient: float, data: str = "bbc-1234") -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "fisher.json"
+    scales = {s: {"ratio_at_smallest_sigma": r, "fit_kl": {"slope_over_predicted": r},
+                  "predicted_coefficient": local_coefficient if s == "local" else 1.0} for s, r in ratios.items()}
+    path.write_text(json.dumps({"experiment": "fisher", "model": {"name": model, "family": family},
+                                "data": {"key": data}, "scales": scales,
+                                "verdict": {"value": verdict, "band": [0.75, 1.3333], "sigma": 0.005}}))
+    return path
+
+
+def test_fisher_results_give_the_a5_verdict_and_the_predicted_brittleness_ratio(tmp_path):
+    fisher_result(tmp_path / "f1", "smollm2", "llama", "supported", {"local": 1.0, "global": 0.9}, 8.0)
+    record = robustness([tmp_path])
+    a5 = by_id(record)["fisher_trace"]
+    assert a5["verdict"] == SUPPORTED
+    assert a5["evidence"]["smollm2 / bbc-1234"]["ratio"] == {"local": 1.0, "global": 0.9}
+    fisher_result(tmp_path / "f2", "qwen25_05b", "qwen", "mixed", {"local": 2.0, "global": 1.0}, 2.0)
+    for model, family, b in (("smollm2", "llama", 30.0), ("qwen25_05b", "qwen", 10.0)):
+        intervention_result(tmp_path / f"i-{model}", model, family, "local", 0.1, 1.0, b)
+    record = write_robustness([tmp_path], tmp_path / "out")
+    a5 = by_id(record)["fisher_trace"]
+    assert a5["verdict"] == MIXED
+    across = a5["evidence"]["local brittleness across families"]
+    assert across["predicted_ratio"] == pytest.approx(4.0)
+    assert across["measured_brittleness_ratio"] == {"sigma=0.1": pytest.approx(3.0)}
+    text = (tmp_path / "out" / "robustness.md").read_text()
+    assert "## Appendix A.5" in text and "| smollm2 | bbc-1234 | 0.005 |" in text
+
+
+def test_eq28_verdicts_come_from_the_boundary_results(tmp_path):
+    path = boundary_result(tmp_path / "a", "smollm2", "llama", 30, 2, 11)
+    r = json.loads(path.read_text())
+    test = {"verdict": "supported", "boundaries": {"L-I": {"kink": 0.2, "ci_low": 0.1, "ci_high": 0.3,
+                                                           "verdict": "supported"}}}
+    r["information"] = {"eq28": {"tests": {"mi_input": test, "entropy": {**test, "verdict": "refuted"}}}}
+    path.write_text(json.dumps(r))
+    v = by_id(robustness([tmp_path]))["information_phase_transition"]
+    assert v["verdict"] == MIXED
+    assert v["evidence"]["smollm2 / bbc-1234 / mi_input"]["holds"] is True
+
+
+def test_figure_10_has_every_model_by_family_and_the_papers_four(tmp_path):
+    from mspgt.reports.figure10 import figure10_points
+
+    boundary_result(tmp_path / "a", "smollm2", "llama", 30, 2, 11)
+    boundary_result(tmp_path / "b", "qwen25_05b", "qwen", 24, 3, 12)
+    record = write_robustness([tmp_path], tmp_path / "out")
+    assert (tmp_path / "out" / "robustness.png").stat().st_size > 0
+    points = figure10_points(record)
+    assert [p["family"] for p in points] == ["llama"] * 3 + ["qwen"] * 3
+    ours = {p["label"]: p for p in points if not p["paper"]}
+    assert ours["smollm2"]["L-I"] == (pytest.approx(2 / 30), (pytest.approx(1 / 30), pytest.approx(3 / 30)))
+    paper = {p["label"]: p for p in points if p["paper"]}
+    assert paper["Qwen2.5-7B (paper)"]["I-G"] == (pytest.approx(20 / 28), None)

@@ -187,6 +187,8 @@ def write_sweep_summary(sweep_dir: str | Path, tracking: DictConfig | None) -> d
         if record is not None:
             tracker.table("predictions", ["tier", "id", "verdict", "prediction"],
                           [[str(v["tier"]), v["id"], v["verdict"], v["prediction"]] for v in record["predictions"]])
+            if (sweep_dir / "robustness.png").exists():
+                tracker.image("robustness", sweep_dir / "robustness.png")  # the paper's Figure 10
         tracker.summary({"n_jobs": len(rows), "n_done": sum(r["status"] == "done" for r in rows)})
         summary["wandb_run"] = tracker.run_path
         tracker.finish()

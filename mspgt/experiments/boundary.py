@@ -29,6 +29,7 @@ from mspgt.fusion.peaks import MATCHING_RULE, detect_boundaries
 from mspgt.layers import relative_position, scales_from_boundaries
 from mspgt.model.loading import load_model, resolve_device
 from mspgt.reports.boundary_report import boundary_figure, boundary_markdown, log_boundary_to_wandb
+from mspgt.reports.information_report import information_figure, information_markdown, information_result
 from mspgt.reports.store import data_identity, data_key, save_boundary, write_json_atomic
 from mspgt.signals.cka import CKA_ESTIMANDS, ESTIMATOR
 from mspgt.signals.layerwise import cka_key, js_key, layer_signals
@@ -166,6 +167,9 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         prominence=cfg.fusion.prominence, replicated_first=replicated_first,
     )
     timings["bootstrap_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    information = information_result(stats, probes, {name: ci.layer for name, ci in cis.items()}, cfg)
+    timings["information_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
 
     scales = None
@@ -205,16 +209,19 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
             "acceptance": f"CI width < {b.acceptance_width} layers and at most {b.max_missing_fraction:.0%} of "
                           "resamples without the peak (the second condition is our definition)",
         },
+        "information": information,  # curves with bootstrap bands, the eq. 28 test (None: not stored)
         "activation_std_all_tokens": stats.activation_std().tolist(),  # h_0..h_L, position 0 included
         "timings": timings,
         "cache_dir": stats.meta.get("cache_dir"),
         "config": OmegaConf.to_container(cfg, resolve=True),
     }
     fig = boundary_figure(result, out_dir / "boundaries.png")
-    (out_dir / "summary.md").write_text(boundary_markdown(result))
+    if information is not None:
+        information_figure(result, out_dir / "information.png")
+    (out_dir / "summary.md").write_text(boundary_markdown(result) + information_markdown(result))
     store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, result)
     write_json_atomic(out_dir / "results.json", result)  # last: a results.json means the job finished
-    log.info("\n%s", boundary_markdown(result))
+    log.info("\n%s", boundary_markdown(result) + information_markdown(result))
     log.info("results: %s (stored for interventions at %s)", out_dir / "results.json", store_path)
     log_boundary_to_wandb(cfg, out_dir, result, fig)
     return flat_summary(result)

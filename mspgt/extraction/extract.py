@@ -29,6 +29,7 @@ from mspgt.model.loading import LoadedModel
 from mspgt.model.sizing import auto_batch_size
 from mspgt.signals.attention_drift import attention_js_sums_variants
 from mspgt.signals.cka import group_hsic_variants
+from mspgt.signals.information import CURVES, group_information_tensor
 from mspgt.signals.layerwise import cka_key, js_key
 
 log = logging.getLogger(__name__)
@@ -162,7 +163,22 @@ def cache_material(cfg: DictConfig, data_identity: dict) -> dict:
         "batch_size": cfg.extraction.batch_size,
         "variants": stored_variants(cfg),
         "probes": {k: cfg.probes[k] for k in ("tasks", "eval_fraction", "max_train_words", "max_eval_words", "seed")},
+        "information": information_settings(cfg),
     }
+
+
+def information_settings(cfg: DictConfig) -> tuple[float, int] | None:
+    """(Renyi order, most tokens per group) of the information curves the pass stores (None: off;
+    extraction.information)."""
+    info = cfg.extraction.get("information")
+    if info is None or not info.enabled:
+        return None
+    return float(info.alpha), int(info.get("max_tokens", 128))
+
+
+def _spread(n: int, cap: int) -> torch.Tensor:
+    """At most `cap` of n row indices, evenly spaced (deterministic): bounds the information curves' cost."""
+    return torch.arange(n) if n <= cap else torch.linspace(0, n - 1, cap).round().long()
 
 
 def _batches(group_of: np.ndarray, lo: int, hi: int, per_batch: int) -> list[list[int]]:
@@ -176,7 +192,7 @@ def _batches(group_of: np.ndarray, lo: int, hi: int, per_batch: int) -> list[lis
 @torch.no_grad()
 def _chunk_statistics(
     loaded: LoadedModel, corpus: PreparedCorpus, lo: int, hi: int, batch_size: int, sleep_s: float,
-    bar: tqdm | None, cka_keys: list[str], js_keys: list[str],
+    bar: tqdm | None, cka_keys: list[str], js_keys: list[str], info: tuple[float, int] | None = None,
 ) -> dict[str, np.ndarray]:
     """Statistics of groups lo..hi-1: one forward pass per batch, nothing kept beyond the chunk.
 
@@ -195,6 +211,7 @@ def _chunk_statistics(
     hsic: dict[str, list[torch.Tensor]] = {v: [] for v in cka_keys}  # per group [m, m], on the device
     moments: list[torch.Tensor] = []  # per group [2, m]: sums of mean_d(h) and of mean_d(h^2), on the device
     act_count = 0
+    curves: list[torch.Tensor] = []  # per group [3, m]: information curves (signals/information.py), on the device
     probe: dict[int, dict[str, list]] = {1: {}, 2: {}}
     pad = loaded.tokenizer.pad_token_id
     decoder = loaded.model.get_decoder()
@@ -228,6 +245,10 @@ def _chunk_statistics(
                 out[f"ntok_{v}"][g - lo] = int(keep.sum()) if CKA_VARIANTS[v][1] else rows.shape[1]
             # activation scale s_l (interventions), from the same kernel
             moments.append(torch.stack([terms.sum_of_means, terms.sum_of_mean_squares]))
+            if info is not None:  # position 0 (attention sink) left out; at most info[1] tokens, evenly spread
+                kept = keep.nonzero()[:, 0]  # (n_kept,)
+                kept = kept[_spread(len(kept), info[1])].to(rows.device)
+                curves.append(group_information_tensor(rows[:, kept], info[0]))
             act_count += rows.shape[1]
         # probe sample: states at each sampled word's last sub-word token, in corpus order per split
         for split in (1, 2):
@@ -262,6 +283,10 @@ def _chunk_statistics(
             time.sleep(sleep_s)
     for v in cka_keys:
         out[f"hsic_{v}"] = torch.stack(hsic[v]).cpu().numpy()  # (groups, m, m)
+    if curves:
+        stacked = torch.stack(curves).cpu().numpy()  # (groups, 3, m)
+        for i, c in enumerate(CURVES):
+            out[f"info_{c}"] = stacked[:, i]  # (groups, m)
     sums = torch.stack(moments).sum(0).cpu().numpy()  # (2, m)
     out["act_sum"], out["act_sq"], out["act_count"] = sums[0], sums[1], np.array(act_count)
     d = loaded.model.config.hidden_size
@@ -320,7 +345,8 @@ def build_statistics(
         for i in todo:
             lo, hi = i * cg, min((i + 1) * cg, corpus.n_groups)
             arrays = _chunk_statistics(loaded, corpus, lo, hi, int(batch_size),
-                                       cfg.extraction.sleep_per_batch_s, bar, cka_keys, js_keys)
+                                       cfg.extraction.sleep_per_batch_s, bar, cka_keys, js_keys,
+                                       information_settings(cfg))
             arrays["group_range"] = np.array([lo, hi])
             arrays["group_is_eval"] = corpus.group_is_eval[lo:hi]
             writes.submit(i, arrays)
@@ -394,5 +420,6 @@ def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
         probe_eval=sample("eval"),
         label_names=label_names,
         group_is_eval=cat("group_is_eval"),
+        information={c: cat(f"info_{c}") for c in CURVES if f"info_{c}" in chunks[0]},
         meta={"cache_dir": str(cache.dir), "n_chunks": cache.n_chunks, **info},
     )

@@ -61,6 +61,7 @@ class CorpusStatistics:
     label_names: dict[str, list[str]]  # task -> class names (index = class id)
     group_is_eval: np.ndarray  # [G] bool: the group is held out for probe evaluation
     meta: dict = field(default_factory=dict)
+    information: dict[str, np.ndarray] = field(default_factory=dict)  # curve -> [G, L+1] (signals/information.py)
 
     @property
     def n_groups(self) -> int:

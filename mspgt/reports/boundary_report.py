@@ -119,4 +119,10 @@ def log_boundary_to_wandb(cfg: DictConfig, out_dir: Path, result: dict, figure: 
             for i, layer in enumerate(result["layers"])]
     tracker.table("per_layer", cols, rows)
     tracker.image("boundaries", figure)
+    if result.get("information") and (figure.parent / "information.png").exists():  # the eq. 28 test
+        tests = result["information"]["eq28"]["tests"]
+        tracker.table("eq28", ["curve", "boundary", "kink", "ci_low", "ci_high", "null_threshold", "verdict"],
+                      [[c, n, b["kink"], b["ci_low"], b["ci_high"], b["null_threshold"], b["verdict"]]
+                       for c, t in tests.items() for n, b in t["boundaries"].items()])
+        tracker.image("information", figure.parent / "information.png")
     tracker.finish()

@@ -3,9 +3,10 @@ paper's predictions that the results at hand can test (docs/method.md "Robustnes
 predictions").
 
 Inputs are the files the other experiments write: boundary results (`results.json` of experiment=boundary,
-or the boundary store) and intervention results (`intervention.json`), found under any folders. The newest
-file wins where two describe the same model and data (and scale and sigma). Outputs `robustness.json` and
-`robustness.md`. Run at the end of every sweep (mspgt/cluster/callbacks.py), or by hand over many sweeps:
+or the boundary store), intervention results (`intervention.json`) and Fisher results (`fisher.json` of
+experiment=fisher, appendix A.5), found under any folders. The newest file wins where two describe the same
+model and data (and scale and sigma). Outputs `robustness.json`, `robustness.md` and `robustness.png` (the
+paper's Figure 10). Run at the end of every sweep (mspgt/cluster/callbacks.py), or by hand over many sweeps:
 
     python -m mspgt.reports.robustness outputs/ [--out DIR]
 
@@ -67,6 +68,23 @@ class ModelBoundaries:
     accepted: dict[str, bool]
     ci: dict[str, tuple[int, int] | None]
     source: str
+    eq28: dict[str, Any] | None = None  # curve -> {verdict, per boundary verdicts} (None: no information curves)
+
+
+@dataclass(frozen=True)
+class FisherTest:
+    """One experiment=fisher run (appendix A.5): its verdict and, per scale, measured / predicted KL."""
+
+    model: str
+    family: str
+    data: str
+    verdict: str
+    band: tuple[float, float]
+    sigma: float  # the smallest sigma, where the verdict is taken
+    ratio: dict[str, float | None]  # scale -> measured / predicted KL at that sigma
+    slope_ratio: dict[str, float | None]  # scale -> fitted slope of KL vs sigma^2 / predicted
+    coefficient: dict[str, float | None]  # scale -> (1/2) sum_{l in S} s_l^2 Tr F_l per token (KL / sigma^2)
+    source: str
 
 
 @dataclass(frozen=True)
@@ -95,7 +113,17 @@ def _boundary_row(r: dict[str, Any], path: Path) -> ModelBoundaries:
         ci={n: (None if bounds.get(n, {}).get("ci_low") is None
                 else (bounds[n]["ci_low"], bounds[n]["ci_high"])) for n in BOUNDARY_NAMES},
         source=str(path),
+        eq28=_eq28_summary(r),
     )
+
+
+def _eq28_summary(r: dict[str, Any]) -> dict[str, Any] | None:
+    tests = ((r.get("information") or {}).get("eq28") or {}).get("tests")
+    if not tests:
+        return None
+    return {c: {"verdict": t["verdict"], **{n: {"kink": b["kink"], "ci": [b["ci_low"], b["ci_high"]],
+                                                "verdict": b["verdict"]} for n, b in t["boundaries"].items()}}
+            for c, t in tests.items()}
 
 
 def _intervention_row(r: dict[str, Any], path: Path) -> ScaleIntervention:
@@ -108,12 +136,32 @@ def _intervention_row(r: dict[str, Any], path: Path) -> ScaleIntervention:
     )
 
 
+def _fisher_row(r: dict[str, Any], path: Path) -> FisherTest:
+    scales, v = r.get("scales", {}), r.get("verdict", {})
+    return FisherTest(
+        model=str(r["model"]["name"]), family=str(r["model"]["family"]), data=str(r.get("data", {}).get("key")),
+        verdict=str(v.get("value")), band=tuple(v.get("band", (None, None))), sigma=v.get("sigma"),
+        ratio={k: x.get("ratio_at_smallest_sigma") for k, x in scales.items()},
+        slope_ratio={k: x.get("fit_kl", {}).get("slope_over_predicted") for k, x in scales.items()},
+        coefficient={k: x.get("predicted_coefficient") for k, x in scales.items()},
+        source=str(path),
+    )
+
+
 def collect(folders: Iterable[str | Path]) -> tuple[list[ModelBoundaries], list[ScaleIntervention]]:
     """Every boundary and intervention result under `folders` (each JSON file read once, oldest first, so the
     newest per model and data, and scale and sigma, wins). Unreadable files are skipped."""
+    rows, interventions, _ = collect_all(folders)
+    return rows, interventions
+
+
+def collect_all(folders: Iterable[str | Path]) -> tuple[list[ModelBoundaries], list[ScaleIntervention],
+                                                       list[FisherTest]]:
+    """collect(), and the Fisher results (newest per model and data)."""
     paths = {p for f in map(Path, folders) for p in (f.rglob("*.json") if f.is_dir() else [f])}
     boundary: dict[tuple[str, str], ModelBoundaries] = {}
     interventions: dict[tuple[str, str, str, float], ScaleIntervention] = {}
+    fisher: dict[tuple[str, str], FisherTest] = {}
     for path in sorted(paths, key=lambda p: p.stat().st_mtime):
         try:
             r = json.loads(path.read_text())
@@ -128,7 +176,11 @@ def collect(folders: Iterable[str | Path]) -> tuple[list[ModelBoundaries], list[
               and r.get("sigma") is not None):
             iv = _intervention_row(r, path)
             interventions[iv.model, iv.data, iv.scale, iv.sigma] = iv
-    return sorted(boundary.values(), key=lambda b: (b.family, b.model, b.data)), list(interventions.values())
+        elif r.get("experiment") == "fisher" and "scales" in r and "verdict" in r:
+            f = _fisher_row(r, path)
+            fisher[f.model, f.data] = f
+    return (sorted(boundary.values(), key=lambda b: (b.family, b.model, b.data)), list(interventions.values()),
+            sorted(fisher.values(), key=lambda f: (f.family, f.model, f.data)))
 
 
 def family_statistics(rows: list[ModelBoundaries], ddof: int = 1) -> dict[str, dict[str, dict[str, Any]]]:
@@ -173,8 +225,55 @@ def _overall(holds: list[bool]) -> str:
     return SUPPORTED if all(holds) else REFUTED if not any(holds) else MIXED
 
 
+def fisher_verdict(tests: list[FisherTest], interventions: list[ScaleIntervention]) -> dict[str, Any]:
+    """Appendix A.5 over every Fisher result: each model's verdict (measured / predicted KL at its smallest
+    sigma inside its pre-registered band for every scale), and across families the predicted local-brittleness
+    ratio (family means of (1/2) sum s_l^2 Tr F_l over the local blocks) beside the measured one."""
+    evidence: dict[str, Any] = {}
+    for t in tests:
+        ok = None if t.verdict == MIXED else t.verdict == SUPPORTED
+        evidence[f"{t.model} / {t.data}"] = {
+            "verdict": t.verdict, "sigma": t.sigma, "band": list(t.band), "ratio": t.ratio,
+            "slope_over_predicted": t.slope_ratio, "holds": ok,
+            **({"note": "mixed: holds for some scales, not all"} if ok is None else {}),
+        }
+    local: dict[str, list[float]] = defaultdict(list)
+    for t in tests:
+        c = t.coefficient.get("local")
+        if c is not None and math.isfinite(c):
+            local[t.family].append(c)
+    if len(local) >= 2:
+        means = {f: float(np.mean(v)) for f, v in local.items()}
+        low = min(means.values())
+        measured: dict[str, Any] = {}
+        for sigma in sorted({iv.sigma for iv in interventions if iv.scale == "local"}):
+            fams = defaultdict(list)
+            for iv in interventions:
+                if iv.scale == "local" and iv.sigma == sigma and iv.brittleness is not None:
+                    fams[iv.family].append(iv.brittleness)
+            if len(fams) >= 2:
+                m = {f: float(np.mean(v)) for f, v in fams.items()}
+                measured[f"sigma={sigma:g}"] = max(m.values()) / min(m.values()) if min(m.values()) > 0 else None
+        evidence["local brittleness across families"] = {
+            "predicted_local_coefficient": means,
+            "predicted_ratio": max(means.values()) / low if low > 0 else float("inf"),
+            "measured_brittleness_ratio": measured or None, "holds": None,
+            "note": "predicted ratio (Fisher) beside the measured brittleness ratio (experiment=intervention)",
+        }
+    model_verdicts = {t.verdict for t in tests}
+    verdict = (UNTESTABLE if not tests else SUPPORTED if model_verdicts == {SUPPORTED}
+               else REFUTED if model_verdicts == {REFUTED} else MIXED)
+    return {
+        "tier": "A.5", "id": "fisher_trace",
+        "prediction": "the loss increase under small isotropic noise is proportional to the trace of the "
+                      "Fisher information of the perturbed layers",
+        "evidence": evidence, "verdict": verdict,
+        "needs": "experiment=fisher (per-block Fisher traces, measured against predicted KL per scale)",
+    }
+
+
 def verdicts(rows: list[ModelBoundaries], interventions: list[ScaleIntervention],
-             stats: dict[str, dict[str, dict[str, Any]]]) -> list[dict[str, Any]]:
+             stats: dict[str, dict[str, dict[str, Any]]], fisher: list[FisherTest] | None = None) -> list[dict[str, Any]]:
     """One entry per prediction: what it says, the evidence per unit tested, and the verdict."""
     out = []
 
@@ -187,11 +286,26 @@ def verdicts(rows: list[ModelBoundaries], interventions: list[ScaleIntervention]
         "verdict": _overall([cv < LI_CV_MAX for cv in tested.values()]),
         "needs": "two or more models of a family whose L-I peak was found",
     })
+    evidence, holds = {}, []
+    for r in rows:
+        if r.eq28 is None:
+            continue
+        for curve, e in r.eq28.items():
+            if e["verdict"] == UNTESTABLE:
+                continue
+            ok = None if e["verdict"] == MIXED else e["verdict"] == SUPPORTED
+            evidence[f"{r.model} / {r.data} / {curve}"] = {
+                **e, "holds": ok, **({"note": "mixed: a kink at one boundary, not the other"} if ok is None else {})}
+            holds.append(e["verdict"])
     out.append({
         "tier": 1, "id": "information_phase_transition",
-        "prediction": "an information phase transition at the boundaries (appendix eq. 28)",
-        "evidence": {}, "verdict": NOT_TESTED,
-        "needs": "a layer-wise information measure and its rate of change; mspgt does not compute one",
+        "prediction": "an information phase transition at the boundaries (appendix eq. 28): the layer-wise rate of "
+                      "change of the information curves kinks at each boundary",
+        "evidence": evidence,
+        "verdict": (UNTESTABLE if not holds else SUPPORTED if set(holds) == {SUPPORTED}
+                    else REFUTED if set(holds) == {REFUTED} else MIXED),
+        "needs": "boundary results with information curves (extraction.information.enabled=true), both boundaries "
+                 "found",
     })
 
     # Tier 2: perturbing the Intermediate scale degrades structure more than Local or Global
@@ -254,19 +368,14 @@ def verdicts(rows: list[ModelBoundaries], interventions: list[ScaleIntervention]
         "verdict": _overall([r > IG_DRIFT_MIN for r in tested.values()]),
         "needs": "two or more models of a family whose I-G peak was found",
     })
-    out.append({
-        "tier": "A.5", "id": "fisher_trace",
-        "prediction": "the loss increase under small isotropic noise is proportional to the trace of the "
-                      "Fisher information of the perturbed layers",
-        "evidence": {}, "verdict": NOT_TESTED, "needs": "per-layer Fisher traces; mspgt does not compute them",
-    })
+    out.append(fisher_verdict(fisher or [], interventions))
     return out
 
 
 def robustness(folders: Iterable[str | Path]) -> dict[str, Any] | None:
     """The whole Experiment 3 record, or None when no boundary or intervention result was found."""
-    rows, interventions = collect(folders)
-    if not rows and not interventions:
+    rows, interventions, fisher = collect_all(folders)
+    if not rows and not interventions and not fisher:
         return None
     stats = family_statistics(rows)
     return {
@@ -277,13 +386,16 @@ def robustness(folders: Iterable[str | Path]) -> dict[str, Any] | None:
         "families": stats,
         "offsets": cross_family_offsets(stats),
         "interventions": [iv.__dict__ for iv in interventions],
-        "predictions": verdicts(rows, interventions, stats),
+        "fisher": [f.__dict__ for f in fisher],
+        "predictions": verdicts(rows, interventions, stats, fisher),
         "definitions": {
             "relative": "boundary block l / number of blocks L",
             "family_spread": "sample std (ddof=1) and CV = std / mean over the models that found the peak (ours)",
             "structure": "|relative change| of the sentence-length variance, same model, data and sigma; counted "
                          f"only where some scale's change has paired-t p < {STRUCTURE_ALPHA} (ours)",
             "local_brittleness": "mean over a family's models of the scale=local brittleness coefficient (ours)",
+            "fisher": "experiment=fisher: measured / predicted teacher-forced KL per scale at the smallest sigma, "
+                      "inside each run's pre-registered band for every scale (appendix A.5, our reading)",
         },
         "caveat": "Verdicts hold for the models and corpora listed here; results on small models demonstrate the "
                   "method, they do not test the paper's 7-8B claims.",
@@ -327,14 +439,37 @@ def robustness_markdown(record: dict[str, Any]) -> str:
                        for k, e in v["evidence"].items())
         prediction = v["prediction"].replace("|", "\\|")  # a pipe inside a cell would end it
         lines.append(f"| {v['tier']} | {prediction} | **{v['verdict']}** | {ev or 'needs ' + v['needs']} |")
+    lines += fisher_lines(record)
     lines += ["", "Definitions (ours where the paper's equations are unreadable): " + "; ".join(
         f"{k}: {d}" for k, d in record["definitions"].items()) + ".", "", record["caveat"]]
     return "\n".join(lines) + "\n"
 
 
+def fisher_lines(record: dict[str, Any]) -> list[str]:
+    """The A.5 evidence as a table: per model and scale, measured / predicted KL and the fitted slope ratio."""
+    if not record.get("fisher"):
+        return []
+    lines = ["", "## Appendix A.5: measured / predicted KL under small noise (experiment=fisher)", "",
+             "| model | data | sigma | band | scale | measured / predicted | slope / predicted | model verdict |",
+             "|---|---|---|---|---|---|---|---|"]
+    for f in record["fisher"]:
+        for scale, ratio in f["ratio"].items():
+            lines.append(f"| {f['model']} | {f['data']} | {_fmt(f['sigma'], 'g')} | [{_fmt(f['band'][0], 'g')}, "
+                         f"{_fmt(f['band'][1], 'g')}] | {scale} | {_fmt(ratio)} | {_fmt(f['slope_ratio'][scale])} "
+                         f"| {f['verdict']} |")
+    (a5,) = [v for v in record["predictions"] if v["id"] == "fisher_trace"]
+    across = a5["evidence"].get("local brittleness across families")
+    if across:
+        lines += ["", "Local brittleness across families: predicted ratio (Fisher) "
+                  f"{_fmt(across['predicted_ratio'], '.2f')}, measured brittleness ratio "
+                  f"{across['measured_brittleness_ratio'] or 'n/a (no scale=local interventions on two families)'}."]
+    return lines
+
+
 def write_robustness(folders: Iterable[str | Path], out: str | Path) -> dict[str, Any] | None:
-    """Write robustness.json and robustness.md in `out` over every result under `folders` and return the
-    record; None (nothing written) if no result was found."""
+    """Write robustness.json, robustness.md and (with boundary results) robustness.png, the paper's Figure 10,
+    in `out` over every result under `folders` and return the record; None (nothing written) if no result
+    was found."""
     record = robustness(folders)
     if record is None:
         return None
@@ -342,6 +477,10 @@ def write_robustness(folders: Iterable[str | Path], out: str | Path) -> dict[str
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(out / "robustness.json", record)
     (out / "robustness.md").write_text(robustness_markdown(record))
+    if record["models"]:
+        from mspgt.reports.figure10 import robustness_figure
+
+        robustness_figure(record, out / "robustness.png")
     return record
 
 

@@ -62,6 +62,7 @@ class ProbeResult:
     seconds: float  # training and evaluation wall time
     settings: dict = field(default_factory=dict)
     predictions: dict[str, np.ndarray] | None = None  # task -> [N_eval, L+1] (return_predictions=True)
+    heldout_ce: dict[str, np.ndarray] | None = None  # task -> [N_eval, L+1] -log p(gold) in nats (nan: no label)
 
     @property
     def n_layers(self) -> int:
@@ -297,6 +298,7 @@ def train_probes(
     probes.eval()
     n_eval = held_out.features.shape[0]
     pred = {h: np.empty((n_eval, n_layers), dtype=np.int64) for h in heads}
+    heldout_ce = {t: np.full((n_eval, n_layers), np.nan, dtype=np.float32) for t in tasks}  # V-information
     with torch.no_grad():
         for a in range(0, n_eval, _CHUNK):
             rows = slice(a, a + _CHUNK)
@@ -304,6 +306,8 @@ def train_probes(
                 heads, probes(_standardised(held_out.features, rows, mean, std, dev)), strict=True
             ):
                 pred[h][rows] = logit.argmax(-1).T.cpu().numpy()  # [b, L+1]
+                if h in heldout_ce:
+                    heldout_ce[h][rows] = _gold_ce(logit, y_eval[h][rows])
 
     eval_groups, group_index = np.unique(held_out.group, return_inverse=True)
     tp, fp, fn, present, accuracy = {}, {}, {}, {}, {}
@@ -342,7 +346,16 @@ def train_probes(
             "f1_average": F1_AVERAGE,
         },  # fmt: skip
         predictions={t: pred[t] for t in heads} if return_predictions else None,
+        heldout_ce=heldout_ce,
     )
+
+
+def _gold_ce(logit: Tensor, gold: np.ndarray) -> np.ndarray:
+    """logit [L+1, b, C], gold [b] (-1: no label) -> [b, L+1] -log softmax(logit)[gold] (nan without label)."""
+    y = torch.from_numpy(gold).long().to(logit.device)  # [b]
+    logp = torch.log_softmax(logit.float(), dim=-1)  # [L+1, b, C]
+    ce = -logp.gather(-1, y.clamp_min(0)[None, :, None].expand(logp.shape[0], -1, 1))[..., 0]  # [L+1, b]
+    return torch.where(y[None] >= 0, ce, torch.nan).T.cpu().numpy()  # [b, L+1]
 
 
 def _accuracy(gold: np.ndarray, pred: np.ndarray) -> np.ndarray:

@@ -1,0 +1,113 @@
+"""Information curves of the boundary pass with bootstrap bands, the eq. 28 test at the detected boundaries,
+and their figure (appendix A.4). Curves over the states h_0..h_L (index = l):
+- `entropy`: S_alpha(h_l); `mi_input`: I_alpha(h_0; h_l); `mi_adjacent`: I_alpha(h_{l-1}; h_l) (index 0 empty);
+- `v_info_<task>`: I_V(h_l -> Y_task) from the trained probes, on the held-out groups.
+All bits, all named as our estimators of the paper's mutual information (signals/information.ESTIMATOR).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from mspgt.fusion.bootstrap import resample_counts
+from mspgt.fusion.phase_transition import RULE, eq28_test
+from mspgt.reports.intervention_report import json_safe
+from mspgt.signals.information import ESTIMATOR, label_marginal_ce, v_information, weighted_curves
+
+
+def information_curves(stats: Any, probes: Any, weights: np.ndarray | None) -> dict[str, np.ndarray]:
+    """Every available curve for group weights None, [G] or [B, G] -> [L+1] or [B, L+1] each."""
+    out = {c: weighted_curves(v, weights) for c, v in stats.information.items()}
+    ce = getattr(probes, "heldout_ce", None) if probes is not None else None
+    if ce:
+        eval_groups = np.nonzero(stats.group_is_eval)[0]
+        index = np.searchsorted(eval_groups, stats.probe_eval.group)  # [N] position among held-out groups
+        w = None if weights is None else np.asarray(weights)[..., eval_groups]
+        for t, task_ce in ce.items():
+            prior = label_marginal_ce(stats.probe_train.labels[t], stats.probe_eval.labels[t],
+                                      len(stats.label_names[t]))
+            out[f"v_info_{t}"] = v_information(prior, task_ce.astype(float), index, len(eval_groups), w)
+    return out
+
+
+def information_result(stats: Any, probes: Any, boundaries: dict[str, int | None], cfg: DictConfig
+                       ) -> dict[str, Any] | None:
+    """Curves (point, bootstrap band), the eq. 28 test per curve and boundary; None without stored curves."""
+    if not stats.information:
+        return None
+    b, k = cfg.bootstrap, int(cfg.extraction.information.get("kink_window", 3))
+    point = information_curves(stats, probes, None)
+    counts = resample_counts(stats.n_groups, int(b.n_resamples), np.random.default_rng(b.seed))  # as the CIs
+    boot = information_curves(stats, probes, counts)
+    alpha = 1 - float(b.ci_level)
+    kink_points = {name: int(layer) - 1 for name, layer in boundaries.items() if layer is not None}
+    curves, tests = {}, {}
+    for name, curve in point.items():
+        lo, hi = np.nanquantile(boot[name], [alpha / 2, 1 - alpha / 2], axis=0)
+        curves[name] = {"value": curve.tolist(), "ci_low": lo.tolist(), "ci_high": hi.tolist()}
+        tests[name] = eq28_test(curve, boot[name], kink_points, k, float(b.ci_level))
+    verdicts = [t["verdict"] for t in tests.values() if t["verdict"] != "untestable here"]
+    overall = ("untestable here" if not verdicts else "supported" if set(verdicts) == {"supported"}
+               else "refuted" if set(verdicts) == {"refuted"} else "mixed")
+    return json_safe({"estimator": ESTIMATOR, "alpha": float(cfg.extraction.information.alpha), "unit": "bits",
+            "states": "h_0..h_L (index = l)", "curves": curves, "eq28": {"rule": RULE, "k": k, "tests": tests,
+                                                                           "verdict": overall}})
+
+
+def information_figure(result: dict[str, Any], path: str | Path) -> Path:
+    """One panel per curve family (entropy and MI; V-information), bootstrap bands, boundaries dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    info = result["information"]
+    groups = [[c for c in info["curves"] if not c.startswith("v_info")],
+              [c for c in info["curves"] if c.startswith("v_info")]]
+    groups = [g for g in groups if g]
+    fig, axes = plt.subplots(1, len(groups), figsize=(6.5 * len(groups), 4.2), squeeze=False)
+    for ax, names in zip(axes[0], groups, strict=True):
+        for name in names:
+            c = info["curves"][name]
+            x = np.arange(len(c["value"]))
+            v = np.asarray(c["value"], dtype=float)
+            verdict = info["eq28"]["tests"][name]["verdict"]
+            ax.plot(x, v, marker="o", ms=3, label=f"{name} (eq. 28: {verdict})")
+            ax.fill_between(x, np.asarray(c["ci_low"], dtype=float), np.asarray(c["ci_high"], dtype=float), alpha=0.25)
+        for bname, b in result["boundaries"].items():
+            if b.get("layer"):
+                ax.axvline(b["layer"] - 1, ls="--", color="k", lw=0.8)
+                ax.text(b["layer"] - 1, ax.get_ylim()[1], f" {bname} (h_{b['layer'] - 1})", va="top", fontsize=8)
+        ax.set_xlabel("state h_l")
+        ax.set_ylabel("bits")
+        ax.legend(fontsize=7)
+    fig.suptitle(f"Information curves (our MI estimators), {result['model']['name']}; bands: 95% bootstrap")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)
+
+
+def _f(x: float | None, spec: str = "+.4f") -> str:
+    return "n/a" if x is None else format(x, spec)
+
+
+def information_markdown(result: dict[str, Any]) -> str:
+    info = result.get("information")
+    if not info:
+        return ""
+    e = info["eq28"]
+    lines = ["", f"## Information phase transition (appendix eq. 28): **{e['verdict']}**", "",
+             f"Estimators: {info['estimator']} (alpha = {info['alpha']:g}). Rule: {e['rule']}; k = {e['k']}.", "",
+             "| curve | boundary | kink | 95% CI | null 95th pct of abs | verdict |", "|---|---|---|---|---|---|"]
+    if not any(t["boundaries"] for t in e["tests"].values()):
+        lines.append("| (no boundary was found: nothing to test) | | | | | |")
+    for name, t in e["tests"].items():
+        for bname, b in t["boundaries"].items():
+            lines.append(f"| {name} | {bname} (h_{b['kink_point']}) | {_f(b['kink'])} | [{_f(b['ci_low'])}, "
+                         f"{_f(b['ci_high'])}] | {_f(b['null_threshold'], '.4f')} | {b['verdict']} |")
+    return "\n".join(lines) + "\n"
