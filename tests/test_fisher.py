@@ -35,8 +35,10 @@ def small_vocab():
                          num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=32)
     model = LlamaForCausalLM(config).double().eval()
     model.requires_grad_(False)
+    from mspgt.model.attention_layout import attention_layout
+
     loaded = LoadedModel("small", "llama", model, None, decoder_blocks(model), torch.device("cpu"),
-                         torch.float64, "small-seed0")
+                         torch.float64, "small-seed0", attention_layout(config, config.num_hidden_layers))
     ids = torch.randint(0, VOCAB, (3, 6))
     mask = torch.ones(3, 6, dtype=torch.long)
     mask[1, 4:] = 0  # a padded row
