@@ -75,7 +75,7 @@ def test_edited_corpus_gives_new_statistics_and_f1_average_applies(tmp_path):
     assert res_a["data"]["key"] != res_b["data"]["key"]
     assert res_a["cache_dir"] != res_b["cache_dir"]
     assert res_a["signals"]["representation_change"] != res_b["signals"]["representation_change"]
-    stored = sorted((tmp_path / "outputs" / "store" / "boundary").glob("tiny_llama__text-*.json"))
+    stored = sorted((tmp_path / "outputs" / "store" / "boundary").glob("tiny_llama__*__text-*.json"))
     assert len(stored) == 2, "each corpus version has its own stored boundary result"
 
 
@@ -271,7 +271,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     env = dict(os.environ, MSPGT_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline", HF_HUB_OFFLINE="1")
     out = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "mspgt.run", "model=tiny_llama", *TINY,
-                             "extraction.sleep_per_batch_s=1", f"hydra.run.dir={out}"], cwd=tmp_path, env=env,
+                             "extraction.sleep_per_batch_s=3", f"hydra.run.dir={out}"], cwd=tmp_path, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
