@@ -56,6 +56,9 @@ def job_overrides(folder: Path) -> dict[str, str]:
     return out
 
 
+SHOWN_GROUPS = ("model", "data")  # config groups the summary shows in their own columns
+
+
 def swept_keys(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     """The settings this sweep varies: sweep syntax in multirun.yaml (`a=1,2`, range(), choice(), glob()),
     and any override whose value differs between jobs. In command-line order."""
@@ -71,7 +74,7 @@ def swept_keys(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
             values = {r.get("overrides", {}).get(key) for r in rows}
             if len(values) > 1 and key not in keys:
                 keys.append(key)
-    return [k for k in keys if not k.startswith("hydra.")]
+    return [k for k in keys if not k.startswith("hydra.") and k not in SHOWN_GROUPS]
 
 
 def job_row(folder: Path) -> dict[str, Any]:
