@@ -94,7 +94,6 @@ def main() -> None:
 
     with initialize_config_dir(str(REPO / "conf"), version_base=None):
         cfg = compose("config", overrides=[f"data.n_sentences={args.sentences}", *overrides])
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     t = time.perf_counter()
     states, n_blocks = collect_states(cfg, args.sentences)
     n_tokens = sum(s.shape[1] for s in states)

@@ -156,6 +156,6 @@ def detect_boundaries_batch(
         if by_order is None:
             continue
         pair = by_order if point is None else _matched_pair(blocks, prominences, point)
-        li[row], ig[row] = (b if b in by_order else NONE_FOUND for b in pair)  # type: ignore[union-attr]
+        li[row], ig[row] = (b if b in by_order else NONE_FOUND for b in pair)
         li_relabelled[row], ig_relabelled[row] = li[row] != by_order[0], ig[row] != by_order[1]
     return ResamplePicks(li, ig, li_relabelled, ig_relabelled)
