@@ -44,6 +44,51 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+# what extraction does outside the decoder's forward, by the function that does it (extraction/*.py)
+PARTS = {
+    "group_hsic_variants": "statistics: HSIC per group (CKA)",
+    "group_information_tensor": "statistics: information curves",
+    "attention_js_sums_variants": "statistics: attention JS",
+    "_to_float16": "probe sample: gather + float16 copy to host",
+    "wait": "cache writes: main thread waiting for the background writer",
+}
+
+
+def _time_parts(device: torch.device, into: dict[str, float]):
+    """Wrap the functions of PARTS wherever mspgt.extraction imported them, adding their wall time (device
+    synchronised) into `into`; returns the undo."""
+    import mspgt.extraction as package
+    from mspgt.extraction.extract import BackgroundWrites
+
+    undo = []
+
+    def timed(name, fn):
+        def wrapper(*args, **kwargs):
+            synchronize(device)
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                synchronize(device)
+                into[name] = into.get(name, 0.0) + time.perf_counter() - t
+        return wrapper
+
+    for module in [m for n, m in sys.modules.items() if n.startswith(package.__name__ + ".") and m is not None]:
+        for name in PARTS:
+            fn = getattr(module, name, None)
+            if callable(fn) and not isinstance(fn, type) and getattr(fn, "__module__", "").startswith("mspgt"):
+                setattr(module, name, timed(name, fn))
+                undo.append((module, name, fn))
+    original_wait = BackgroundWrites.wait
+    BackgroundWrites.wait = timed("wait", original_wait)
+    undo.append((BackgroundWrites, "wait", original_wait))
+
+    def restore() -> None:
+        for owner, name, fn in undo:
+            setattr(owner, name, fn)
+    return restore
+
+
 def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected", repeats: int = 3,
                     overrides: tuple[str, ...] = ()) -> dict[str, float]:
     from omegaconf import OmegaConf
@@ -94,6 +139,7 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
 
     decoder = loaded.model.get_decoder()
     in_forward: list[float] = []  # time extraction spends inside the decoder's forward (where the rest goes)
+    parts: dict[int, dict[str, float]] = {}  # per repeat, seconds in each part outside the forward
 
     def extraction(rep: int) -> float:
         cache = StatisticsCache(Path(cache_dir) / f"bench-{rep}", cache_material(cfg, data_identity(cfg.data)))
@@ -109,6 +155,7 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
 
         pre = decoder.register_forward_pre_hook(pre_hook)
         post = decoder.register_forward_hook(post_hook)
+        unpatch = _time_parts(loaded.device, parts.setdefault(rep, {}))
         try:
             synchronize(loaded.device)
             t = time.perf_counter()
@@ -118,6 +165,7 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
         finally:
             pre.remove()
             post.remove()
+            unpatch()
         in_forward.append(spent[0])
         return total
 
@@ -132,7 +180,7 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
     tokens = sum(len(e.input_ids) for e in encoded)
     best = min(range(repeats), key=ext.__getitem__)
     return {"bare_full_s": min(full), "bare_decoder_s": min(dec), "extract_s": ext[best],
-            "extract_forward_s": in_forward[best], "tokens": tokens, "sentences": len(encoded),
+            "extract_forward_s": in_forward[best], "parts": parts[best], "tokens": tokens, "sentences": len(encoded),
             "device": str(loaded.device), "dtype": str(loaded.dtype).replace("torch.", ""),
             "model": f"{loaded.name} ({loaded.n_blocks} blocks, d={loaded.model.config.hidden_size})"}
 
@@ -190,7 +238,16 @@ def main() -> None:
         print(f"extraction.variants={args.variants}; {t['sentences']} sentences, {t['tokens']} tokens: bare CausalLM {t['bare_full_s']:.1f} s, "
               f"bare decoder {t['bare_decoder_s']:.1f} s, extraction {t['extract_s']:.1f} s "
               f"({t['tokens'] / t['extract_s']:.0f} tokens/s), of which {t['extract_forward_s']:.1f} s inside the "
-              f"decoder's forward and {t['extract_s'] - t['extract_forward_s']:.1f} s on the statistics and the cache")
+              f"decoder's forward and {t['extract_s'] - t['extract_forward_s']:.1f} s outside it")
+        outside = t["extract_s"] - t["extract_forward_s"]
+        print("where the time outside the forward goes (s, share of extraction):")
+        print(f"  hooks (forward with mspgt's hooks minus the bare decoder loop): "
+              f"{t['extract_forward_s'] - t['bare_decoder_s']:+.1f}")
+        for name, what in PARTS.items():
+            spent = t["parts"].get(name, 0.0)
+            print(f"  {what}: {spent:.1f} ({spent / t['extract_s']:.1%})")
+        rest = outside - sum(t["parts"].values())
+        print(f"  the rest (batch tensors, token gathers, host copies, progress): {rest:.1f} ({rest / t['extract_s']:.1%})")
         if not args.skip_memory:
             work = Path(tmp) / "mem"
             work.mkdir()

@@ -60,7 +60,7 @@ def _rules() -> list[Rule]:
     from mspgt.interventions.activation_scale import STD_KINDS
     from mspgt.interventions.grammar import BACKENDS
     from mspgt.signals.attention_drift import FIRST_BLOCK_CHOICES
-    from mspgt.signals.probes import F1_AVERAGES
+    from mspgt.signals.probes import F1_AVERAGES, PRECISIONS, SCHEDULES
 
     pos, nonneg = _ge(1), _ge(0)
     return [
@@ -90,6 +90,8 @@ def _rules() -> list[Rule]:
         Rule("probes.lr", "number", lambda v: v > 0, "> 0", "0.001"),
         Rule("probes.weight_decay", "number", nonneg, NONNEG, "0.0001"),
         Rule("probes.f1_average", "choice", choices=F1_AVERAGES),
+        Rule("probes.schedule", "choice", choices=SCHEDULES),
+        Rule("probes.precision", "choice", choices=PRECISIONS),
         Rule("probes.control_task", "bool"),
         Rule("probes.seed", "int", example="0"),
         Rule("probes.device", "device"),

@@ -255,3 +255,28 @@ def test_probe_jump_is_the_absolute_difference():
     np.testing.assert_allclose(probe_jump(f), [[0.3, 0.1, 0.0], [0.0, 1.0, 0.5]])
     with pytest.raises(MspgtError):
         probe_jump(np.array([0.5]))
+
+
+@pytest.mark.parametrize(("precision", "schedule"), [("bfloat16", "constant"), ("float32", "cosine"),
+                                                     ("bfloat16", "cosine")])
+def test_precision_and_schedule_recover_the_planted_layer(planted, precision, schedule):
+    """bfloat16 matmuls and the cosine schedule (probes.precision / probes.schedule) learn the planted task as
+    the float32, constant-lr recipe does: near-perfect from h_3 on, chance below, on every task."""
+    train, held_out, reference = planted
+    result = train_probes(train, held_out, N_CLASSES, epochs=30, seed=0, precision=precision, schedule=schedule,
+                          lr=3e-3 if schedule == "cosine" else 1e-3)
+    ones = np.ones(N_GROUPS)
+    for task in N_CLASSES:
+        f1, ref = task_f1(result, ones, N_GROUPS)[task], task_f1(reference, ones, N_GROUPS)[task]
+        assert (f1[DECODABLE_FROM:] > 0.95).all(), (precision, schedule, task, f1)
+        assert (f1[:DECODABLE_FROM] < 0.6).all(), (precision, schedule, task, f1)
+        np.testing.assert_allclose(f1[DECODABLE_FROM:], ref[DECODABLE_FROM:], atol=0.03)
+    assert result.settings["precision"] == precision and result.settings["schedule"] == schedule
+
+
+def test_unknown_precision_or_schedule_names_the_choices(planted):
+    train, held_out, _ = planted
+    with pytest.raises(MspgtError, match="bfloat16"):
+        train_probes(train, held_out, N_CLASSES, epochs=1, precision="float8")
+    with pytest.raises(MspgtError, match="cosine"):
+        train_probes(train, held_out, N_CLASSES, epochs=1, schedule="linear")

@@ -114,7 +114,8 @@ def obtain_probes(cfg: DictConfig, stats: Any, cache: StatisticsCache) -> tuple[
     trains and the other waits and reuses them. Returns the result and whether it came from the cache."""
     p = cfg.probes
     device = str(resolve_device(p.device))
-    settings = {k: p[k] for k in ("hidden", "epochs", "batch_size", "lr", "weight_decay", "seed", "control_task")}
+    settings = {k: p[k] for k in ("hidden", "epochs", "batch_size", "lr", "weight_decay", "schedule", "precision",
+                                  "seed", "control_task")}
     settings["device"] = device.split(":")[0]
     writable = writable_folder(cache.dir) is None
     lock = cache.artifact_lock("probes", settings, cfg.extraction.lock_timeout_s) if writable else nullcontext()
@@ -126,7 +127,7 @@ def obtain_probes(cfg: DictConfig, stats: Any, cache: StatisticsCache) -> tuple[
         result = train_probes(
             stats.probe_train, stats.probe_eval, {k: len(v) for k, v in stats.label_names.items()},
             hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-            seed=p.seed, control_task=p.control_task, device=device, progress=cfg.extraction.progress,
+            schedule=p.schedule, precision=p.precision, seed=p.seed, control_task=p.control_task, device=device, progress=cfg.extraction.progress,
         )
         log.info("probes trained in %.1f s", result.seconds)
         if writable:

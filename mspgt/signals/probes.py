@@ -25,7 +25,7 @@ B bootstrap resamples.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 import torch
@@ -143,16 +143,53 @@ def _standardiser(features: np.ndarray) -> tuple[Tensor, Tensor]:
     return mean.float(), std.float()
 
 
-def _standardised(features: np.ndarray, rows: slice, mean: Tensor, std: Tensor, device) -> Tensor:
-    """Rows of float16 features -> standardised float32, layer-major: [L+1, b, d]."""
-    x = _finite(torch.from_numpy(features[rows]).to(device=device, dtype=torch.float32))  # [b, L+1, d]
-    return ((x - mean) / std).transpose(0, 1)  # [L+1, b, d]
+PRECISIONS = ("float32", "bfloat16")  # probes.precision: the dtype of the first layer's matmuls
+SCHEDULES = ("constant", "cosine")  # probes.schedule: the learning rate over the epochs
+
+
+@dataclass(frozen=True)
+class ProbeTraining:
+    """How the probes train (probes.* in conf/probes/default.yaml; the paper fixes only the architecture).
+
+    schedule: `constant` lr, or `cosine` from lr down to 0 over `epochs` (Loshchilov & Hutter 2017, SGDR,
+    without restarts). precision: `bfloat16` runs the first layer's matmuls (nearly all the arithmetic) in
+    bfloat16 with float32 master weights, second layer and loss (on CPUs with AVX512-BF16 or AMX, and
+    GPUs, about twice the float32 throughput). Defaults in conf/probes/default.yaml and why: README "Speed
+    and memory". No early stopping: stopping at the lowest validation loss of a split of the train groups
+    was measured to lower the held-out macro F1 (the loss turns up before the rare classes are learnt).
+    """
+
+    hidden: int = 128
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 1e-3
+    weight_decay: float = 1e-4
+    schedule: str = "constant"
+    precision: str = "float32"
+
+    def check(self) -> None:
+        if min(self.hidden, self.epochs, self.batch_size) < 1 or self.lr <= 0 or self.weight_decay < 0:
+            raise MspgtError(
+                f"probe settings hidden={self.hidden} epochs={self.epochs} batch_size={self.batch_size} "
+                f"lr={self.lr} weight_decay={self.weight_decay}",
+                "use positive probes.hidden/epochs/batch_size/lr and a non-negative weight_decay",
+            )
+        if self.schedule not in SCHEDULES or self.precision not in PRECISIONS:
+            raise MspgtError(
+                f"probes.schedule={self.schedule!r} / probes.precision={self.precision!r}",
+                f"use a schedule in {list(SCHEDULES)} and a precision in {list(PRECISIONS)}",
+            )
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.precision == "bfloat16" else torch.float32
 
 
 class _BatchedProbes(torch.nn.Module):
     """T one-hidden-layer MLPs per layer, for all L + 1 layers at once (weights stacked over layers)."""
 
-    def __init__(self, n_layers: int, d: int, hidden: int, classes: list[int], generator: torch.Generator):
+    def __init__(self, n_layers: int, d: int, hidden: int, classes: list[int], generator: torch.Generator,
+                 dtype: torch.dtype = torch.float32):
         super().__init__()
 
         def uniform(shape: tuple[int, ...], fan_in: int) -> torch.nn.Parameter:  # nn.Linear's default init
@@ -160,6 +197,7 @@ class _BatchedProbes(torch.nn.Module):
             return torch.nn.Parameter((torch.rand(shape, generator=generator) * 2 - 1) * bound)
 
         self.hidden = hidden
+        self.dtype = dtype  # of the first layer's matmul; parameters stay float32
         t = len(classes)
         self.w1 = uniform((n_layers, d, t * hidden), d)  # [L+1, d, T*H]
         self.b1 = uniform((n_layers, 1, t * hidden), d)  # [L+1, 1, T*H]
@@ -169,8 +207,9 @@ class _BatchedProbes(torch.nn.Module):
         self.b2 = torch.nn.ParameterList([uniform((n_layers, 1, c), hidden) for c in classes])  # [L+1,1,C]
 
     def forward(self, x: Tensor) -> list[Tensor]:
-        """x [L+1, b, d] -> per task logits [L+1, b, C_t]."""
-        h = torch.relu(torch.baddbmm(self.b1, x, self.w1))  # [L+1, b, T*H]
+        """x [L+1, b, d] (in self.dtype) -> per task logits [L+1, b, C_t] (float32)."""
+        w1, b1 = self.w1.to(self.dtype), self.b1.to(self.dtype)
+        h = torch.relu(torch.baddbmm(b1, x, w1)).float()  # [L+1, b, T*H]
         per_task = h.split(self.hidden, dim=-1)  # T x [L+1, b, H] (split: one cheap backward)
         return [
             torch.baddbmm(b2, h_t, w2)  # [L+1, b, C_t]
@@ -200,38 +239,11 @@ def _confusion_counts(
     return tp, fp, fn
 
 
-def train_probes(
-    train: ProbeSample,
-    held_out: ProbeSample,
-    n_classes: dict[str, int],
-    hidden: int = 128,
-    epochs: int = 30,
-    batch_size: int = 512,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    seed: int = 0,
-    control_task: bool = True,
-    device: str = "cpu",
-    progress: bool = False,
-    return_predictions: bool = False,
-) -> ProbeResult:
-    """Train one probe per task and layer l = 0..L on `train`, evaluate it on `held_out` (paper 4.1.1).
-
-    Cross-entropy over the labelled words (label -1 ignored), Adam with L2 weight decay, minibatches in a
-    seeded order; deterministic for a seed on one device and thread count. The loss is the sum over tasks
-    and layers of their mean losses: the parameters of different (task, layer) probes are disjoint, so
-    each trains exactly as it would alone, on the same minibatches.
-    Memory: one float32, standardised copy of the train features; held-out rows are converted by chunks.
-    """
+def _check_inputs(train: ProbeSample, held_out: ProbeSample, n_classes: dict[str, int], control_task: bool,
+                  device: str) -> list[str]:
     tasks = list(n_classes)
     if not tasks:
         raise MspgtError("no probe tasks", "give n_classes for at least one task, e.g. {'pos': 17}")
-    if min(hidden, epochs, batch_size) < 1 or lr <= 0 or weight_decay < 0:
-        raise MspgtError(
-            f"probe settings hidden={hidden} epochs={epochs} batch_size={batch_size} lr={lr} "
-            f"weight_decay={weight_decay}",
-            "use positive probes.hidden/epochs/batch_size/lr and a non-negative weight_decay",
-        )
     if any(c < 2 for c in n_classes.values()):
         raise MspgtError(f"n_classes={n_classes}: a task has fewer than 2 classes", "drop that task")
     if control_task and "pos" not in n_classes:
@@ -248,6 +260,106 @@ def train_probes(
         )
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise MspgtError(f"probe device {device!r} but CUDA is not available", "set the probe device to cpu")
+    return tasks
+
+
+def _head_losses(logits: list[Tensor], y: Tensor) -> Tensor:
+    """Per head and layer, the mean cross-entropy over the labelled words: T x [L+1, b, C], y [T, b] ->
+    [T, L+1] (0 where a head has no labelled word)."""
+    out = []
+    for t, logit in enumerate(logits):
+        n_layers, b, c = logit.shape
+        target = y[t].expand(n_layers, -1).reshape(-1)  # [(L+1) b]
+        ce = F.cross_entropy(logit.reshape(-1, c), target, ignore_index=-1, reduction="none")  # [(L+1) b]
+        n_valid = (y[t] >= 0).sum().clamp_min(1)
+        out.append(ce.view(n_layers, b).sum(1) / n_valid)  # [L+1]
+    return torch.stack(out)  # [T, L+1]
+
+
+def _features(sample: ProbeSample, rows: np.ndarray, mean: Tensor, std: Tensor, dev, dtype) -> Tensor:
+    """The standardised features of `rows` (sorted indices), layer-major [L+1, n, d] in `dtype`."""
+    n_layers, d = sample.features.shape[1:]
+    out = torch.empty(n_layers, rows.size, d, dtype=dtype, device=dev)  # [L+1, n, d]
+    for a in range(0, rows.size, _CHUNK):
+        part = rows[a : a + _CHUNK]
+        x = _finite(torch.from_numpy(sample.features[part]).to(device=dev, dtype=torch.float32))  # [b, L+1, d]
+        out[:, a : a + part.size] = ((x - mean) / std).transpose(0, 1).to(dtype)
+    return out
+
+
+def _fit(probes: _BatchedProbes, x: Tensor, y: Tensor, cfg: ProbeTraining, generator: torch.Generator,
+         progress: bool) -> None:
+    """Minibatch training of every probe at once: x [L+1, N, d], y [T, N] (train_probes)."""
+    n = x.shape[1]
+    optimiser = torch.optim.Adam(probes.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    steps = cfg.epochs * -(-n // cfg.batch_size)
+    scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
+                 if cfg.schedule == "cosine" else None)
+    epoch_iter = range(cfg.epochs)
+    if progress:
+        from tqdm import tqdm
+
+        epoch_iter = tqdm(epoch_iter, desc="probes", unit="epoch")
+    probes.train()
+    for _ in epoch_iter:
+        order = torch.randperm(n, generator=generator).to(x.device)  # [N]
+        for a in range(0, n, cfg.batch_size):
+            idx = order[a : a + cfg.batch_size]  # [b]
+            loss = _head_losses(probes(x[:, idx]), y[:, idx]).sum()  # sum over heads and layers of means
+            optimiser.zero_grad(set_to_none=True)
+            loss.backward()
+            optimiser.step()
+            if scheduler is not None:
+                scheduler.step()
+
+
+def _predict(probes: _BatchedProbes, held_out: ProbeSample, heads: list[str], tasks: list[str],
+             y_eval: dict[str, np.ndarray], mean: Tensor, std: Tensor, dev, dtype):
+    """Held-out argmax predictions [N_eval, L+1] per head, and per task -log p(gold) [N_eval, L+1]."""
+    n_eval, n_layers = held_out.features.shape[:2]
+    pred = {h: np.empty((n_eval, n_layers), dtype=np.int64) for h in heads}
+    heldout_ce = {t: np.full((n_eval, n_layers), np.nan, dtype=np.float32) for t in tasks}  # V-information
+    probes.eval()
+    with torch.no_grad():
+        for a in range(0, n_eval, _CHUNK):
+            rows = slice(a, min(a + _CHUNK, n_eval))
+            x = _features(held_out, np.arange(rows.start, rows.stop), mean, std, dev, dtype)  # [L+1, b, d]
+            for h, logit in zip(heads, probes(x), strict=True):
+                pred[h][rows] = logit.argmax(-1).T.cpu().numpy()  # [b, L+1]
+                if h in heldout_ce:
+                    heldout_ce[h][rows] = _gold_ce(logit, y_eval[h][rows])
+    return pred, heldout_ce
+
+
+def train_probes(
+    train: ProbeSample,
+    held_out: ProbeSample,
+    n_classes: dict[str, int],
+    hidden: int = 128,
+    epochs: int = 30,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    seed: int = 0,
+    control_task: bool = True,
+    device: str = "cpu",
+    progress: bool = False,
+    return_predictions: bool = False,
+    schedule: str = "constant",
+    precision: str = "float32",
+) -> ProbeResult:
+    """Train one probe per task and layer l = 0..L on `train`, evaluate it on `held_out` (paper 4.1.1).
+
+    Cross-entropy over the labelled words (label -1 ignored), Adam with L2 weight decay, minibatches in a
+    seeded order; deterministic for a seed on one device and thread count. The loss is the sum over tasks
+    and layers of their mean losses: the parameters of different (task, layer) probes are disjoint, so
+    each trains exactly as it would alone, on the same minibatches. ProbeTraining says what the schedule,
+    and precision settings do.
+    Memory: one standardised copy of the train features (float32, or bfloat16); held-out rows by chunks.
+    """
+    cfg = ProbeTraining(hidden, epochs, batch_size, lr, weight_decay, schedule, precision)
+    cfg.check()
+    tasks = _check_inputs(train, held_out, n_classes, control_task, device)
     start = time.perf_counter()
     dev = torch.device(device)
     heads = tasks + ([CONTROL] if control_task else [])
@@ -260,55 +372,24 @@ def train_probes(
     n, n_layers, d = train.features.shape
     mean, std = _standardiser(train.features)
     mean, std = mean.to(dev), std.to(dev)
-    x_train = torch.empty(n_layers, n, d, dtype=torch.float32, device=dev)  # [L+1, N, d] the one copy
-    for a in range(0, n, _CHUNK):
-        x_train[:, a : a + _CHUNK] = _standardised(train.features, slice(a, a + _CHUNK), mean, std, dev)
-    labels_train = torch.stack([torch.from_numpy(y_train[h]).long() for h in heads]).to(dev)  # [T, N]
-
+    labels = torch.stack([torch.from_numpy(y_train[h]).long() for h in heads]).to(dev)  # [T, N]
+    x_train = _features(train, np.arange(n), mean, std, dev, cfg.dtype)  # [L+1, N, d] the one copy
     generator = torch.Generator().manual_seed(seed)
-    probes = _BatchedProbes(n_layers, d, hidden, classes, generator).to(dev)
-    optimiser = torch.optim.Adam(probes.parameters(), lr=lr, weight_decay=weight_decay, fused=True)
-    epoch_iter = range(epochs)
-    if progress:
-        from tqdm import tqdm
-
-        epoch_iter = tqdm(epoch_iter, desc="probes", unit="epoch")
-    probes.train()
-    for _ in epoch_iter:
-        order = torch.randperm(n, generator=generator).to(dev)  # [N]
-        for a in range(0, n, batch_size):
-            idx = order[a : a + batch_size]  # [b]
-            logits = probes(x_train[:, idx])  # per task [L+1, b, C]
-            y = labels_train[:, idx]  # [T, b]
-            loss = x_train.new_zeros(())
-            for t, logit in enumerate(logits):
-                n_valid = int((y[t] >= 0).sum())
-                if n_valid == 0:
-                    continue
-                target = y[t].expand(n_layers, -1).reshape(-1)  # [(L+1) b]
-                ce = F.cross_entropy(
-                    logit.reshape(-1, logit.shape[-1]), target, ignore_index=-1, reduction="sum"
-                )
-                loss = loss + ce / n_valid  # = sum over layers of the per-layer mean loss
-            optimiser.zero_grad(set_to_none=True)
-            loss.backward()
-            optimiser.step()
+    probes = _BatchedProbes(n_layers, d, hidden, classes, generator, cfg.dtype).to(dev)
+    _fit(probes, x_train, labels, cfg, generator, progress)
     del x_train
+    pred, heldout_ce = _predict(probes, held_out, heads, tasks, y_eval, mean, std, dev, cfg.dtype)
+    return _evaluated(
+        tasks, n_classes, held_out, y_eval, pred, heldout_ce, control_task, time.perf_counter() - start,
+        settings={**asdict(cfg), "seed": seed, "control_task": control_task, "n_train": n,
+                  "n_eval": int(held_out.features.shape[0]), "f1_average": F1_AVERAGE},
+        predictions={h: pred[h] for h in heads} if return_predictions else None,
+    )
 
-    probes.eval()
-    n_eval = held_out.features.shape[0]
-    pred = {h: np.empty((n_eval, n_layers), dtype=np.int64) for h in heads}
-    heldout_ce = {t: np.full((n_eval, n_layers), np.nan, dtype=np.float32) for t in tasks}  # V-information
-    with torch.no_grad():
-        for a in range(0, n_eval, _CHUNK):
-            rows = slice(a, a + _CHUNK)
-            for h, logit in zip(
-                heads, probes(_standardised(held_out.features, rows, mean, std, dev)), strict=True
-            ):
-                pred[h][rows] = logit.argmax(-1).T.cpu().numpy()  # [b, L+1]
-                if h in heldout_ce:
-                    heldout_ce[h][rows] = _gold_ce(logit, y_eval[h][rows])
 
+def _evaluated(tasks, n_classes, held_out, y_eval, pred, heldout_ce, control_task, seconds, settings,
+               predictions) -> ProbeResult:
+    """Per-group confusion counts, accuracy and selectivity of the held-out predictions."""
     eval_groups, group_index = np.unique(held_out.group, return_inverse=True)
     tp, fp, fn, present, accuracy = {}, {}, {}, {}, {}
     for t in tasks:
@@ -322,31 +403,9 @@ def train_probes(
         control_accuracy = _accuracy(y_eval[CONTROL], pred[CONTROL])
         selectivity = accuracy["pos"] - control_accuracy
     return ProbeResult(
-        tasks=tasks,
-        n_classes=dict(n_classes),
-        eval_groups=eval_groups.astype(np.int64),
-        tp=tp,
-        fp=fp,
-        fn=fn,
-        present=present,
-        accuracy=accuracy,
-        selectivity=selectivity,
-        control_accuracy=control_accuracy,
-        seconds=time.perf_counter() - start,
-        settings={
-            "hidden": hidden,
-            "epochs": epochs,
-            "batch_size": batch_size,
-            "lr": lr,
-            "weight_decay": weight_decay,
-            "seed": seed,
-            "control_task": control_task,
-            "n_train": n,
-            "n_eval": n_eval,
-            "f1_average": F1_AVERAGE,
-        },  # fmt: skip
-        predictions={t: pred[t] for t in heads} if return_predictions else None,
-        heldout_ce=heldout_ce,
+        tasks=tasks, n_classes=dict(n_classes), eval_groups=eval_groups.astype(np.int64), tp=tp, fp=fp, fn=fn,
+        present=present, accuracy=accuracy, selectivity=selectivity, control_accuracy=control_accuracy,
+        seconds=seconds, settings=settings, predictions=predictions, heldout_ce=heldout_ce,
     )
 
 
