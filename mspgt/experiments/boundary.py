@@ -33,7 +33,7 @@ from mspgt.reports.information_report import information_figure, information_mar
 from mspgt.reports.store import data_identity, data_key, save_boundary, write_json_atomic
 from mspgt.signals.cka import CKA_ESTIMANDS, ESTIMATOR
 from mspgt.signals.layerwise import cka_key, js_key, layer_signals
-from mspgt.signals.probes import ProbeResult, probe_f1, train_probes
+from mspgt.signals.probes import ProbeResult, probe_f1, resolve_precision, train_probes
 
 log = logging.getLogger(__name__)
 
@@ -117,6 +117,7 @@ def obtain_probes(cfg: DictConfig, stats: Any, cache: StatisticsCache) -> tuple[
     settings = {k: p[k] for k in ("hidden", "epochs", "batch_size", "lr", "weight_decay", "schedule", "precision",
                                   "seed", "control_task")}
     settings["device"] = device.split(":")[0]
+    settings["precision"] = resolve_precision(str(p.precision), device)  # what ran (auto is hardware-dependent)
     writable = writable_folder(cache.dir) is None
     lock = cache.artifact_lock("probes", settings, cfg.extraction.lock_timeout_s) if writable else nullcontext()
     with lock:
@@ -127,7 +128,7 @@ def obtain_probes(cfg: DictConfig, stats: Any, cache: StatisticsCache) -> tuple[
         result = train_probes(
             stats.probe_train, stats.probe_eval, {k: len(v) for k, v in stats.label_names.items()},
             hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-            schedule=p.schedule, precision=p.precision, seed=p.seed, control_task=p.control_task, device=device, progress=cfg.extraction.progress,
+            schedule=p.schedule, precision=settings["precision"], seed=p.seed, control_task=p.control_task, device=device, progress=cfg.extraction.progress,
         )
         log.info("probes trained in %.1f s", result.seconds)
         if writable:

@@ -143,8 +143,22 @@ def _standardiser(features: np.ndarray) -> tuple[Tensor, Tensor]:
     return mean.float(), std.float()
 
 
-PRECISIONS = ("float32", "bfloat16")  # probes.precision: the dtype of the first layer's matmuls
+PRECISIONS = ("auto", "float32", "bfloat16")  # probes.precision: the dtype of the first layer's matmuls
 SCHEDULES = ("constant", "cosine")  # probes.schedule: the learning rate over the epochs
+
+
+def resolve_precision(precision: str, device: str) -> str:
+    """`auto` -> bfloat16 where the hardware multiplies it natively (a CUDA GPU with bf16; a CPU with
+    AVX512-BF16 or AMX tiles), else float32 (emulated bf16 would be slower than float32 there)."""
+    if precision != "auto":
+        return precision
+    if device.startswith("cuda"):
+        native = torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    else:
+        cpu = torch.cpu
+        native = any(bool(getattr(cpu, f, lambda: False)()) for f in ("_is_avx512_bf16_supported",
+                                                                       "_is_amx_tile_supported"))
+    return "bfloat16" if native else "float32"
 
 
 @dataclass(frozen=True)
@@ -174,7 +188,7 @@ class ProbeTraining:
                 f"lr={self.lr} weight_decay={self.weight_decay}",
                 "use positive probes.hidden/epochs/batch_size/lr and a non-negative weight_decay",
             )
-        if self.schedule not in SCHEDULES or self.precision not in PRECISIONS:
+        if self.schedule not in SCHEDULES or self.precision not in PRECISIONS[1:]:
             raise MspgtError(
                 f"probes.schedule={self.schedule!r} / probes.precision={self.precision!r}",
                 f"use a schedule in {list(SCHEDULES)} and a precision in {list(PRECISIONS)}",
@@ -357,7 +371,7 @@ def train_probes(
     and precision settings do.
     Memory: one standardised copy of the train features (float32, or bfloat16); held-out rows by chunks.
     """
-    cfg = ProbeTraining(hidden, epochs, batch_size, lr, weight_decay, schedule, precision)
+    cfg = ProbeTraining(hidden, epochs, batch_size, lr, weight_decay, schedule, resolve_precision(precision, device))
     cfg.check()
     tasks = _check_inputs(train, held_out, n_classes, control_task, device)
     start = time.perf_counter()
