@@ -45,6 +45,7 @@ class Rule:
     need: str = ""
     example: str = ""
     choices: tuple[str, ...] = ()
+    auto: bool = False  # the value `auto` is allowed too (sized at run time)
 
 
 def _ge(n: float) -> Callable[[Any], bool]:
@@ -74,7 +75,7 @@ def _rules() -> list[Rule]:
         Rule("data.labels", "choice", choices=("silver", "gold")),
         Rule("data.one_per_line", "bool"),
         Rule("model.device", "device"),
-        Rule("extraction.batch_size", "int", pos, ">= 1", "32"),
+        Rule("extraction.batch_size", "int", pos, ">= 1", "32", auto=True),  # auto: mspgt/model/sizing.py
         Rule("extraction.chunk_groups", "int", pos, ">= 1", "16"),
         Rule("extraction.cache", "bool"),
         Rule("extraction.progress", "bool"),
@@ -154,6 +155,8 @@ def check_rule(cfg: DictConfig, rule: Rule) -> None:
     if not present:
         return
     key, example = rule.key, rule.example
+    if rule.auto and v == "auto":
+        return
     if rule.kind == "choice":
         if v not in rule.choices:
             raise MspgtError(f"{key}={v!r} is not one of {list(rule.choices)}",

@@ -138,7 +138,8 @@ def obtain_probes(cfg: DictConfig, stats: Any, cache: StatisticsCache) -> tuple[
     return result, False
 
 
-def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def run_boundary(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> dict[str, Any]:
+    """Experiment 1 on `cfg`, written to `out_dir`; `sweep`: the sweep's name (the W&B group) or None."""
     validate_boundary_config(cfg)
     t_all = time.perf_counter()
     stats, cache, timings = obtain_statistics(cfg)
@@ -225,7 +226,7 @@ def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     write_json_atomic(out_dir / "results.json", result)  # last: a results.json means the job finished
     log.info("\n%s", boundary_markdown(result) + information_markdown(result))
     log.info("results: %s (stored for interventions at %s)", out_dir / "results.json", store_path)
-    log_boundary_to_wandb(cfg, out_dir, result, fig)
+    log_boundary_to_wandb(cfg, out_dir, result, fig, sweep)
     return flat_summary(result)
 
 

@@ -181,8 +181,9 @@ def verdict(scales: dict[str, dict], band: tuple[float, float], smallest: float)
     }
 
 
-def run_fisher(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run the A.5 test; write fisher.json, fisher.md, fisher.png and a W&B run; return summary metrics."""
+def run_fisher(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> dict[str, Any]:
+    """Run the A.5 test; write fisher.json, fisher.md, fisher.png and a W&B run (group `sweep`); return
+    summary metrics."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     e = cfg.experiment
@@ -252,7 +253,7 @@ def run_fisher(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     figure = fisher_figure(result, out_dir / "fisher.png")
     log.info("\n%s", fisher_markdown(result))
     summary = summary_metrics(result)
-    _track(cfg, out_dir, result, summary, figure)
+    _track(cfg, out_dir, result, summary, figure, sweep)
     return summary
 
 
@@ -266,11 +267,9 @@ def summary_metrics(result: dict) -> dict[str, Any]:
     return out
 
 
-def _track(cfg: DictConfig, out_dir: Path, result: dict, summary: dict, figure: Path) -> None:
-    from mspgt.experiments.intervention import _sweep_name
-
+def _track(cfg: DictConfig, out_dir: Path, result: dict, summary: dict, figure: Path, sweep: str | None) -> None:
     tracker = Tracker(cfg.tracking, out_dir, job_type="fisher", name=f"{result['model']['name']}-fisher",
-                      group=_sweep_name(), tags=[result["model"]["family"], "fisher"], config=result["settings"])
+                      group=sweep, tags=[result["model"]["family"], "fisher"], config=result["settings"])
     try:
         tracker.summary(summary)
         rows = [[name, r["first_last"][0], r["first_last"][1], p["sigma"], p["predicted_kl"], p["measured_kl"],

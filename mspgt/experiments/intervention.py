@@ -42,9 +42,6 @@ from mspgt.reports.tracking import Tracker
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
-
 def check_brittleness_metrics(names: Any) -> list[str]:
     names = list(names or [])
     unknown = [m for m in names if m not in METRICS]
@@ -77,20 +74,11 @@ def stored_boundary(cfg: DictConfig, out_dir: Path) -> dict:
                                                                cfg.data).exists():
         boundary_cfg = cfg.copy()
         with open_dict(boundary_cfg):
-            boundary_cfg.experiment = OmegaConf.load(CONF_DIR / "experiment" / "boundary.yaml")
+            boundary_cfg.experiment = OmegaConf.create({"name": "boundary"})  # all conf/experiment/boundary.yaml sets
         log.info("no stored boundary result: running the boundary experiment first (%s)", out_dir / "boundary")
         (out_dir / "boundary").mkdir(parents=True, exist_ok=True)
         run_boundary(boundary_cfg, out_dir / "boundary")
     return load_boundary(cfg.paths.store_dir, cfg.model.name, weights_id, cfg.data)  # a clear error if none
-
-
-def _sweep_name() -> str | None:
-    try:
-        from mspgt.run import sweep_name
-
-        return sweep_name()
-    except Exception:  # called outside a Hydra job (tests composing the config)
-        return None
 
 
 @dataclass
@@ -114,8 +102,9 @@ class Measured:
     timing: dict[str, float]
 
 
-def run_intervention(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run one scale intervention; write results JSON, Table 2 markdown, figure, samples, W&B run."""
+def run_intervention(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> dict[str, Any]:
+    """Run one scale intervention; write results JSON, Table 2 markdown, figure, samples, W&B run (its group:
+    `sweep`, the sweep's name from mspgt/run.py, or None)."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     # everything that can be checked without the model comes first
@@ -139,7 +128,7 @@ def run_intervention(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     files = write_intervention_report(result, samples, out_dir)
     log.info("\n%s", files["markdown"].read_text())
     summary = summary_metrics(result)
-    _track(cfg, out_dir, result, summary, files, measured.loaded)
+    _track(cfg, out_dir, result, summary, files, measured.loaded, sweep)
     return summary
 
 
@@ -326,7 +315,8 @@ def summary_metrics(result: dict) -> dict[str, Any]:
 
 
 def _track(
-    cfg: DictConfig, out_dir: Path, result: dict, summary: dict, files: dict, loaded: LoadedModel
+    cfg: DictConfig, out_dir: Path, result: dict, summary: dict, files: dict, loaded: LoadedModel,
+    sweep: str | None = None,
 ) -> None:
     scale = result["scale"]["name"]
     tracker = Tracker(
@@ -334,7 +324,7 @@ def _track(
         out_dir,
         job_type="intervention",
         name=f"{loaded.name}-{scale}-sigma{result['sigma_setting']:g}",
-        group=_sweep_name(),
+        group=sweep,
         tags=[loaded.family, "intervention", f"scale:{scale}"],
         config=result["settings"],
     )
