@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
 import socket
 import tempfile
@@ -93,18 +94,22 @@ def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
     publish(tmp, path)
 
 
-def _jsonable(x: Any) -> Any:
-    import numpy as np
-
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x)}")
+def json_safe(obj: Any) -> Any:
+    """The one NaN policy of every JSON mspgt writes: NaN and +-inf become None (strict JSON, null); numpy
+    scalars and arrays become Python numbers and lists, tuples lists, paths strings, dict keys strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays and scalars
+        return json_safe(obj.tolist())
+    return obj
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    write_bytes_atomic(path, json.dumps(obj, indent=2, default=_jsonable).encode())
+    """Write JSON atomically (temp file + rename), strict: NaN and inf as null (`json_safe`)."""
+    write_bytes_atomic(path, json.dumps(json_safe(obj), indent=2, allow_nan=False).encode())

@@ -31,6 +31,7 @@ from mspgt.model.loading import load_model, resolve_device
 from mspgt.reports.boundary_report import boundary_figure, boundary_markdown, log_boundary_to_wandb
 from mspgt.reports.information_report import information_figure, information_markdown, information_result
 from mspgt.reports.store import data_identity, data_key, save_boundary, write_json_atomic
+from mspgt.results import BoundaryResult
 from mspgt.signals.cka import CKA_ESTIMANDS, ESTIMATOR
 from mspgt.signals.layerwise import cka_key, js_key, layer_signals
 from mspgt.signals.probes import ProbeResult, probe_f1, resolve_precision, train_probes
@@ -179,26 +180,26 @@ def run_boundary(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> di
     if pick.li is not None and pick.ig is not None:
         scales = scales_from_boundaries(pick.li, pick.ig, L).as_dict()
     f_point = probe_f1(probes, np.ones(stats.n_groups), stats.n_groups, average) if probes is not None else None
-    result = {
-        "experiment": "boundary",
-        "model": {"name": cfg.model.name, "family": cfg.model.family, "n_blocks": L,
+    for ci in cis.values():
+        ci.relative = relative_position(ci.layer, L) if ci.layer else None
+    record = BoundaryResult(
+        model={"name": cfg.model.name, "family": cfg.model.family, "n_blocks": L,
                   "weights_id": stats.meta.get("weights_id")},
-        "data": {"name": cfg.data.name, "key": data_key(cfg.data), **data_identity(cfg.data), "n_sentences": stats.meta.get("n_sentences"),
+        data={"name": cfg.data.name, "key": data_key(cfg.data), **data_identity(cfg.data), "n_sentences": stats.meta.get("n_sentences"),
                  "n_groups": stats.n_groups, "group_size": cfg.bootstrap.group_size,
                  "grouping": cfg.bootstrap.grouping, "grouping_seed": cfg.bootstrap.grouping_seed},
-        "probe_sample": probe_sample_record(stats),
-        "boundaries": {name: {**ci.as_dict(), "relative": (relative_position(ci.layer, L) if ci.layer else None)}
-                       for name, ci in cis.items()},
-        "found_two_peaks": pick.li is not None,
-        "peaks": {"layers": pick.peaks, "prominences": pick.prominences},
-        "scales": scales,
-        "layers": list(range(1, L + 1)),
-        "signals": {k: v.tolist() for k, v in signals.items()},
-        "evidence": evidence.tolist(),
-        "probe_f1_by_state": None if f_point is None else f_point.tolist(),  # F(l) for h_0..h_L
-        "probe_selectivity_pos": None if probes is None else np.asarray(probes.selectivity).tolist(),
-        "probe_tasks": list(cfg.probes.tasks),
-        "notes": {
+        probe_sample=probe_sample_record(stats),
+        boundaries=dict(cis),
+        found_two_peaks=pick.li is not None,
+        peaks={"layers": pick.peaks, "prominences": pick.prominences},
+        scales=scales,
+        layers=list(range(1, L + 1)),
+        signals={k: v.tolist() for k, v in signals.items()},
+        evidence=evidence.tolist(),
+        probe_f1_by_state=None if f_point is None else f_point.tolist(),  # F(l) for h_0..h_L
+        probe_selectivity_pos=None if probes is None else np.asarray(probes.selectivity).tolist(),
+        probe_tasks=list(cfg.probes.tasks),
+        notes={
             "srl": SRL_NOTE,
             "cka_estimator": f"{ESTIMATOR}; variant={cka_key(cfg.fusion)}",
             "cka_estimand": CKA_ESTIMANDS[cfg.bootstrap.grouping],
@@ -212,22 +213,23 @@ def run_boundary(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> di
             "acceptance": f"CI width < {b.acceptance_width} layers and at most {b.max_missing_fraction:.0%} of "
                           "resamples without the peak (the second condition is our definition)",
         },
-        "information": information,  # curves with bootstrap bands, the eq. 28 test (None: not stored)
-        "activation_std_all_tokens": stats.activation_std().tolist(),  # h_0..h_L, position 0 included
-        "timings": timings,
-        "cache_dir": stats.meta.get("cache_dir"),
-        "config": OmegaConf.to_container(cfg, resolve=True),
-    }
+        information=information,  # curves with bootstrap bands, the eq. 28 test (None: not stored)
+        activation_std_all_tokens=stats.activation_std().tolist(),  # h_0..h_L, position 0 included
+        timings=timings,
+        cache_dir=stats.meta.get("cache_dir"),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+    result = record.to_json()  # what the reports read, in memory (NaN kept; the files get null)
     fig = boundary_figure(result, out_dir / "boundaries.png")
     if information is not None:
         information_figure(result, out_dir / "information.png")
     (out_dir / "summary.md").write_text(boundary_markdown(result) + information_markdown(result))
-    store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, result)
+    store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, record)
     write_json_atomic(out_dir / "results.json", result)  # last: a results.json means the job finished
     log.info("\n%s", boundary_markdown(result) + information_markdown(result))
     log.info("results: %s (stored for interventions at %s)", out_dir / "results.json", store_path)
     log_boundary_to_wandb(cfg, out_dir, result, fig, sweep)
-    return flat_summary(result)
+    return record.flat_summary()
 
 
 def probe_sample_record(stats: Any) -> dict[str, Any]:
@@ -240,17 +242,6 @@ def probe_sample_record(stats: Any) -> dict[str, Any]:
         per_group = np.bincount(sample.group) if sample.group.size else np.zeros(1, dtype=np.int64)  # [G]
         out[name] = {"words": int(sample.group.size), "groups": int(np.count_nonzero(per_group)),
                      "groups_on_side": side, "max_words_per_group": int(per_group.max())}
-    return out
-
-
-def flat_summary(result: dict) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": result["model"]["name"], "n_blocks": result["model"]["n_blocks"]}
-    for name, b in result["boundaries"].items():
-        k = name.replace("-", "").lower()
-        out.update({f"{k}_layer": b["layer"], f"{k}_relative": b["relative"], f"{k}_ci_low": b["ci_low"],
-                    f"{k}_ci_high": b["ci_high"], f"{k}_width": b["width"], f"{k}_accepted": b["accepted"],
-                    f"{k}_n_missing": b["n_missing"], f"{k}_n_undefined": b["n_undefined"],
-                    f"{k}_n_relabelled": b["n_relabelled"]})
     return out
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from mspgt.data.corpus import load_sentences
 from mspgt.errors import MspgtError
 from mspgt.experiments.intervention import stored_boundary
+from mspgt.files import json_safe
 from mspgt.interventions.activation_scale import measure_activation_std
 from mspgt.interventions.fisher import (
     PerSentence,
@@ -45,9 +46,9 @@ from mspgt.interventions.scale_layers import (
 from mspgt.layers import SCALES
 from mspgt.model.loading import LoadedModel, load_model
 from mspgt.reports.fisher_report import fisher_figure, fisher_markdown
-from mspgt.reports.intervention_report import json_safe
 from mspgt.reports.store import data_identity, data_key, write_json_atomic
 from mspgt.reports.tracking import Tracker
+from mspgt.results import BoundaryResult
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def check_fisher_settings(e: DictConfig) -> None:
             raise MspgtError(problem, fix)
 
 
-def resolve_scales(cfg: DictConfig, loaded: LoadedModel, boundary: dict | None) -> dict[str, tuple[list[int], str]]:
+def resolve_scales(cfg: DictConfig, loaded: LoadedModel, boundary: BoundaryResult | None) -> dict[str, tuple[list[int], str]]:
     """scale -> (blocks, source): explicit `experiment.scale_layers`, one `scale=`, or the stored boundaries."""
     explicit = cfg.experiment.get("scale_layers")
     if explicit:
@@ -243,7 +244,7 @@ def run_fisher(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> dict
         "sigmas": sigmas, "draws": int(e.draws),
         "scales": records,
         "verdict": verdict(records, band, min(sigmas)),
-        "boundary": None if boundary is None else {"boundaries": boundary.get("boundaries")},
+        "boundary": None if boundary is None else {"boundaries": boundary.to_json()["boundaries"]},
         "definitions": DEFINITIONS,
         "timing": timing, "device": str(loaded.device), "torch_threads": torch.get_num_threads(),
         "settings": OmegaConf.to_container(cfg, resolve=True),

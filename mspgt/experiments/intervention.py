@@ -39,6 +39,7 @@ from mspgt.model.loading import LoadedModel, load_model
 from mspgt.reports.intervention_report import write_intervention_report
 from mspgt.reports.store import boundary_path, data_identity, data_key, load_boundary
 from mspgt.reports.tracking import Tracker
+from mspgt.results import BoundaryResult
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ def choose_prompts(sentences: list[Sentence], n_prompts: int, prompt_words: int)
     return [" ".join(long_enough[i][:prompt_words]) for i in picks]
 
 
-def stored_boundary(cfg: DictConfig, out_dir: Path) -> dict:
+def stored_boundary(cfg: DictConfig, out_dir: Path) -> BoundaryResult:
     """The stored boundary result for this model and data; runs the boundary experiment first if allowed."""
     weights_id = model_identity(cfg.model, cfg.paths.cache_dir)  # the stored result must be for these weights
     if cfg.experiment.run_boundary_first and not boundary_path(cfg.paths.store_dir, cfg.model.name, weights_id,
@@ -88,7 +89,7 @@ class Measured:
     loaded: LoadedModel
     blocks: list[int]
     blocks_source: str
-    boundary: dict | None
+    boundary: BoundaryResult | None
     prompts: list[str]
     activation_std: list[float]  # s_0..s_L
     n_std_sentences: int
@@ -222,8 +223,8 @@ def result_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
     if m.boundary is not None:
         boundary = {
             "path": str(boundary_path(cfg.paths.store_dir, cfg.model.name, loaded.weights_id, cfg.data)),
-            "boundaries": m.boundary.get("boundaries"),
-            "scales": m.boundary.get("scales"),
+            "boundaries": m.boundary.to_json()["boundaries"],
+            "scales": m.boundary.scales,
         }
     return {
         "experiment": "intervention",
@@ -256,7 +257,7 @@ def result_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
             "kind": std_cfg.kind,
             "exclude_first_token": bool(std_cfg.exclude_first_token),
             "n_sentences": m.n_std_sentences,
-            "stored_boundary_values": None if m.boundary is None else m.boundary.get("activation_std_all_tokens"),
+            "stored_boundary_values": None if m.boundary is None else m.boundary.activation_std_all_tokens,
             "definition": "pooled: std of all entries of h_l over tokens and dimensions; per_dimension: "
             "sqrt(mean over dimensions of the per-dimension variance); padding excluded (our definition)",
         },

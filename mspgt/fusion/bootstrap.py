@@ -21,13 +21,13 @@ resample holds no held-out word of that task) is counted apart from the resample
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from mspgt.errors import MspgtError
 from mspgt.fusion.peaks import NONE_FOUND, UNDEFINED, BoundaryPick, ResamplePicks, detect_boundaries_batch
 from mspgt.layers import BOUNDARY_NAMES, relative_position
+from mspgt.results import BoundaryCI
 
 
 def resample_counts(n_groups: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -41,28 +41,6 @@ def resample_counts(n_groups: int, n_resamples: int, rng: np.random.Generator) -
 
 
 EvidenceFn = Callable[[np.ndarray], "np.ndarray | tuple[np.ndarray, Mapping[str, np.ndarray]]"]
-
-
-@dataclass
-class BoundaryCI:
-    """One boundary: point estimate, percentile CI over resamples, acceptance, selection frequencies."""
-
-    layer: int | None  # point estimate (1-based block), None: no such peak on the full data
-    relative: float | None  # layer / L
-    ci_low: int | None  # None: no resample found the boundary
-    ci_high: int | None
-    width: int | None  # ci_high - ci_low, in layers
-    accepted: bool
-    selection_frequency: dict[int, int] = field(default_factory=dict)  # layer -> resamples choosing it
-    n_missing: int = 0  # resamples with finite evidence but no such peak
-    n_resamples: int = 0
-    ci_level: float = 0.95
-    n_undefined: int = 0  # resamples whose evidence was NaN/inf (no peak could be looked for)
-    undefined_signals: dict[str, int] = field(default_factory=dict)  # signal -> resamples where it was NaN/inf
-    n_relabelled: int = 0  # resamples where matching to the point estimate changed this boundary's layer
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _boundary_ci(

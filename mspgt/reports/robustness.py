@@ -36,6 +36,7 @@ import numpy as np
 
 from mspgt.layers import BOUNDARY_NAMES
 from mspgt.reports.store import write_json_atomic
+from mspgt.results import BoundaryCI, BoundaryResult, FisherResult, InterventionResult
 
 # The paper's thresholds (section 5, the tiers of predictions).
 LI_CV_MAX = 0.2  # Tier 1: within-family CV of the L-I position below this
@@ -102,23 +103,22 @@ class ScaleIntervention:
     source: str
 
 
-def _boundary_row(r: dict[str, Any], path: Path) -> ModelBoundaries:
-    model, bounds = r.get("model", {}), r["boundaries"]
+def _boundary_row(r: BoundaryResult, path: Path) -> ModelBoundaries:
+    missing = BoundaryCI(layer=None, relative=None, ci_low=None, ci_high=None, width=None, accepted=False)
+    bounds = {n: r.boundaries.get(n, missing) for n in BOUNDARY_NAMES}
     return ModelBoundaries(
-        model=str(model.get("name")), family=str(model.get("family")), n_blocks=int(model.get("n_blocks", 0)),
-        data=str(r.get("data", {}).get("key")),
-        layer={n: bounds.get(n, {}).get("layer") for n in BOUNDARY_NAMES},
-        relative={n: bounds.get(n, {}).get("relative") for n in BOUNDARY_NAMES},
-        accepted={n: bool(bounds.get(n, {}).get("accepted")) for n in BOUNDARY_NAMES},
-        ci={n: (None if bounds.get(n, {}).get("ci_low") is None
-                else (bounds[n]["ci_low"], bounds[n]["ci_high"])) for n in BOUNDARY_NAMES},
+        model=r.name, family=r.family, n_blocks=r.n_blocks, data=str(r.data.get("key")),
+        layer={n: b.layer for n, b in bounds.items()},
+        relative={n: b.relative for n, b in bounds.items()},
+        accepted={n: bool(b.accepted) for n, b in bounds.items()},
+        ci={n: None if b.ci_low is None else (b.ci_low, b.ci_high) for n, b in bounds.items()},
         source=str(path),
         eq28=_eq28_summary(r),
     )
 
 
-def _eq28_summary(r: dict[str, Any]) -> dict[str, Any] | None:
-    tests = ((r.get("information") or {}).get("eq28") or {}).get("tests")
+def _eq28_summary(r: BoundaryResult) -> dict[str, Any] | None:
+    tests = ((r.information or {}).get("eq28") or {}).get("tests")
     if not tests:
         return None
     return {c: {"verdict": t["verdict"], **{n: {"kink": b["kink"], "ci": [b["ci_low"], b["ci_high"]],
@@ -126,20 +126,20 @@ def _eq28_summary(r: dict[str, Any]) -> dict[str, Any] | None:
             for c, t in tests.items()}
 
 
-def _intervention_row(r: dict[str, Any], path: Path) -> ScaleIntervention:
-    structure = r.get("metrics", {}).get(STRUCTURE_METRIC, {})
+def _intervention_row(r: InterventionResult, path: Path) -> ScaleIntervention:
+    structure = r.metrics.get(STRUCTURE_METRIC, {})
     return ScaleIntervention(
-        model=str(r["model"]["name"]), family=str(r["model"]["family"]), data=str(r.get("data", {}).get("key")),
-        scale=str(r["scale"]["name"]), sigma=float(r["sigma"]),
+        model=str(r.model["name"]), family=str(r.model["family"]), data=str(r.data.get("key")),
+        scale=str(r.scale["name"]), sigma=float(r.sigma or 0.0),
         structure_change_pct=structure.get("relative_change_pct"), structure_p=structure.get("p"),
-        brittleness=r.get("brittleness", {}).get("value"), source=str(path),
+        brittleness=r.brittleness.get("value"), source=str(path),
     )
 
 
-def _fisher_row(r: dict[str, Any], path: Path) -> FisherTest:
-    scales, v = r.get("scales", {}), r.get("verdict", {})
+def _fisher_row(r: FisherResult, path: Path) -> FisherTest:
+    scales, v = r.scales, r.verdict
     return FisherTest(
-        model=str(r["model"]["name"]), family=str(r["model"]["family"]), data=str(r.get("data", {}).get("key")),
+        model=str(r.model["name"]), family=str(r.model["family"]), data=str(r.data.get("key")),
         verdict=str(v.get("value")), band=tuple(v.get("band", (None, None))), sigma=v.get("sigma"),
         ratio={k: x.get("ratio_at_smallest_sigma") for k, x in scales.items()},
         slope_ratio={k: x.get("fit_kl", {}).get("slope_over_predicted") for k, x in scales.items()},
@@ -170,14 +170,14 @@ def collect_all(folders: Iterable[str | Path]) -> tuple[list[ModelBoundaries], l
         if not isinstance(r, dict):
             continue
         if r.get("experiment") == "boundary" and "boundaries" in r:
-            b = _boundary_row(r, path)
+            b = _boundary_row(BoundaryResult.from_json(r, str(path)), path)
             boundary[b.model, b.data] = b
         elif (r.get("experiment") == "intervention" and r.get("scale", {}).get("name") not in (None, "none")
               and r.get("sigma") is not None):
-            iv = _intervention_row(r, path)
+            iv = _intervention_row(InterventionResult.from_json(r, str(path)), path)
             interventions[iv.model, iv.data, iv.scale, iv.sigma] = iv
         elif r.get("experiment") == "fisher" and "scales" in r and "verdict" in r:
-            f = _fisher_row(r, path)
+            f = _fisher_row(FisherResult.from_json(r, str(path)), path)
             fisher[f.model, f.data] = f
     return (sorted(boundary.values(), key=lambda b: (b.family, b.model, b.data)), list(interventions.values()),
             sorted(fisher.values(), key=lambda f: (f.family, f.model, f.data)))
