@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from mspgt.errors import MspgtError, choose
+from mspgt.files import writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -230,22 +230,6 @@ def check_experiment(cfg: DictConfig) -> None:
 
 
 # -- file-system preflight ------------------------------------------------------------------------------
-def writable_folder(path: Path) -> str | None:
-    """None if `path` is (or can be made) a folder we can write into; else why not."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".mspgt-write-check-")
-        os.close(fd)
-        os.unlink(probe)
-    except FileExistsError:
-        return "a file is in the way (it is not a folder)"
-    except NotADirectoryError:
-        return "a file is in the way of one of its parent folders"
-    except OSError as err:
-        return err.strerror or str(err)
-    return None
-
-
 def check_folder(key: str, path: Path) -> None:
     why = writable_folder(path)
     if why is not None:

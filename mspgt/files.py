@@ -86,6 +86,22 @@ def build_lock(lock_path: Path, timeout_s: float, what: str) -> Iterator[None]:
         lock.release()
 
 
+def writable_folder(path: Path) -> str | None:
+    """None if `path` is (or can be made) a folder we can write into; else why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".mspgt-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        return "a file is in the way (it is not a folder)"
+    except NotADirectoryError:
+        return "a file is in the way of one of its parent folders"
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
 def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")

@@ -16,13 +16,13 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mspgt.config_validation import writable_folder
 from mspgt.data.alignment import encode_sentences
 from mspgt.data.corpus import load_sentences
 from mspgt.data.labels import SRL_NOTE, TASKS, label_sentences
 from mspgt.errors import MspgtError
 from mspgt.extraction.cache import StatisticsCache
 from mspgt.extraction.extract import build_statistics, cache_material, load_statistics, prepare_corpus
+from mspgt.files import writable_folder
 from mspgt.fusion.bootstrap import bootstrap_boundaries, check_bootstrap_settings
 from mspgt.fusion.fuse import fuse, validate_fusion
 from mspgt.fusion.peaks import MATCHING_RULE, detect_boundaries
@@ -33,8 +33,9 @@ from mspgt.reports.information_report import information_figure, information_mar
 from mspgt.reports.store import data_identity, data_key, save_boundary, write_json_atomic
 from mspgt.results import BoundaryResult
 from mspgt.signals.cka import CKA_ESTIMANDS, ESTIMATOR
-from mspgt.signals.layerwise import cka_key, js_key, layer_signals
+from mspgt.signals.layerwise import layer_signals
 from mspgt.signals.probes import ProbeResult, probe_f1, resolve_precision, train_probes
+from mspgt.statistics import variant_keys
 
 log = logging.getLogger(__name__)
 
@@ -154,13 +155,15 @@ def run_boundary(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> di
 
     weights, enabled = dict(cfg.fusion.weights), dict(cfg.fusion.signals)
     average = str(cfg.probes.f1_average)
-    signals = layer_signals(stats, probes, cfg.fusion, f1_average=average)
+    cka_v, js_v = variant_keys(cfg.fusion)
+    first_block = str(cfg.fusion.attention.first_block)
+    signals = layer_signals(stats, probes, enabled, cka_v, js_v, first_block, f1_average=average)
     evidence = fuse(signals, weights, enabled)
     replicated_first = bool(enabled.get("attention_drift")) and cfg.fusion.attention.first_block == "replicate"
     pick = detect_boundaries(evidence, cfg.fusion.prominence, replicated_first)
 
     def evidence_fn(counts: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        resampled = layer_signals(stats, probes, cfg.fusion, counts, average)
+        resampled = layer_signals(stats, probes, enabled, cka_v, js_v, first_block, counts, average)
         return fuse(resampled, weights, enabled), resampled
 
     t = time.perf_counter()
@@ -201,10 +204,10 @@ def run_boundary(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> di
         probe_tasks=list(cfg.probes.tasks),
         notes={
             "srl": SRL_NOTE,
-            "cka_estimator": f"{ESTIMATOR}; variant={cka_key(cfg.fusion)}",
+            "cka_estimator": f"{ESTIMATOR}; variant={cka_v}",
             "cka_estimand": CKA_ESTIMANDS[cfg.bootstrap.grouping],
             "peak_matching": MATCHING_RULE,
-            "attention_variant": js_key(cfg.fusion),
+            "attention_variant": js_v,
             "attention_first_block": cfg.fusion.attention.first_block + (
                 " (S_attn(1) = S_attn(2); a plateau this makes at blocks 1-2 is centred from block 2 on)"
                 if cfg.fusion.attention.first_block == "replicate" else ""),

@@ -23,14 +23,13 @@ from mspgt.data.labels import LabeledSentence, label_names
 from mspgt.errors import MspgtError
 from mspgt.extraction.cache import StatisticsCache
 from mspgt.extraction.hooks import residual_stream
-from mspgt.extraction.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatistics, ProbeSample
 from mspgt.model.identity import model_identity
 from mspgt.model.loading import LoadedModel
 from mspgt.model.sizing import auto_batch_size
 from mspgt.signals.attention_drift import attention_js_sums_variants
 from mspgt.signals.cka import group_hsic_variants
 from mspgt.signals.information import CURVES, group_information_tensor
-from mspgt.signals.layerwise import cka_key, js_key
+from mspgt.statistics import CKA_VARIANTS, JS_VARIANTS, CorpusStatistics, ProbeSample, variant_keys
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +143,8 @@ def stored_variants(cfg: DictConfig) -> tuple[list[str], list[str]]:
     if mode == "all":
         return list(CKA_VARIANTS), list(JS_VARIANTS)
     if mode == "selected":
-        return [cka_key(cfg.fusion)], [js_key(cfg.fusion)]
+        cka_v, js_v = variant_keys(cfg.fusion)
+        return [cka_v], [js_v]
     raise MspgtError(f"extraction.variants={mode!r}", "use extraction.variants=all or selected")
 
 
