@@ -264,8 +264,9 @@ def _load_tiny(cfg: DictConfig, cache_dir: Path, dtype: torch.dtype, attn: str):
     tok = _tiny_tokenizer(cfg, cache_dir)
     fields.update(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     config = AutoConfig.for_model(model_type, **fields)
-    torch.manual_seed(int(cfg.seed))
-    model = _from_config(AutoModelForCausalLM, config, attn, dtype)
+    with torch.random.fork_rng(devices=[]):  # the weights' own seed; the caller's global RNG state is kept
+        torch.manual_seed(int(cfg.seed))
+        model = _from_config(AutoModelForCausalLM, config, attn, dtype)
     return model, tok, f"tiny-{cfg.architecture}-seed{cfg.seed}"
 
 
