@@ -1,6 +1,6 @@
 """No hidden global state: loading a tiny model keeps the caller's torch RNG state (its weights still come
 from model.seed), and the LanguageTool install folder is set in the environment only while the library
-starts (mspgt/interventions/grammar.py), not for the rest of the process."""
+starts (mspgt/interventions/grammar.py), not for the rest of the process. And one h_0 / activation std."""
 
 from __future__ import annotations
 
@@ -37,3 +37,23 @@ def test_scoped_environ_restores_the_environment(monkeypatch):
     with scoped_environ("LTP_PATH", "/opt/lt"):
         pass
     assert os.environ["LTP_PATH"] == "/mine"
+
+
+def test_the_intervention_takes_h0_where_the_extraction_does(shared_cache):
+    """One definition of h_0 (the input of block 1, as the extraction hooks take it) and of the pooled std:
+    on Gemma 2 (sqrt(d) embedding scale) s_0 is the std of output_hidden_states[0]. (A guard for the shared
+    hooks: the old embedding-module hook gave the same number here, since this transformers version scales
+    inside the embedding module.)"""
+    from mspgt.interventions.activation_scale import measure_activation_std
+    from mspgt.statistics import entry_std
+
+    cfg = OmegaConf.load(CONF / "model" / "tiny.yaml")
+    cfg.architecture = "gemma2"
+    loaded = load_model(cfg, shared_cache, need_attentions=False, probe_tokens=24)
+    text = "the cat sat on the mat and looked at the dog"
+    s = measure_activation_std(loaded, [text], max_tokens=24, exclude_first_token=False)
+    enc = loaded.tokenizer([text], return_tensors="pt")
+    with torch.no_grad():
+        h0 = loaded.model(**enc, output_hidden_states=True).hidden_states[0].double()  # [1, T, d]
+    expected = float(entry_std(float(h0.mean()), float(h0.square().mean())))
+    assert abs(s[0] - expected) <= 1e-6 * expected
