@@ -9,19 +9,22 @@ import json
 import logging
 import math
 import os
+import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 
 from mspgt.errors import MspgtError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # How often a job waiting for a lock says so (seconds). MSPGT_LOCK_LOG_S overrides it (tests use 1 s).
 LOCK_LOG_INTERVAL_S = 60.0
@@ -100,6 +103,28 @@ def writable_folder(path: Path) -> str | None:
     except OSError as err:
         return err.strerror or str(err)
     return None
+
+
+def build_once(target: Path, load: Callable[[], T | None], build: Callable[[], T], timeout_s: float, what: str) -> T:
+    """The one build-once-under-a-lock pattern of the caches: `load()` the entry `target` if it is there; else
+    take its lock (`<target>.lock`, see `build_lock`), `load()` again (another job may have built it while we
+    waited) and only then `build()` it."""
+    if (found := load()) is not None:
+        return found
+    with build_lock(target.with_name(target.name + ".lock"), timeout_s, what):
+        if (found := load()) is not None:
+            return found
+        return build()
+
+
+def publish_folder(target: Path, fill: Callable[[Path], None], marker: str) -> None:
+    """Fill a temp folder beside `target` (`fill(tmp)`), mark it complete (`mspgt-complete` holding `marker`)
+    and rename it into place, replacing an unreadable old copy (the caller holds the entry's lock)."""
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    fill(tmp)
+    (tmp / "mspgt-complete").write_text(marker)
+    shutil.rmtree(target, ignore_errors=True)
+    publish(tmp, target, directory=True)
 
 
 def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
