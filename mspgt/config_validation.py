@@ -58,6 +58,8 @@ def _in_open(lo: float, hi: float) -> Callable[[Any], bool]:
 
 def _rules() -> list[Rule]:
     from mspgt.extraction.extract import GROUPINGS
+    from mspgt.fusion.bootstrap import BOOTSTRAP_RANGES
+    from mspgt.fusion.peaks import PROMINENCE_RANGE
     from mspgt.interventions.activation_scale import STD_KINDS
     from mspgt.interventions.grammar import BACKENDS
     from mspgt.signals.attention_drift import FIRST_BLOCK_CHOICES
@@ -99,16 +101,16 @@ def _rules() -> list[Rule]:
         *(Rule(f"fusion.weights.{k}", "number", nonneg, NONNEG, "1.0")
           for k in ("representation_change", "probe_jump", "attention_drift")),
         *(Rule(f"fusion.signals.{k}", "bool") for k in ("representation_change", "probe_jump", "attention_drift")),
-        Rule("fusion.prominence", "number", lambda v: 0 < v <= 1, "in (0, 1]", "0.3"),
+        Rule("fusion.prominence", "number", *PROMINENCE_RANGE, "0.3"),
         Rule("fusion.cka.exclude_first_position", "bool"),
         Rule("fusion.cka.standardise", "bool"),
         Rule("fusion.attention.drop_sink", "bool"),
         Rule("fusion.attention.first_block", "choice", choices=FIRST_BLOCK_CHOICES),
-        Rule("bootstrap.n_resamples", "int", pos, ">= 1", "1000"),
-        Rule("bootstrap.ci_level", "number", _in_open(0, 1), "in (0, 1)", "0.95"),
-        Rule("bootstrap.acceptance_width", "number", lambda v: v > 0, "> 0", "5"),
-        Rule("bootstrap.max_missing_fraction", "number", lambda v: 0 <= v <= 1, "in [0, 1]", "0.05"),
-        Rule("bootstrap.group_size", "int", pos, ">= 1", "16"),
+        Rule("bootstrap.n_resamples", "int", *BOOTSTRAP_RANGES["n_resamples"], "1000"),
+        Rule("bootstrap.ci_level", "number", *BOOTSTRAP_RANGES["ci_level"], "0.95"),
+        Rule("bootstrap.acceptance_width", "number", *BOOTSTRAP_RANGES["acceptance_width"], "5"),
+        Rule("bootstrap.max_missing_fraction", "number", *BOOTSTRAP_RANGES["max_missing_fraction"], "0.05"),
+        Rule("bootstrap.group_size", "int", *BOOTSTRAP_RANGES["group_size"], "16"),
         Rule("bootstrap.grouping", "choice", choices=GROUPINGS),
         Rule("bootstrap.grouping_seed", "int", example="0"),
         Rule("bootstrap.seed", "int", example="0"),

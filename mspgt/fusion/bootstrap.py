@@ -88,12 +88,24 @@ def _boundary_ci(
     )
 
 
+# The one range of each bootstrap setting: (test, in words); check_bootstrap_settings and the config validation's
+# rule table (mspgt/config_validation.py) both use it.
+BOOTSTRAP_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "n_resamples": (lambda v: v >= 1, ">= 1"),
+    "ci_level": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "acceptance_width": (lambda v: v > 0, "> 0"),
+    "max_missing_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "group_size": (lambda v: v >= 1, ">= 1"),
+}
+
+
 def check_bootstrap_settings(
     n_resamples: int, ci_level: float, acceptance_width: float, max_missing_fraction: float, group_size: int = 1
 ) -> None:
     """The one range check of the bootstrap settings (run before any data is touched, and again here)."""
-    if (n_resamples < 1 or not 0 < ci_level < 1 or acceptance_width <= 0 or not 0 <= max_missing_fraction <= 1
-            or group_size < 1):
+    values = {"n_resamples": n_resamples, "ci_level": ci_level, "acceptance_width": acceptance_width,
+              "max_missing_fraction": max_missing_fraction, "group_size": group_size}
+    if not all(BOOTSTRAP_RANGES[k][0](v) for k, v in values.items()):
         raise MspgtError(
             f"bootstrap settings out of range: n_resamples={n_resamples}, ci_level={ci_level}, "
             f"acceptance_width={acceptance_width}, max_missing_fraction={max_missing_fraction}, "
