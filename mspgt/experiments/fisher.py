@@ -48,7 +48,7 @@ from mspgt.model.loading import LoadedModel, load_model
 from mspgt.reports.fisher_report import fisher_figure, fisher_markdown
 from mspgt.reports.store import data_identity, data_key, write_json_atomic
 from mspgt.reports.tracking import Tracker
-from mspgt.results import BoundaryResult
+from mspgt.results import BoundaryResult, FisherResult
 
 log = logging.getLogger(__name__)
 
@@ -229,26 +229,25 @@ def run_fisher(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> dict
         cols = range(i * len(sigmas), (i + 1) * len(sigmas))
         records[name] = scale_record(blocks, source, fisher, s, sigmas, kl, dnll, cols, band)
     timing["total_s"] = time.perf_counter() - started
-    result = json_safe({
-        "experiment": "fisher",
-        "model": {"name": loaded.name, "family": loaded.family, "n_blocks": loaded.n_blocks,
-                  "weights_id": loaded.weights_id},
-        "data": {"key": data_key(cfg.data), **data_identity(cfg.data)},
-        "heldout": {"first_sentence": first, "n_sentences": len(texts), "kl_sentences": int(e.kl_sentences),
-                    "n_positions": int(fisher.n_positions.sum()), "kl_positions": int(kl.n_positions.sum())},
-        "fisher": {"per_token": fisher.per_token().tolist(), "se": fisher.per_token_se().tolist(),
-                   "states": "h_0..h_L (index = block; h_0 the embeddings)",
-                   "samples_per_position": int(e.samples_per_position)},
-        "activation_std": {"values": s, "kind": std_cfg.kind, "exclude_first_token": bool(std_cfg.exclude_first_token),
-                           "n_sentences": len(std_texts)},
-        "sigmas": sigmas, "draws": int(e.draws),
-        "scales": records,
-        "verdict": verdict(records, band, min(sigmas)),
-        "boundary": None if boundary is None else {"boundaries": boundary.to_json()["boundaries"]},
-        "definitions": DEFINITIONS,
-        "timing": timing, "device": str(loaded.device), "torch_threads": torch.get_num_threads(),
-        "settings": OmegaConf.to_container(cfg, resolve=True),
-    })
+    result = json_safe(FisherResult(
+        model={"name": loaded.name, "family": loaded.family, "n_blocks": loaded.n_blocks,
+               "weights_id": loaded.weights_id},
+        data={"key": data_key(cfg.data), **data_identity(cfg.data)},
+        heldout={"first_sentence": first, "n_sentences": len(texts), "kl_sentences": int(e.kl_sentences),
+                 "n_positions": int(fisher.n_positions.sum()), "kl_positions": int(kl.n_positions.sum())},
+        fisher={"per_token": fisher.per_token().tolist(), "se": fisher.per_token_se().tolist(),
+                "states": "h_0..h_L (index = block; h_0 the embeddings)",
+                "samples_per_position": int(e.samples_per_position)},
+        activation_std={"values": s, "kind": std_cfg.kind, "exclude_first_token": bool(std_cfg.exclude_first_token),
+                        "n_sentences": len(std_texts)},
+        sigmas=sigmas, draws=int(e.draws),
+        scales=records,
+        verdict=verdict(records, band, min(sigmas)),
+        boundary=None if boundary is None else {"boundaries": boundary.to_json()["boundaries"]},
+        definitions=DEFINITIONS,
+        timing=timing, device=str(loaded.device), torch_threads=torch.get_num_threads(),
+        settings=OmegaConf.to_container(cfg, resolve=True),
+    ).to_json())
     write_json_atomic(out_dir / "fisher.json", result)
     (out_dir / "fisher.md").write_text(fisher_markdown(result))
     figure = fisher_figure(result, out_dir / "fisher.png")

@@ -39,7 +39,7 @@ from mspgt.model.loading import LoadedModel, load_model
 from mspgt.reports.intervention_report import write_intervention_report
 from mspgt.reports.store import boundary_path, data_identity, data_key, load_boundary
 from mspgt.reports.tracking import Tracker
-from mspgt.results import BoundaryResult
+from mspgt.results import BoundaryResult, InterventionResult
 
 log = logging.getLogger(__name__)
 
@@ -208,94 +208,90 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
 
 
 def result_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
-    """The results JSON: every number, every setting, the layer ranges and where they came from."""
-    scale, sigma, gen, std_cfg = (
-        cfg.scale.name,
-        float(cfg.sigma),
-        cfg.generation,
-        cfg.experiment.activation_std,
+    """The results JSON (an InterventionResult): every number, every setting, the layer ranges and where they
+    came from."""
+    scale, sigma = cfg.scale.name, float(cfg.sigma)
+    loaded, britt_metrics = m.loaded, list(cfg.metrics.brittleness.metrics)
+    record = InterventionResult(
+        model={"name": loaded.name, "family": loaded.family, "n_blocks": loaded.n_blocks,
+               "weights_id": loaded.weights_id},
+        data={"key": data_key(cfg.data), **data_identity(cfg.data)},
+        scale=_scale_record(cfg, m),
+        sigma=sigma if scale != "none" else None,
+        sigma_setting=sigma,
+        noise=_noise_record(sigma, m, int(cfg.generation.noise_seed)),
+        activation_std=_activation_std_record(cfg.experiment.activation_std, m),
+        generation={
+            **OmegaConf.to_container(cfg.generation, resolve=True),
+            "n_rows": len(m.prompts) * int(cfg.generation.samples_per_prompt),
+            "new_tokens": {"clean": m.clean.new_tokens, "noised": m.treated.new_tokens},
+        },
+        pairing={
+            "unit": "prompt (each metric is one value per prompt over its samples)",
+            "replay_identical": (m.clean.continuations == m.treated.continuations) if scale == "none" else None,
+        },
+        metrics={name: {**c.as_dict(), "column": METRIC_INFO[name].column, "meaning": METRIC_INFO[name].meaning}
+                 for name, c in m.comparisons.items()},
+        alpha=float(cfg.experiment.alpha),
+        test="paired t-test over prompts (scipy.stats.ttest_rel); effect size Cohen's d_z; 95% CI of the "
+        "relative change from the t interval of the mean difference over |clean mean| (approximate)",
+        grammar=m.grammar,
+        sbert={"model": m.sbert_source, "compared": "prompt vs its continuation (generated text only)"},
+        brittleness={"value": m.brittleness, "metrics": britt_metrics,
+                     "definition": BRITTLENESS_DEFINITION.format(metrics=britt_metrics)},
+        timing=_timing_record(m.timing),
+        device=str(loaded.device),
+        torch_threads=torch.get_num_threads(),
+        settings=OmegaConf.to_container(cfg, resolve=True),
     )
-    loaded, blocks, s = m.loaded, m.blocks, m.activation_std
-    britt_metrics = list(cfg.metrics.brittleness.metrics)
-    t = m.timing
-    gen_s = t["generation_clean_s"] + t["generation_noised_s"]
+    return record.to_json()
+
+
+def _scale_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
+    """The noised blocks, where they came from and (from a stored result) the boundaries behind them."""
+    blocks = m.blocks
     boundary = None
     if m.boundary is not None:
         boundary = {
-            "path": str(boundary_path(cfg.paths.store_dir, cfg.model.name, loaded.weights_id, cfg.data)),
+            "path": str(boundary_path(cfg.paths.store_dir, cfg.model.name, m.loaded.weights_id, cfg.data)),
             "boundaries": m.boundary.to_json()["boundaries"],
             "scales": m.boundary.scales,
         }
+    return {"name": cfg.scale.name, "blocks": blocks, "first_last": [blocks[0], blocks[-1]] if blocks else None,
+            "source": m.blocks_source, "boundary": boundary}
+
+
+def _noise_record(sigma: float, m: Measured, seed: int) -> dict[str, Any]:
+    s, blocks = m.activation_std, m.blocks
     return {
-        "experiment": "intervention",
-        "model": {
-            "name": loaded.name,
-            "family": loaded.family,
-            "n_blocks": loaded.n_blocks,
-            "weights_id": loaded.weights_id,
-        },
-        "data": {"key": data_key(cfg.data), **data_identity(cfg.data)},
-        "scale": {
-            "name": scale,
-            "blocks": blocks,
-            "first_last": [blocks[0], blocks[-1]] if blocks else None,
-            "source": m.blocks_source,
-            "boundary": boundary,
-        },
-        "sigma": sigma if scale != "none" else None,
-        "sigma_setting": sigma,
-        "noise": {
-            "formula": "h_l <- h_l + e, e ~ N(0, (sigma * s_l)^2 I) at the output of every block l of the "
-            "scale, every position, every generation step",
-            "layer_std": {str(b): s[b] for b in blocks},
-            "requested_std": {str(b): sigma * s[b] for b in blocks},
-            "realised_std": {str(b): v for b, v in (m.noise.realised_std() if m.noise else {}).items()},
-            "seed": int(gen.noise_seed),
-        },
-        "activation_std": {
-            "values": s,  # s_0..s_L
-            "kind": std_cfg.kind,
-            "exclude_first_token": bool(std_cfg.exclude_first_token),
-            "n_sentences": m.n_std_sentences,
-            "stored_boundary_values": None if m.boundary is None else m.boundary.activation_std_all_tokens,
-            "definition": "pooled: std of all entries of h_l over tokens and dimensions; per_dimension: "
-            "sqrt(mean over dimensions of the per-dimension variance); padding excluded (our definition)",
-        },
-        "generation": {
-            **OmegaConf.to_container(gen, resolve=True),
-            "n_rows": len(m.prompts) * int(gen.samples_per_prompt),
-            "new_tokens": {"clean": m.clean.new_tokens, "noised": m.treated.new_tokens},
-        },
-        "pairing": {
-            "unit": "prompt (each metric is one value per prompt over its samples)",
-            "replay_identical": (m.clean.continuations == m.treated.continuations)
-            if scale == "none"
-            else None,
-        },
-        "metrics": {
-            name: {**c.as_dict(), "column": METRIC_INFO[name].column, "meaning": METRIC_INFO[name].meaning}
-            for name, c in m.comparisons.items()
-        },
-        "alpha": float(cfg.experiment.alpha),
-        "test": "paired t-test over prompts (scipy.stats.ttest_rel); effect size Cohen's d_z; 95% CI of the "
-        "relative change from the t interval of the mean difference over |clean mean| (approximate)",
-        "grammar": m.grammar,
-        "sbert": {"model": m.sbert_source, "compared": "prompt vs its continuation (generated text only)"},
-        "brittleness": {
-            "value": m.brittleness,
-            "metrics": britt_metrics,
-            "definition": BRITTLENESS_DEFINITION.format(metrics=britt_metrics),
-        },
-        "timing": {
-            **t,
-            "noised_over_clean": t["generation_noised_s"] / t["generation_clean_s"]
-            if t["generation_clean_s"] > 0
-            else None,
-            "metrics_share_of_generation_plus_metrics": t["metrics_s"] / (t["metrics_s"] + gen_s),
-        },
-        "device": str(loaded.device),
-        "torch_threads": torch.get_num_threads(),
-        "settings": OmegaConf.to_container(cfg, resolve=True),
+        "formula": "h_l <- h_l + e, e ~ N(0, (sigma * s_l)^2 I) at the output of every block l of the "
+        "scale, every position, every generation step",
+        "layer_std": {str(b): s[b] for b in blocks},
+        "requested_std": {str(b): sigma * s[b] for b in blocks},
+        "realised_std": {str(b): v for b, v in (m.noise.realised_std() if m.noise else {}).items()},
+        "seed": seed,
+    }
+
+
+def _activation_std_record(std_cfg: DictConfig, m: Measured) -> dict[str, Any]:
+    return {
+        "values": m.activation_std,  # s_0..s_L
+        "kind": std_cfg.kind,
+        "exclude_first_token": bool(std_cfg.exclude_first_token),
+        "n_sentences": m.n_std_sentences,
+        "stored_boundary_values": None if m.boundary is None else m.boundary.activation_std_all_tokens,
+        "definition": "pooled: std of all entries of h_l over tokens and dimensions; per_dimension: "
+        "sqrt(mean over dimensions of the per-dimension variance); padding excluded (our definition)",
+    }
+
+
+def _timing_record(t: dict[str, float]) -> dict[str, Any]:
+    gen_s = t["generation_clean_s"] + t["generation_noised_s"]
+    return {
+        **t,
+        "noised_over_clean": t["generation_noised_s"] / t["generation_clean_s"] if t["generation_clean_s"] > 0
+        else None,
+        "metrics_share_of_generation_plus_metrics": t["metrics_s"] / (t["metrics_s"] + gen_s),
     }
 
 
