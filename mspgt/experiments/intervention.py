@@ -135,12 +135,7 @@ def run_intervention(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -
 
 def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured:
     """Resolve the blocks, measure s_l, sample both conditions, score them, compare them pairwise."""
-    scale, sigma, gen, std_cfg = (
-        cfg.scale.name,
-        float(cfg.sigma),
-        cfg.generation,
-        cfg.experiment.activation_std,
-    )
+    scale, gen, std_cfg = cfg.scale.name, cfg.generation, cfg.experiment.activation_std
     needs_boundary = scale != "none" and cfg.scale.get("layers") is None
     boundary = stored_boundary(cfg, out_dir) if needs_boundary else None
     sentences = load_sentences(cfg.data)  # the corpus first: its errors come before the model loads
@@ -160,23 +155,7 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
         exclude_first_token=bool(std_cfg.exclude_first_token),
     )
     timing["activation_std_s"] = time.perf_counter() - t0
-
-    # generation: both conditions, same prompts, same batch layout, same sampling seeds
-    hooks_before = forward_hook_count(loaded.blocks)
-    log.info("sampling %d prompts x %d, clean", len(prompts), gen.samples_per_prompt)
-    bar = "sampling clean" if cfg.extraction.progress else None
-    clean = sample_continuations(loaded, prompts, gen, progress=bar)
-    noise = None
-    if scale == "none":
-        log.info("scale=none: sampling the clean condition again (replay check)")
-        treated = sample_continuations(loaded, prompts, gen, progress=bar and "sampling clean again")
-    else:
-        layer_std = {layer: activation_std[layer] for layer in blocks}  # s_l of block l's output h_l
-        noise = ScaleNoise(loaded.blocks, layer_std, sigma, seed=int(gen.noise_seed))
-        log.info("sampling with noise sigma=%g in %s blocks %s", sigma, scale, _span(blocks))
-        treated = sample_continuations(loaded, prompts, gen, noise=noise, progress=bar and "sampling noised")
-    if forward_hook_count(loaded.blocks) != hooks_before:
-        raise RuntimeError("a noise hook was left on the model")  # ScaleNoise removes them in __exit__
+    clean, treated, noise = sample_both(cfg, loaded, prompts, blocks, activation_std)
     timing["generation_clean_s"], timing["generation_noised_s"] = clean.seconds, treated.seconds
 
     t0 = time.perf_counter()
@@ -205,6 +184,29 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
         sbert_source=sbert.source,
         timing=timing,
     )
+
+
+def sample_both(cfg: DictConfig, loaded: LoadedModel, prompts: list[str], blocks: list[int],
+                activation_std: list[float]) -> tuple[Generated, Generated, ScaleNoise | None]:
+    """Generation in both conditions: the same prompts, batch layout and sampling seeds; noise in `blocks`
+    (scale=none: the clean condition again, a replay check). Returns (clean, treated, the noise or None)."""
+    scale, sigma, gen = cfg.scale.name, float(cfg.sigma), cfg.generation
+    hooks_before = forward_hook_count(loaded.blocks)
+    log.info("sampling %d prompts x %d, clean", len(prompts), gen.samples_per_prompt)
+    bar = "sampling clean" if cfg.extraction.progress else None
+    clean = sample_continuations(loaded, prompts, gen, progress=bar)
+    noise = None
+    if scale == "none":
+        log.info("scale=none: sampling the clean condition again (replay check)")
+        treated = sample_continuations(loaded, prompts, gen, progress=bar and "sampling clean again")
+    else:
+        layer_std = {layer: activation_std[layer] for layer in blocks}  # s_l of block l's output h_l
+        noise = ScaleNoise(loaded.blocks, layer_std, sigma, seed=int(gen.noise_seed))
+        log.info("sampling with noise sigma=%g in %s blocks %s", sigma, scale, _span(blocks))
+        treated = sample_continuations(loaded, prompts, gen, noise=noise, progress=bar and "sampling noised")
+    if forward_hook_count(loaded.blocks) != hooks_before:
+        raise RuntimeError("a noise hook was left on the model")  # ScaleNoise removes them in __exit__
+    return clean, treated, noise
 
 
 def result_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
