@@ -58,7 +58,7 @@ def _time_parts(device: torch.device, into: dict[str, float]):
     """Wrap the functions of PARTS wherever mspgt.extraction imported them, adding their wall time (device
     synchronised) into `into`; returns the undo."""
     import mspgt.extraction as package
-    from mspgt.extraction.extract import BackgroundWrites
+    from mspgt.extraction.writer import BackgroundWrites
 
     undo = []
 
