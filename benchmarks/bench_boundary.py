@@ -58,7 +58,7 @@ def _time_parts(device: torch.device, into: dict[str, float]):
     """Wrap the functions of PARTS wherever mspgt.extraction imported them, adding their wall time (device
     synchronised) into `into`; returns the undo."""
     import mspgt.extraction as package
-    from mspgt.extraction.extract import BackgroundWrites
+    from mspgt.extraction.writer import BackgroundWrites
 
     undo = []
 
@@ -97,7 +97,8 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
     from mspgt.data.corpus import load_sentences
     from mspgt.data.labels import label_sentences
     from mspgt.extraction.cache import StatisticsCache
-    from mspgt.extraction.extract import _batches, build_statistics, cache_material, prepare_corpus
+    from mspgt.extraction.corpus import prepare_corpus
+    from mspgt.extraction.extract import _batches, build_statistics, cache_material
     from mspgt.model.loading import load_model
     from mspgt.reports.store import data_identity
 

@@ -34,6 +34,7 @@ def main() -> None:
     from mspgt.data.corpus import load_sentences
     from mspgt.data.labels import label_sentences
     from mspgt.extraction.cache import StatisticsCache
+    from mspgt.extraction.corpus import prepare_corpus
     from mspgt.model.loading import load_model
     from mspgt.reports.store import data_identity
 
@@ -46,7 +47,7 @@ def main() -> None:
     loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=True)
     labeled = label_sentences(sentences, cfg.data.labels, tasks=list(cfg.probes.tasks))
     encoded = encode_sentences(loaded.tokenizer, labeled, cfg.data.max_tokens)
-    corpus = extract.prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes)
+    corpus = prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes)
 
     inside = [0.0]
     original = extract.group_information_tensor

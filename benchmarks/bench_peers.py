@@ -43,7 +43,7 @@ def _setup(n_sentences: int, cache_dir: str, overrides: list[str]):
     from mspgt.data.alignment import encode_sentences
     from mspgt.data.corpus import load_sentences
     from mspgt.data.labels import label_sentences
-    from mspgt.extraction.extract import prepare_corpus
+    from mspgt.extraction.corpus import prepare_corpus
     from mspgt.model.loading import load_model
 
     with initialize_config_dir(str(REPO / "conf"), version_base=None):
@@ -144,7 +144,7 @@ def one(method: str, n_sentences: int, work: Path, overrides: list[str]) -> dict
     if method == "mspgt":
         cache = StatisticsCache(work / f"stats-{n_sentences}", cache_material(cfg, data_identity(cfg.data)))
         build_statistics(loaded, corpus, cache, cfg)
-        from mspgt.extraction.extract import load_statistics
+        from mspgt.extraction.assemble import load_statistics
 
         stats = load_statistics(cache)
         arrays = {**{f"hsic_{v}": stats.hsic[v] for v in cka_keys}, **{f"js_sum_{v}": stats.js_sum[v] for v in js_keys}}

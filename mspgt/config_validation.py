@@ -15,7 +15,6 @@ import logging
 import math
 import os
 import re
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
 from mspgt.errors import MspgtError, choose
+from mspgt.files import writable_folder
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +45,7 @@ class Rule:
     need: str = ""
     example: str = ""
     choices: tuple[str, ...] = ()
+    auto: bool = False  # the value `auto` is allowed too (sized at run time)
 
 
 def _ge(n: float) -> Callable[[Any], bool]:
@@ -56,7 +57,9 @@ def _in_open(lo: float, hi: float) -> Callable[[Any], bool]:
 
 
 def _rules() -> list[Rule]:
-    from mspgt.extraction.extract import GROUPINGS
+    from mspgt.extraction.corpus import GROUPINGS
+    from mspgt.fusion.bootstrap import BOOTSTRAP_RANGES
+    from mspgt.fusion.peaks import PROMINENCE_RANGE
     from mspgt.interventions.activation_scale import STD_KINDS
     from mspgt.interventions.grammar import BACKENDS
     from mspgt.signals.attention_drift import FIRST_BLOCK_CHOICES
@@ -74,7 +77,7 @@ def _rules() -> list[Rule]:
         Rule("data.labels", "choice", choices=("silver", "gold")),
         Rule("data.one_per_line", "bool"),
         Rule("model.device", "device"),
-        Rule("extraction.batch_size", "int", pos, ">= 1", "32"),
+        Rule("extraction.batch_size", "int", pos, ">= 1", "32", auto=True),  # auto: mspgt/model/sizing.py
         Rule("extraction.chunk_groups", "int", pos, ">= 1", "16"),
         Rule("extraction.cache", "bool"),
         Rule("extraction.progress", "bool"),
@@ -98,16 +101,16 @@ def _rules() -> list[Rule]:
         *(Rule(f"fusion.weights.{k}", "number", nonneg, NONNEG, "1.0")
           for k in ("representation_change", "probe_jump", "attention_drift")),
         *(Rule(f"fusion.signals.{k}", "bool") for k in ("representation_change", "probe_jump", "attention_drift")),
-        Rule("fusion.prominence", "number", lambda v: 0 < v <= 1, "in (0, 1]", "0.3"),
+        Rule("fusion.prominence", "number", *PROMINENCE_RANGE, "0.3"),
         Rule("fusion.cka.exclude_first_position", "bool"),
         Rule("fusion.cka.standardise", "bool"),
         Rule("fusion.attention.drop_sink", "bool"),
         Rule("fusion.attention.first_block", "choice", choices=FIRST_BLOCK_CHOICES),
-        Rule("bootstrap.n_resamples", "int", pos, ">= 1", "1000"),
-        Rule("bootstrap.ci_level", "number", _in_open(0, 1), "in (0, 1)", "0.95"),
-        Rule("bootstrap.acceptance_width", "number", lambda v: v > 0, "> 0", "5"),
-        Rule("bootstrap.max_missing_fraction", "number", lambda v: 0 <= v <= 1, "in [0, 1]", "0.05"),
-        Rule("bootstrap.group_size", "int", pos, ">= 1", "16"),
+        Rule("bootstrap.n_resamples", "int", *BOOTSTRAP_RANGES["n_resamples"], "1000"),
+        Rule("bootstrap.ci_level", "number", *BOOTSTRAP_RANGES["ci_level"], "0.95"),
+        Rule("bootstrap.acceptance_width", "number", *BOOTSTRAP_RANGES["acceptance_width"], "5"),
+        Rule("bootstrap.max_missing_fraction", "number", *BOOTSTRAP_RANGES["max_missing_fraction"], "0.05"),
+        Rule("bootstrap.group_size", "int", *BOOTSTRAP_RANGES["group_size"], "16"),
         Rule("bootstrap.grouping", "choice", choices=GROUPINGS),
         Rule("bootstrap.grouping_seed", "int", example="0"),
         Rule("bootstrap.seed", "int", example="0"),
@@ -154,6 +157,8 @@ def check_rule(cfg: DictConfig, rule: Rule) -> None:
     if not present:
         return
     key, example = rule.key, rule.example
+    if rule.auto and v == "auto":
+        return
     if rule.kind == "choice":
         if v not in rule.choices:
             raise MspgtError(f"{key}={v!r} is not one of {list(rule.choices)}",
@@ -227,22 +232,6 @@ def check_experiment(cfg: DictConfig) -> None:
 
 
 # -- file-system preflight ------------------------------------------------------------------------------
-def writable_folder(path: Path) -> str | None:
-    """None if `path` is (or can be made) a folder we can write into; else why not."""
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        fd, probe = tempfile.mkstemp(dir=path, prefix=".mspgt-write-check-")
-        os.close(fd)
-        os.unlink(probe)
-    except FileExistsError:
-        return "a file is in the way (it is not a folder)"
-    except NotADirectoryError:
-        return "a file is in the way of one of its parent folders"
-    except OSError as err:
-        return err.strerror or str(err)
-    return None
-
-
 def check_folder(key: str, path: Path) -> None:
     why = writable_folder(path)
     if why is not None:

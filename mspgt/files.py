@@ -7,20 +7,24 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 import os
+import shutil
 import socket
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from filelock import FileLock, Timeout
 
 from mspgt.errors import MspgtError
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # How often a job waiting for a lock says so (seconds). MSPGT_LOCK_LOG_S overrides it (tests use 1 s).
 LOCK_LOG_INTERVAL_S = 60.0
@@ -85,6 +89,44 @@ def build_lock(lock_path: Path, timeout_s: float, what: str) -> Iterator[None]:
         lock.release()
 
 
+def writable_folder(path: Path) -> str | None:
+    """None if `path` is (or can be made) a folder we can write into; else why not."""
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".mspgt-write-check-")
+        os.close(fd)
+        os.unlink(probe)
+    except FileExistsError:
+        return "a file is in the way (it is not a folder)"
+    except NotADirectoryError:
+        return "a file is in the way of one of its parent folders"
+    except OSError as err:
+        return err.strerror or str(err)
+    return None
+
+
+def build_once(target: Path, load: Callable[[], T | None], build: Callable[[], T], timeout_s: float, what: str) -> T:
+    """The one build-once-under-a-lock pattern of the caches: `load()` the entry `target` if it is there; else
+    take its lock (`<target>.lock`, see `build_lock`), `load()` again (another job may have built it while we
+    waited) and only then `build()` it."""
+    if (found := load()) is not None:
+        return found
+    with build_lock(target.with_name(target.name + ".lock"), timeout_s, what):
+        if (found := load()) is not None:
+            return found
+        return build()
+
+
+def publish_folder(target: Path, fill: Callable[[Path], None], marker: str) -> None:
+    """Fill a temp folder beside `target` (`fill(tmp)`), mark it complete (`mspgt-complete` holding `marker`)
+    and rename it into place, replacing an unreadable old copy (the caller holds the entry's lock)."""
+    tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
+    fill(tmp)
+    (tmp / "mspgt-complete").write_text(marker)
+    shutil.rmtree(target, ignore_errors=True)
+    publish(tmp, target, directory=True)
+
+
 def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
@@ -93,18 +135,22 @@ def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
     publish(tmp, path)
 
 
-def _jsonable(x: Any) -> Any:
-    import numpy as np
-
-    if isinstance(x, np.generic):
-        return x.item()
-    if isinstance(x, np.ndarray):
-        return x.tolist()
-    if isinstance(x, Path):
-        return str(x)
-    raise TypeError(f"not JSON serialisable: {type(x)}")
+def json_safe(obj: Any) -> Any:
+    """The one NaN policy of every JSON mspgt writes: NaN and +-inf become None (strict JSON, null); numpy
+    scalars and arrays become Python numbers and lists, tuples lists, paths strings, dict keys strings."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    if hasattr(obj, "tolist") and callable(obj.tolist):  # numpy arrays and scalars
+        return json_safe(obj.tolist())
+    return obj
 
 
 def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON atomically (temp file + rename)."""
-    write_bytes_atomic(path, json.dumps(obj, indent=2, default=_jsonable).encode())
+    """Write JSON atomically (temp file + rename), strict: NaN and inf as null (`json_safe`)."""
+    write_bytes_atomic(path, json.dumps(json_safe(obj), indent=2, allow_nan=False).encode())

@@ -56,14 +56,14 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         if cfg.experiment.name == "boundary":
             from mspgt.experiments.boundary import run_boundary
 
-            return run_boundary(cfg, out)
+            return run_boundary(cfg, out, sweep=sweep_name())
         if cfg.experiment.name == "fisher":
             from mspgt.experiments.fisher import run_fisher
 
-            return run_fisher(cfg, out)
+            return run_fisher(cfg, out, sweep=sweep_name())
         from mspgt.experiments.intervention import run_intervention
 
-        return run_intervention(cfg, out)
+        return run_intervention(cfg, out, sweep=sweep_name())
     except OSError as err:
         if err.errno not in DISK_ERRORS:
             (out / "error.txt").write_text(traceback.format_exc())

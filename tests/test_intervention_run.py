@@ -16,6 +16,7 @@ import mspgt.experiments.intervention as intervention
 from mspgt.errors import MspgtError
 from mspgt.model.loading import load_model
 from mspgt.reports.store import boundary_path, data_key, save_boundary
+from mspgt.results import BoundaryResult
 from tests.conftest import TINY as BOUNDARY_TINY
 from tests.conftest import run_mspgt
 
@@ -76,13 +77,14 @@ def store_boundary(
             "intermediate": list(range(l_i, i_g)),
             "global": list(range(i_g, loaded.n_blocks + 1)),
         }
-    result = {
+    result = BoundaryResult.from_json({
+        "experiment": "boundary",
         "model": model,
         "data": {"key": data_key(cfg.data)},
         "boundaries": {"L-I": {"layer": l_i, "accepted": True}, "I-G": {"layer": i_g, "accepted": True}},
         "scales": scales,
         "activation_std_all_tokens": [1.0] * (loaded.n_blocks + 1),
-    }
+    })
     save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, result)
 
 

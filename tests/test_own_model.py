@@ -51,7 +51,9 @@ def make_checkpoint(folder: Path, architecture: str, seed: int, cache: Path, tok
 
 def local_cfg(path: Path, **changes):
     """The llama2 preset pointed at a local folder (what users did before model=local existed), on the CPU."""
-    cfg = OmegaConf.load(CONF / "model" / "llama2.yaml")
+    preset = OmegaConf.load(CONF / "model" / "llama2.yaml")  # the preset over its shared base (its defaults)
+    preset.pop("defaults")
+    cfg = OmegaConf.merge(OmegaConf.load(CONF / "model" / "base" / "hub_7b.yaml"), preset)
     cfg.update(local_path=str(path), device="cpu", dtype="float32", **changes)
     return cfg
 

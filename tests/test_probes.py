@@ -9,8 +9,8 @@ import torch
 from sklearn.metrics import f1_score
 
 from mspgt.errors import MspgtError
-from mspgt.extraction.statistics import ProbeSample
 from mspgt.signals.probes import ProbeResult, _confusion_counts, probe_f1, probe_jump, task_f1, train_probes
+from mspgt.statistics import ProbeSample
 
 N_LAYERS = 6  # L + 1 states h_0..h_5
 DECODABLE_FROM = 3  # the labels are readable from h_3 on: block 3 makes the jump

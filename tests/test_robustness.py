@@ -38,14 +38,15 @@ def boundary_result(folder: Path, model: str, family: str, n_blocks: int, li: in
 
 
 def intervention_result(folder: Path, model: str, family: str, scale: str, sigma: float, structure_pct: float,
-                        brittleness: float, data: str = "bbc-1234", p: float = 0.01) -> Path:
+                        brittleness: float, data: str = "bbc-1234", p: float = 0.01,
+                        alpha: float | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "intervention.json"
     path.write_text(json.dumps({
         "experiment": "intervention", "model": {"name": model, "family": family}, "data": {"key": data},
         "scale": {"name": scale}, "sigma": sigma,
         "metrics": {"length_variance": {"relative_change_pct": structure_pct, "p": p}},
-        "brittleness": {"value": brittleness},
+        "brittleness": {"value": brittleness}, **({} if alpha is None else {"alpha": alpha}),
     }))
     return path
 
@@ -147,6 +148,16 @@ def test_structure_changes_that_are_not_significant_decide_nothing(tmp_path):
     assert evidence["holds"] is None and "inconclusive" in evidence["note"]
     intervention_result(tmp_path / "global", "m1", "llama", "global", 0.1, 17.0, 5.0, p=0.01)
     assert by_id(robustness([tmp_path]))["intermediate_structure"]["verdict"] == REFUTED
+
+
+def test_tier_2_uses_the_runs_own_significance_level(tmp_path):
+    """experiment.alpha=0.001 recorded by the runs: p = 0.01 is not significant there (the old code used a
+    fixed 0.05); an explicit alpha overrides the recorded one."""
+    for scale, pct in (("local", -4.0), ("intermediate", 2.0), ("global", 17.0)):
+        intervention_result(tmp_path / scale, "m1", "llama", scale, 0.1, pct, 5.0, p=0.01, alpha=0.001)
+    v = by_id(robustness([tmp_path]))["intermediate_structure"]
+    assert v["verdict"] == UNTESTABLE and "p < 0.001" in next(iter(v["evidence"].values()))["note"]
+    assert by_id(robustness([tmp_path], alpha=0.05))["intermediate_structure"]["verdict"] == REFUTED
 
 
 def fisher_result(folder: Path, model: str, family: str, verdict: str, ratios: dict[str, float],

@@ -46,7 +46,7 @@ class OutputFolderCheck(Callback):
     """The run folder (hydra.run.dir) or sweep folder (hydra.sweep.dir) can be written, before Hydra makes it."""
 
     def _check(self, config: DictConfig, key: str) -> None:
-        from mspgt.config_validation import writable_folder
+        from mspgt.files import writable_folder
 
         _ensure_hydra_config(config)
         try:

@@ -24,6 +24,7 @@ from mspgt.errors import MspgtError
 from mspgt.reports.robustness import write_robustness
 from mspgt.reports.store import write_json_atomic
 from mspgt.reports.tracking import Tracker
+from mspgt.results import BoundaryResult
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +89,20 @@ def job_row(folder: Path) -> dict[str, Any]:
         r = json.loads(results.read_text())
     except json.JSONDecodeError as err:
         return {**job, "status": "unreadable", "error": f"results.json: {err}", "boundaries": {}}
+    if r.get("experiment") != "boundary":
+        return {**job, "status": "done", "experiment": r.get("experiment"), "model": r.get("model", {}).get("name"),
+                "family": r.get("model", {}).get("family"), "n_blocks": r.get("model", {}).get("n_blocks"),
+                "data": r.get("data", {}).get("key"), "boundaries": {}}
+    result = BoundaryResult.from_json(r, str(results))
     return {
         **job,
         "status": "done",
-        "experiment": r.get("experiment"),
-        "model": r.get("model", {}).get("name"),
-        "family": r.get("model", {}).get("family"),
-        "n_blocks": r.get("model", {}).get("n_blocks"),
-        "data": r.get("data", {}).get("key"),
-        "boundaries": {name: {k: b.get(k) for k in BOUNDARY_FIELDS}
-                       for name, b in (r.get("boundaries") or {}).items()},
+        "experiment": result.experiment,
+        "model": result.model.get("name"),
+        "family": result.model.get("family"),
+        "n_blocks": result.model.get("n_blocks"),
+        "data": result.data.get("key"),
+        "boundaries": {name: {k: getattr(b, k) for k in BOUNDARY_FIELDS} for name, b in result.boundaries.items()},
     }
 
 

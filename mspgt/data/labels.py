@@ -14,7 +14,6 @@ B-/I- prefix. Semantic roles come from `srl_from_dependencies`, an approximation
 
 from __future__ import annotations
 
-from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -256,47 +255,6 @@ def label_sentences(
         return [_gold(k, s, None, tasks) for k, s in enumerate(sentences)]
     docs = _spacy_docs(sentences, batch_size)  # the full pipeline: the same entities as silver labels
     return [_gold(k, s, doc, tasks) for k, (s, doc) in enumerate(zip(sentences, docs, strict=True))]
-
-
-def upos_agreement(
-    labeled_silver: Sequence[LabeledSentence], labeled_gold: Sequence[LabeledSentence]
-) -> dict:
-    """Agreement of silver with gold UPOS over the same words: accuracy and per-tag counts.
-
-    per_tag[tag] = {"gold": words with that gold tag, "silver": words given that tag by spaCy,
-    "agree": words where both say that tag}.
-    """
-    if len(labeled_silver) != len(labeled_gold):
-        raise MspgtError(
-            f"{len(labeled_silver)} silver vs {len(labeled_gold)} gold sentences",
-            "label the same sentences both ways (silver on the gold words)",
-        )
-    gold_n: Counter[str] = Counter()
-    silver_n: Counter[str] = Counter()
-    agree_n: Counter[str] = Counter()
-    confusions: Counter[tuple[str, str]] = Counter()
-    for k, (s, g) in enumerate(zip(labeled_silver, labeled_gold, strict=True)):
-        if s.words != g.words or "pos" not in s.labels or "pos" not in g.labels:
-            raise MspgtError(
-                f"sentence {k}: silver and gold differ in words or lack POS labels",
-                "label the gold sentences with source='silver' so both have the gold words and a pos task",
-            )
-        for sp, gp in zip(s.labels["pos"], g.labels["pos"], strict=True):
-            gold_n[gp] += 1
-            silver_n[sp] += 1
-            if sp == gp:
-                agree_n[gp] += 1
-            else:
-                confusions[(gp, sp)] += 1
-    n_words = sum(gold_n.values())
-    tags = sorted(set(gold_n) | set(silver_n))
-    return {
-        "accuracy": sum(agree_n.values()) / n_words if n_words else float("nan"),
-        "n_words": n_words,
-        "n_sentences": len(labeled_gold),
-        "per_tag": {t: {"gold": gold_n[t], "silver": silver_n[t], "agree": agree_n[t]} for t in tags},
-        "top_confusions": [(f"{gp}->{sp}", c) for (gp, sp), c in confusions.most_common(10)],
-    }
 
 
 def label_names(labeled: Sequence[LabeledSentence], tasks: Sequence[str] = TASKS) -> dict[str, list[str]]:

@@ -10,19 +10,22 @@ import logging
 import math
 import time
 from contextlib import nullcontext
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
-from mspgt.config_validation import writable_folder
 from mspgt.data.alignment import encode_sentences
 from mspgt.data.corpus import load_sentences
 from mspgt.data.labels import SRL_NOTE, TASKS, label_sentences
 from mspgt.errors import MspgtError
+from mspgt.extraction.assemble import load_statistics
 from mspgt.extraction.cache import StatisticsCache
-from mspgt.extraction.extract import build_statistics, cache_material, load_statistics, prepare_corpus
+from mspgt.extraction.corpus import prepare_corpus
+from mspgt.extraction.extract import build_statistics, cache_material
+from mspgt.files import writable_folder
 from mspgt.fusion.bootstrap import bootstrap_boundaries, check_bootstrap_settings
 from mspgt.fusion.fuse import fuse, validate_fusion
 from mspgt.fusion.peaks import MATCHING_RULE, detect_boundaries
@@ -31,9 +34,11 @@ from mspgt.model.loading import load_model, resolve_device
 from mspgt.reports.boundary_report import boundary_figure, boundary_markdown, log_boundary_to_wandb
 from mspgt.reports.information_report import information_figure, information_markdown, information_result
 from mspgt.reports.store import data_identity, data_key, save_boundary, write_json_atomic
+from mspgt.results import BoundaryCI, BoundaryResult
 from mspgt.signals.cka import CKA_ESTIMANDS, ESTIMATOR
-from mspgt.signals.layerwise import cka_key, js_key, layer_signals
+from mspgt.signals.layerwise import layer_signals
 from mspgt.signals.probes import ProbeResult, probe_f1, resolve_precision, train_probes
+from mspgt.statistics import variant_keys
 
 log = logging.getLogger(__name__)
 
@@ -138,118 +143,146 @@ def obtain_probes(cfg: DictConfig, stats: Any, cache: StatisticsCache) -> tuple[
     return result, False
 
 
-def run_boundary(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
+def run_boundary(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> dict[str, Any]:
+    """Experiment 1 on `cfg`, written to `out_dir`; `sweep`: the sweep's name (the W&B group) or None."""
     validate_boundary_config(cfg)
     t_all = time.perf_counter()
     stats, cache, timings = obtain_statistics(cfg)
-    L = stats.n_blocks
-
     probes: ProbeResult | None = None
     if cfg.fusion.signals.probe_jump:
         t = time.perf_counter()
         probes, from_cache = obtain_probes(cfg, stats, cache)
         timings["probes_cached_s" if from_cache else "probes_s"] = time.perf_counter() - t
+    found = detect_with_bootstrap(cfg, stats, probes, timings)
+    t = time.perf_counter()
+    information = information_result(stats, probes, {name: ci.layer for name, ci in found.cis.items()}, cfg)
+    timings["information_s"] = time.perf_counter() - t
+    timings["total_s"] = time.perf_counter() - t_all
+    record = boundary_record(cfg, stats, probes, found, information, timings)
+    write_boundary_outputs(cfg, out_dir, record, sweep)
+    return record.flat_summary()
 
+
+@dataclass
+class Found:
+    """The signals, the fused evidence, the point estimate and the bootstrap CIs of one run."""
+
+    signals: dict[str, np.ndarray]  # signal -> [L]
+    evidence: np.ndarray  # [L]
+    pick: Any  # BoundaryPick (fusion/peaks.py)
+    cis: dict[str, BoundaryCI]
+    cka_variant: str
+    js_variant: str
+
+
+def detect_with_bootstrap(cfg: DictConfig, stats: Any, probes: ProbeResult | None,
+                          timings: dict[str, float]) -> Found:
+    """Signals (paper eqs. 3-5), fusion (eq. 6), peaks, and the bootstrap over groups of all three."""
     weights, enabled = dict(cfg.fusion.weights), dict(cfg.fusion.signals)
     average = str(cfg.probes.f1_average)
-    signals = layer_signals(stats, probes, cfg.fusion, f1_average=average)
+    cka_v, js_v = variant_keys(cfg.fusion)
+    first_block = str(cfg.fusion.attention.first_block)
+    signals = layer_signals(stats, probes, enabled, cka_v, js_v, first_block, f1_average=average)
     evidence = fuse(signals, weights, enabled)
     replicated_first = bool(enabled.get("attention_drift")) and cfg.fusion.attention.first_block == "replicate"
     pick = detect_boundaries(evidence, cfg.fusion.prominence, replicated_first)
 
     def evidence_fn(counts: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        resampled = layer_signals(stats, probes, cfg.fusion, counts, average)
+        resampled = layer_signals(stats, probes, enabled, cka_v, js_v, first_block, counts, average)
         return fuse(resampled, weights, enabled), resampled
 
     t = time.perf_counter()
     b = cfg.bootstrap
     cis = bootstrap_boundaries(
-        evidence_fn, stats.n_groups, L, pick, n_resamples=b.n_resamples, seed=b.seed, ci_level=b.ci_level,
-        acceptance_width=b.acceptance_width, max_missing_fraction=b.max_missing_fraction,
+        evidence_fn, stats.n_groups, stats.n_blocks, pick, n_resamples=b.n_resamples, seed=b.seed,
+        ci_level=b.ci_level, acceptance_width=b.acceptance_width, max_missing_fraction=b.max_missing_fraction,
         prominence=cfg.fusion.prominence, replicated_first=replicated_first,
     )
     timings["bootstrap_s"] = time.perf_counter() - t
-    t = time.perf_counter()
-    information = information_result(stats, probes, {name: ci.layer for name, ci in cis.items()}, cfg)
-    timings["information_s"] = time.perf_counter() - t
-    timings["total_s"] = time.perf_counter() - t_all
+    for ci in cis.values():
+        ci.relative = relative_position(ci.layer, stats.n_blocks) if ci.layer else None
+    return Found(signals, evidence, pick, cis, cka_v, js_v)
 
+
+def boundary_record(cfg: DictConfig, stats: Any, probes: ProbeResult | None, found: Found,
+                    information: dict[str, Any] | None, timings: dict[str, float]) -> BoundaryResult:
+    """The typed result (mspgt/results.py) of one boundary run."""
+    L, pick = stats.n_blocks, found.pick
     scales = None
     if pick.li is not None and pick.ig is not None:
         scales = scales_from_boundaries(pick.li, pick.ig, L).as_dict()
+    average = str(cfg.probes.f1_average)
     f_point = probe_f1(probes, np.ones(stats.n_groups), stats.n_groups, average) if probes is not None else None
-    result = {
-        "experiment": "boundary",
-        "model": {"name": cfg.model.name, "family": cfg.model.family, "n_blocks": L,
-                  "weights_id": stats.meta.get("weights_id")},
-        "data": {"name": cfg.data.name, "key": data_key(cfg.data), **data_identity(cfg.data), "n_sentences": stats.meta.get("n_sentences"),
-                 "n_groups": stats.n_groups, "group_size": cfg.bootstrap.group_size,
-                 "grouping": cfg.bootstrap.grouping, "grouping_seed": cfg.bootstrap.grouping_seed},
-        "probe_sample": probe_sample_record(stats),
-        "boundaries": {name: {**ci.as_dict(), "relative": (relative_position(ci.layer, L) if ci.layer else None)}
-                       for name, ci in cis.items()},
-        "found_two_peaks": pick.li is not None,
-        "peaks": {"layers": pick.peaks, "prominences": pick.prominences},
-        "scales": scales,
-        "layers": list(range(1, L + 1)),
-        "signals": {k: v.tolist() for k, v in signals.items()},
-        "evidence": evidence.tolist(),
-        "probe_f1_by_state": None if f_point is None else f_point.tolist(),  # F(l) for h_0..h_L
-        "probe_selectivity_pos": None if probes is None else np.asarray(probes.selectivity).tolist(),
-        "probe_tasks": list(cfg.probes.tasks),
-        "notes": {
-            "srl": SRL_NOTE,
-            "cka_estimator": f"{ESTIMATOR}; variant={cka_key(cfg.fusion)}",
-            "cka_estimand": CKA_ESTIMANDS[cfg.bootstrap.grouping],
-            "peak_matching": MATCHING_RULE,
-            "attention_variant": js_key(cfg.fusion),
-            "attention_first_block": cfg.fusion.attention.first_block + (
-                " (S_attn(1) = S_attn(2); a plateau this makes at blocks 1-2 is centred from block 2 on)"
-                if cfg.fusion.attention.first_block == "replicate" else ""),
-            "f1_average": cfg.probes.f1_average,
-            "fusion_weights": "normalised to sum 1 over enabled signals (paper's values unreadable: ours)",
-            "acceptance": f"CI width < {b.acceptance_width} layers and at most {b.max_missing_fraction:.0%} of "
-                          "resamples without the peak (the second condition is our definition)",
-        },
-        "information": information,  # curves with bootstrap bands, the eq. 28 test (None: not stored)
-        "activation_std_all_tokens": stats.activation_std().tolist(),  # h_0..h_L, position 0 included
-        "timings": timings,
-        "cache_dir": stats.meta.get("cache_dir"),
-        "config": OmegaConf.to_container(cfg, resolve=True),
+    return BoundaryResult(
+        model={"name": cfg.model.name, "family": cfg.model.family, "n_blocks": L,
+               "weights_id": stats.meta.get("weights_id")},
+        data={"name": cfg.data.name, "key": data_key(cfg.data), **data_identity(cfg.data),
+              "n_sentences": stats.meta.get("n_sentences"), "n_groups": stats.n_groups,
+              "group_size": cfg.bootstrap.group_size, "grouping": cfg.bootstrap.grouping,
+              "grouping_seed": cfg.bootstrap.grouping_seed},
+        probe_sample=probe_sample_record(stats),
+        boundaries=dict(found.cis),
+        found_two_peaks=pick.li is not None,
+        peaks={"layers": pick.peaks, "prominences": pick.prominences},
+        scales=scales,
+        layers=list(range(1, L + 1)),
+        signals={k: v.tolist() for k, v in found.signals.items()},
+        evidence=found.evidence.tolist(),
+        probe_f1_by_state=None if f_point is None else f_point.tolist(),  # F(l) for h_0..h_L
+        probe_selectivity_pos=None if probes is None else np.asarray(probes.selectivity).tolist(),
+        probe_tasks=list(cfg.probes.tasks),
+        notes=boundary_notes(cfg, found.cka_variant, found.js_variant),
+        information=information,  # curves with bootstrap bands, the eq. 28 test (None: not stored)
+        activation_std_all_tokens=stats.activation_std().tolist(),  # h_0..h_L, position 0 included
+        timings=timings,
+        cache_dir=stats.meta.get("cache_dir"),
+        config=OmegaConf.to_container(cfg, resolve=True),
+    )
+
+
+def boundary_notes(cfg: DictConfig, cka_variant: str, js_variant: str) -> dict[str, str]:
+    """What each output names: estimators, variants and our definitions."""
+    b = cfg.bootstrap
+    return {
+        "srl": SRL_NOTE,
+        "cka_estimator": f"{ESTIMATOR}; variant={cka_variant}",
+        "cka_estimand": CKA_ESTIMANDS[cfg.bootstrap.grouping],
+        "peak_matching": MATCHING_RULE,
+        "attention_variant": js_variant,
+        "attention_first_block": cfg.fusion.attention.first_block + (
+            " (S_attn(1) = S_attn(2); a plateau this makes at blocks 1-2 is centred from block 2 on)"
+            if cfg.fusion.attention.first_block == "replicate" else ""),
+        "f1_average": cfg.probes.f1_average,
+        "fusion_weights": "normalised to sum 1 over enabled signals (paper's values unreadable: ours)",
+        "acceptance": f"CI width < {b.acceptance_width} layers and at most {b.max_missing_fraction:.0%} of "
+                      "resamples without the peak (the second condition is our definition)",
     }
+
+
+def write_boundary_outputs(cfg: DictConfig, out_dir: Path, record: BoundaryResult, sweep: str | None) -> None:
+    """Figures, summary.md, the boundary store, results.json (last: it means the job finished), W&B."""
+    result = record.to_json()  # what the reports read, in memory (NaN kept; the files get null)
     fig = boundary_figure(result, out_dir / "boundaries.png")
-    if information is not None:
+    if record.information is not None:
         information_figure(result, out_dir / "information.png")
     (out_dir / "summary.md").write_text(boundary_markdown(result) + information_markdown(result))
-    store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, result)
-    write_json_atomic(out_dir / "results.json", result)  # last: a results.json means the job finished
+    store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, record)
+    write_json_atomic(out_dir / "results.json", result)
     log.info("\n%s", boundary_markdown(result) + information_markdown(result))
     log.info("results: %s (stored for interventions at %s)", out_dir / "results.json", store_path)
-    log_boundary_to_wandb(cfg, out_dir, result, fig)
-    return flat_summary(result)
+    log_boundary_to_wandb(cfg, out_dir, result, fig, sweep)
 
 
 def probe_sample_record(stats: Any) -> dict[str, Any]:
     """How many words and groups the probes were trained and evaluated on (each side of the split)."""
     n_eval_groups = int(stats.group_is_eval.sum())
     out: dict[str, Any] = {"rule": "a fixed number of words per group, spread over every group of its side, "
-                                   "seeded (extraction.extract.spread_word_sample)"}
+                                   "seeded (extraction.corpus.spread_word_sample)"}
     for name, sample, side in (("train", stats.probe_train, stats.n_groups - n_eval_groups),
                                ("eval", stats.probe_eval, n_eval_groups)):
         per_group = np.bincount(sample.group) if sample.group.size else np.zeros(1, dtype=np.int64)  # [G]
         out[name] = {"words": int(sample.group.size), "groups": int(np.count_nonzero(per_group)),
                      "groups_on_side": side, "max_words_per_group": int(per_group.max())}
-    return out
-
-
-def flat_summary(result: dict) -> dict[str, Any]:
-    out: dict[str, Any] = {"model": result["model"]["name"], "n_blocks": result["model"]["n_blocks"]}
-    for name, b in result["boundaries"].items():
-        k = name.replace("-", "").lower()
-        out.update({f"{k}_layer": b["layer"], f"{k}_relative": b["relative"], f"{k}_ci_low": b["ci_low"],
-                    f"{k}_ci_high": b["ci_high"], f"{k}_width": b["width"], f"{k}_accepted": b["accepted"],
-                    f"{k}_n_missing": b["n_missing"], f"{k}_n_undefined": b["n_undefined"],
-                    f"{k}_n_relabelled": b["n_relabelled"]})
     return out
 
 

@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from mspgt.data.corpus import load_sentences
 from mspgt.errors import MspgtError
 from mspgt.experiments.intervention import stored_boundary
+from mspgt.files import json_safe
 from mspgt.interventions.activation_scale import measure_activation_std
 from mspgt.interventions.fisher import (
     PerSentence,
@@ -45,9 +46,9 @@ from mspgt.interventions.scale_layers import (
 from mspgt.layers import SCALES
 from mspgt.model.loading import LoadedModel, load_model
 from mspgt.reports.fisher_report import fisher_figure, fisher_markdown
-from mspgt.reports.intervention_report import json_safe
 from mspgt.reports.store import data_identity, data_key, write_json_atomic
 from mspgt.reports.tracking import Tracker
+from mspgt.results import BoundaryResult, FisherResult
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +93,7 @@ def check_fisher_settings(e: DictConfig) -> None:
             raise MspgtError(problem, fix)
 
 
-def resolve_scales(cfg: DictConfig, loaded: LoadedModel, boundary: dict | None) -> dict[str, tuple[list[int], str]]:
+def resolve_scales(cfg: DictConfig, loaded: LoadedModel, boundary: BoundaryResult | None) -> dict[str, tuple[list[int], str]]:
     """scale -> (blocks, source): explicit `experiment.scale_layers`, one `scale=`, or the stored boundaries."""
     explicit = cfg.experiment.get("scale_layers")
     if explicit:
@@ -181,8 +182,9 @@ def verdict(scales: dict[str, dict], band: tuple[float, float], smallest: float)
     }
 
 
-def run_fisher(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run the A.5 test; write fisher.json, fisher.md, fisher.png and a W&B run; return summary metrics."""
+def run_fisher(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> dict[str, Any]:
+    """Run the A.5 test; write fisher.json, fisher.md, fisher.png and a W&B run (group `sweep`); return
+    summary metrics."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     e = cfg.experiment
@@ -227,32 +229,31 @@ def run_fisher(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
         cols = range(i * len(sigmas), (i + 1) * len(sigmas))
         records[name] = scale_record(blocks, source, fisher, s, sigmas, kl, dnll, cols, band)
     timing["total_s"] = time.perf_counter() - started
-    result = json_safe({
-        "experiment": "fisher",
-        "model": {"name": loaded.name, "family": loaded.family, "n_blocks": loaded.n_blocks,
-                  "weights_id": loaded.weights_id},
-        "data": {"key": data_key(cfg.data), **data_identity(cfg.data)},
-        "heldout": {"first_sentence": first, "n_sentences": len(texts), "kl_sentences": int(e.kl_sentences),
-                    "n_positions": int(fisher.n_positions.sum()), "kl_positions": int(kl.n_positions.sum())},
-        "fisher": {"per_token": fisher.per_token().tolist(), "se": fisher.per_token_se().tolist(),
-                   "states": "h_0..h_L (index = block; h_0 the embeddings)",
-                   "samples_per_position": int(e.samples_per_position)},
-        "activation_std": {"values": s, "kind": std_cfg.kind, "exclude_first_token": bool(std_cfg.exclude_first_token),
-                           "n_sentences": len(std_texts)},
-        "sigmas": sigmas, "draws": int(e.draws),
-        "scales": records,
-        "verdict": verdict(records, band, min(sigmas)),
-        "boundary": None if boundary is None else {"boundaries": boundary.get("boundaries")},
-        "definitions": DEFINITIONS,
-        "timing": timing, "device": str(loaded.device), "torch_threads": torch.get_num_threads(),
-        "settings": OmegaConf.to_container(cfg, resolve=True),
-    })
+    result = json_safe(FisherResult(
+        model={"name": loaded.name, "family": loaded.family, "n_blocks": loaded.n_blocks,
+               "weights_id": loaded.weights_id},
+        data={"key": data_key(cfg.data), **data_identity(cfg.data)},
+        heldout={"first_sentence": first, "n_sentences": len(texts), "kl_sentences": int(e.kl_sentences),
+                 "n_positions": int(fisher.n_positions.sum()), "kl_positions": int(kl.n_positions.sum())},
+        fisher={"per_token": fisher.per_token().tolist(), "se": fisher.per_token_se().tolist(),
+                "states": "h_0..h_L (index = block; h_0 the embeddings)",
+                "samples_per_position": int(e.samples_per_position)},
+        activation_std={"values": s, "kind": std_cfg.kind, "exclude_first_token": bool(std_cfg.exclude_first_token),
+                        "n_sentences": len(std_texts)},
+        sigmas=sigmas, draws=int(e.draws),
+        scales=records,
+        verdict=verdict(records, band, min(sigmas)),
+        boundary=None if boundary is None else {"boundaries": boundary.to_json()["boundaries"]},
+        definitions=DEFINITIONS,
+        timing=timing, device=str(loaded.device), torch_threads=torch.get_num_threads(),
+        settings=OmegaConf.to_container(cfg, resolve=True),
+    ).to_json())
     write_json_atomic(out_dir / "fisher.json", result)
     (out_dir / "fisher.md").write_text(fisher_markdown(result))
     figure = fisher_figure(result, out_dir / "fisher.png")
     log.info("\n%s", fisher_markdown(result))
     summary = summary_metrics(result)
-    _track(cfg, out_dir, result, summary, figure)
+    _track(cfg, out_dir, result, summary, figure, sweep)
     return summary
 
 
@@ -266,11 +267,9 @@ def summary_metrics(result: dict) -> dict[str, Any]:
     return out
 
 
-def _track(cfg: DictConfig, out_dir: Path, result: dict, summary: dict, figure: Path) -> None:
-    from mspgt.experiments.intervention import _sweep_name
-
+def _track(cfg: DictConfig, out_dir: Path, result: dict, summary: dict, figure: Path, sweep: str | None) -> None:
     tracker = Tracker(cfg.tracking, out_dir, job_type="fisher", name=f"{result['model']['name']}-fisher",
-                      group=_sweep_name(), tags=[result["model"]["family"], "fisher"], config=result["settings"])
+                      group=sweep, tags=[result["model"]["family"], "fisher"], config=result["settings"])
     try:
         tracker.summary(summary)
         rows = [[name, r["first_last"][0], r["first_last"][1], p["sigma"], p["predicted_kl"], p["measured_kl"],

@@ -39,11 +39,9 @@ from mspgt.model.loading import LoadedModel, load_model
 from mspgt.reports.intervention_report import write_intervention_report
 from mspgt.reports.store import boundary_path, data_identity, data_key, load_boundary
 from mspgt.reports.tracking import Tracker
+from mspgt.results import BoundaryResult, InterventionResult
 
 log = logging.getLogger(__name__)
-
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
-
 
 def check_brittleness_metrics(names: Any) -> list[str]:
     names = list(names or [])
@@ -70,27 +68,18 @@ def choose_prompts(sentences: list[Sentence], n_prompts: int, prompt_words: int)
     return [" ".join(long_enough[i][:prompt_words]) for i in picks]
 
 
-def stored_boundary(cfg: DictConfig, out_dir: Path) -> dict:
+def stored_boundary(cfg: DictConfig, out_dir: Path) -> BoundaryResult:
     """The stored boundary result for this model and data; runs the boundary experiment first if allowed."""
     weights_id = model_identity(cfg.model, cfg.paths.cache_dir)  # the stored result must be for these weights
     if cfg.experiment.run_boundary_first and not boundary_path(cfg.paths.store_dir, cfg.model.name, weights_id,
                                                                cfg.data).exists():
         boundary_cfg = cfg.copy()
         with open_dict(boundary_cfg):
-            boundary_cfg.experiment = OmegaConf.load(CONF_DIR / "experiment" / "boundary.yaml")
+            boundary_cfg.experiment = OmegaConf.create({"name": "boundary"})  # all conf/experiment/boundary.yaml sets
         log.info("no stored boundary result: running the boundary experiment first (%s)", out_dir / "boundary")
         (out_dir / "boundary").mkdir(parents=True, exist_ok=True)
         run_boundary(boundary_cfg, out_dir / "boundary")
     return load_boundary(cfg.paths.store_dir, cfg.model.name, weights_id, cfg.data)  # a clear error if none
-
-
-def _sweep_name() -> str | None:
-    try:
-        from mspgt.run import sweep_name
-
-        return sweep_name()
-    except Exception:  # called outside a Hydra job (tests composing the config)
-        return None
 
 
 @dataclass
@@ -100,7 +89,7 @@ class Measured:
     loaded: LoadedModel
     blocks: list[int]
     blocks_source: str
-    boundary: dict | None
+    boundary: BoundaryResult | None
     prompts: list[str]
     activation_std: list[float]  # s_0..s_L
     n_std_sentences: int
@@ -114,8 +103,9 @@ class Measured:
     timing: dict[str, float]
 
 
-def run_intervention(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
-    """Run one scale intervention; write results JSON, Table 2 markdown, figure, samples, W&B run."""
+def run_intervention(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> dict[str, Any]:
+    """Run one scale intervention; write results JSON, Table 2 markdown, figure, samples, W&B run (its group:
+    `sweep`, the sweep's name from mspgt/run.py, or None)."""
     started = time.perf_counter()
     out_dir = Path(out_dir)
     # everything that can be checked without the model comes first
@@ -139,18 +129,13 @@ def run_intervention(cfg: DictConfig, out_dir: Path) -> dict[str, Any]:
     files = write_intervention_report(result, samples, out_dir)
     log.info("\n%s", files["markdown"].read_text())
     summary = summary_metrics(result)
-    _track(cfg, out_dir, result, summary, files, measured.loaded)
+    _track(cfg, out_dir, result, summary, files, measured.loaded, sweep)
     return summary
 
 
 def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured:
     """Resolve the blocks, measure s_l, sample both conditions, score them, compare them pairwise."""
-    scale, sigma, gen, std_cfg = (
-        cfg.scale.name,
-        float(cfg.sigma),
-        cfg.generation,
-        cfg.experiment.activation_std,
-    )
+    scale, gen, std_cfg = cfg.scale.name, cfg.generation, cfg.experiment.activation_std
     needs_boundary = scale != "none" and cfg.scale.get("layers") is None
     boundary = stored_boundary(cfg, out_dir) if needs_boundary else None
     sentences = load_sentences(cfg.data)  # the corpus first: its errors come before the model loads
@@ -170,23 +155,7 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
         exclude_first_token=bool(std_cfg.exclude_first_token),
     )
     timing["activation_std_s"] = time.perf_counter() - t0
-
-    # generation: both conditions, same prompts, same batch layout, same sampling seeds
-    hooks_before = forward_hook_count(loaded.blocks)
-    log.info("sampling %d prompts x %d, clean", len(prompts), gen.samples_per_prompt)
-    bar = "sampling clean" if cfg.extraction.progress else None
-    clean = sample_continuations(loaded, prompts, gen, progress=bar)
-    noise = None
-    if scale == "none":
-        log.info("scale=none: sampling the clean condition again (replay check)")
-        treated = sample_continuations(loaded, prompts, gen, progress=bar and "sampling clean again")
-    else:
-        layer_std = {layer: activation_std[layer] for layer in blocks}  # s_l of block l's output h_l
-        noise = ScaleNoise(loaded.blocks, layer_std, sigma, seed=int(gen.noise_seed))
-        log.info("sampling with noise sigma=%g in %s blocks %s", sigma, scale, _span(blocks))
-        treated = sample_continuations(loaded, prompts, gen, noise=noise, progress=bar and "sampling noised")
-    if forward_hook_count(loaded.blocks) != hooks_before:
-        raise RuntimeError("a noise hook was left on the model")  # ScaleNoise removes them in __exit__
+    clean, treated, noise = sample_both(cfg, loaded, prompts, blocks, activation_std)
     timing["generation_clean_s"], timing["generation_noised_s"] = clean.seconds, treated.seconds
 
     t0 = time.perf_counter()
@@ -217,95 +186,114 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
     )
 
 
+def sample_both(cfg: DictConfig, loaded: LoadedModel, prompts: list[str], blocks: list[int],
+                activation_std: list[float]) -> tuple[Generated, Generated, ScaleNoise | None]:
+    """Generation in both conditions: the same prompts, batch layout and sampling seeds; noise in `blocks`
+    (scale=none: the clean condition again, a replay check). Returns (clean, treated, the noise or None)."""
+    scale, sigma, gen = cfg.scale.name, float(cfg.sigma), cfg.generation
+    hooks_before = forward_hook_count(loaded.blocks)
+    log.info("sampling %d prompts x %d, clean", len(prompts), gen.samples_per_prompt)
+    bar = "sampling clean" if cfg.extraction.progress else None
+    clean = sample_continuations(loaded, prompts, gen, progress=bar)
+    noise = None
+    if scale == "none":
+        log.info("scale=none: sampling the clean condition again (replay check)")
+        treated = sample_continuations(loaded, prompts, gen, progress=bar and "sampling clean again")
+    else:
+        layer_std = {layer: activation_std[layer] for layer in blocks}  # s_l of block l's output h_l
+        noise = ScaleNoise(loaded.blocks, layer_std, sigma, seed=int(gen.noise_seed))
+        log.info("sampling with noise sigma=%g in %s blocks %s", sigma, scale, _span(blocks))
+        treated = sample_continuations(loaded, prompts, gen, noise=noise, progress=bar and "sampling noised")
+    if forward_hook_count(loaded.blocks) != hooks_before:
+        raise RuntimeError("a noise hook was left on the model")  # ScaleNoise removes them in __exit__
+    return clean, treated, noise
+
+
 def result_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
-    """The results JSON: every number, every setting, the layer ranges and where they came from."""
-    scale, sigma, gen, std_cfg = (
-        cfg.scale.name,
-        float(cfg.sigma),
-        cfg.generation,
-        cfg.experiment.activation_std,
+    """The results JSON (an InterventionResult): every number, every setting, the layer ranges and where they
+    came from."""
+    scale, sigma = cfg.scale.name, float(cfg.sigma)
+    loaded, britt_metrics = m.loaded, list(cfg.metrics.brittleness.metrics)
+    record = InterventionResult(
+        model={"name": loaded.name, "family": loaded.family, "n_blocks": loaded.n_blocks,
+               "weights_id": loaded.weights_id},
+        data={"key": data_key(cfg.data), **data_identity(cfg.data)},
+        scale=_scale_record(cfg, m),
+        sigma=sigma if scale != "none" else None,
+        sigma_setting=sigma,
+        noise=_noise_record(sigma, m, int(cfg.generation.noise_seed)),
+        activation_std=_activation_std_record(cfg.experiment.activation_std, m),
+        generation={
+            **OmegaConf.to_container(cfg.generation, resolve=True),
+            "n_rows": len(m.prompts) * int(cfg.generation.samples_per_prompt),
+            "new_tokens": {"clean": m.clean.new_tokens, "noised": m.treated.new_tokens},
+        },
+        pairing={
+            "unit": "prompt (each metric is one value per prompt over its samples)",
+            "replay_identical": (m.clean.continuations == m.treated.continuations) if scale == "none" else None,
+        },
+        metrics={name: {**c.as_dict(), "column": METRIC_INFO[name].column, "meaning": METRIC_INFO[name].meaning}
+                 for name, c in m.comparisons.items()},
+        alpha=float(cfg.experiment.alpha),
+        test="paired t-test over prompts (scipy.stats.ttest_rel); effect size Cohen's d_z; 95% CI of the "
+        "relative change from the t interval of the mean difference over |clean mean| (approximate)",
+        grammar=m.grammar,
+        sbert={"model": m.sbert_source, "compared": "prompt vs its continuation (generated text only)"},
+        brittleness={"value": m.brittleness, "metrics": britt_metrics,
+                     "definition": BRITTLENESS_DEFINITION.format(metrics=britt_metrics)},
+        timing=_timing_record(m.timing),
+        device=str(loaded.device),
+        torch_threads=torch.get_num_threads(),
+        settings=OmegaConf.to_container(cfg, resolve=True),
     )
-    loaded, blocks, s = m.loaded, m.blocks, m.activation_std
-    britt_metrics = list(cfg.metrics.brittleness.metrics)
-    t = m.timing
-    gen_s = t["generation_clean_s"] + t["generation_noised_s"]
+    return record.to_json()
+
+
+def _scale_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
+    """The noised blocks, where they came from and (from a stored result) the boundaries behind them."""
+    blocks = m.blocks
     boundary = None
     if m.boundary is not None:
         boundary = {
-            "path": str(boundary_path(cfg.paths.store_dir, cfg.model.name, loaded.weights_id, cfg.data)),
-            "boundaries": m.boundary.get("boundaries"),
-            "scales": m.boundary.get("scales"),
+            "path": str(boundary_path(cfg.paths.store_dir, cfg.model.name, m.loaded.weights_id, cfg.data)),
+            "boundaries": m.boundary.to_json()["boundaries"],
+            "scales": m.boundary.scales,
         }
+    return {"name": cfg.scale.name, "blocks": blocks, "first_last": [blocks[0], blocks[-1]] if blocks else None,
+            "source": m.blocks_source, "boundary": boundary}
+
+
+def _noise_record(sigma: float, m: Measured, seed: int) -> dict[str, Any]:
+    s, blocks = m.activation_std, m.blocks
     return {
-        "experiment": "intervention",
-        "model": {
-            "name": loaded.name,
-            "family": loaded.family,
-            "n_blocks": loaded.n_blocks,
-            "weights_id": loaded.weights_id,
-        },
-        "data": {"key": data_key(cfg.data), **data_identity(cfg.data)},
-        "scale": {
-            "name": scale,
-            "blocks": blocks,
-            "first_last": [blocks[0], blocks[-1]] if blocks else None,
-            "source": m.blocks_source,
-            "boundary": boundary,
-        },
-        "sigma": sigma if scale != "none" else None,
-        "sigma_setting": sigma,
-        "noise": {
-            "formula": "h_l <- h_l + e, e ~ N(0, (sigma * s_l)^2 I) at the output of every block l of the "
-            "scale, every position, every generation step",
-            "layer_std": {str(b): s[b] for b in blocks},
-            "requested_std": {str(b): sigma * s[b] for b in blocks},
-            "realised_std": {str(b): v for b, v in (m.noise.realised_std() if m.noise else {}).items()},
-            "seed": int(gen.noise_seed),
-        },
-        "activation_std": {
-            "values": s,  # s_0..s_L
-            "kind": std_cfg.kind,
-            "exclude_first_token": bool(std_cfg.exclude_first_token),
-            "n_sentences": m.n_std_sentences,
-            "stored_boundary_values": None if m.boundary is None else m.boundary.get("activation_std_all_tokens"),
-            "definition": "pooled: std of all entries of h_l over tokens and dimensions; per_dimension: "
-            "sqrt(mean over dimensions of the per-dimension variance); padding excluded (our definition)",
-        },
-        "generation": {
-            **OmegaConf.to_container(gen, resolve=True),
-            "n_rows": len(m.prompts) * int(gen.samples_per_prompt),
-            "new_tokens": {"clean": m.clean.new_tokens, "noised": m.treated.new_tokens},
-        },
-        "pairing": {
-            "unit": "prompt (each metric is one value per prompt over its samples)",
-            "replay_identical": (m.clean.continuations == m.treated.continuations)
-            if scale == "none"
-            else None,
-        },
-        "metrics": {
-            name: {**c.as_dict(), "column": METRIC_INFO[name].column, "meaning": METRIC_INFO[name].meaning}
-            for name, c in m.comparisons.items()
-        },
-        "alpha": float(cfg.experiment.alpha),
-        "test": "paired t-test over prompts (scipy.stats.ttest_rel); effect size Cohen's d_z; 95% CI of the "
-        "relative change from the t interval of the mean difference over |clean mean| (approximate)",
-        "grammar": m.grammar,
-        "sbert": {"model": m.sbert_source, "compared": "prompt vs its continuation (generated text only)"},
-        "brittleness": {
-            "value": m.brittleness,
-            "metrics": britt_metrics,
-            "definition": BRITTLENESS_DEFINITION.format(metrics=britt_metrics),
-        },
-        "timing": {
-            **t,
-            "noised_over_clean": t["generation_noised_s"] / t["generation_clean_s"]
-            if t["generation_clean_s"] > 0
-            else None,
-            "metrics_share_of_generation_plus_metrics": t["metrics_s"] / (t["metrics_s"] + gen_s),
-        },
-        "device": str(loaded.device),
-        "torch_threads": torch.get_num_threads(),
-        "settings": OmegaConf.to_container(cfg, resolve=True),
+        "formula": "h_l <- h_l + e, e ~ N(0, (sigma * s_l)^2 I) at the output of every block l of the "
+        "scale, every position, every generation step",
+        "layer_std": {str(b): s[b] for b in blocks},
+        "requested_std": {str(b): sigma * s[b] for b in blocks},
+        "realised_std": {str(b): v for b, v in (m.noise.realised_std() if m.noise else {}).items()},
+        "seed": seed,
+    }
+
+
+def _activation_std_record(std_cfg: DictConfig, m: Measured) -> dict[str, Any]:
+    return {
+        "values": m.activation_std,  # s_0..s_L
+        "kind": std_cfg.kind,
+        "exclude_first_token": bool(std_cfg.exclude_first_token),
+        "n_sentences": m.n_std_sentences,
+        "stored_boundary_values": None if m.boundary is None else m.boundary.activation_std_all_tokens,
+        "definition": "pooled: std of all entries of h_l over tokens and dimensions; per_dimension: "
+        "sqrt(mean over dimensions of the per-dimension variance); padding excluded (our definition)",
+    }
+
+
+def _timing_record(t: dict[str, float]) -> dict[str, Any]:
+    gen_s = t["generation_clean_s"] + t["generation_noised_s"]
+    return {
+        **t,
+        "noised_over_clean": t["generation_noised_s"] / t["generation_clean_s"] if t["generation_clean_s"] > 0
+        else None,
+        "metrics_share_of_generation_plus_metrics": t["metrics_s"] / (t["metrics_s"] + gen_s),
     }
 
 
@@ -326,7 +314,8 @@ def summary_metrics(result: dict) -> dict[str, Any]:
 
 
 def _track(
-    cfg: DictConfig, out_dir: Path, result: dict, summary: dict, files: dict, loaded: LoadedModel
+    cfg: DictConfig, out_dir: Path, result: dict, summary: dict, files: dict, loaded: LoadedModel,
+    sweep: str | None = None,
 ) -> None:
     scale = result["scale"]["name"]
     tracker = Tracker(
@@ -334,7 +323,7 @@ def _track(
         out_dir,
         job_type="intervention",
         name=f"{loaded.name}-{scale}-sigma{result['sigma_setting']:g}",
-        group=_sweep_name(),
+        group=sweep,
         tags=[loaded.family, "intervention", f"scale:{scale}"],
         config=result["settings"],
     )

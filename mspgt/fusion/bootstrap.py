@@ -21,13 +21,13 @@ resample holds no held-out word of that task) is counted apart from the resample
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
 from mspgt.errors import MspgtError
 from mspgt.fusion.peaks import NONE_FOUND, UNDEFINED, BoundaryPick, ResamplePicks, detect_boundaries_batch
 from mspgt.layers import BOUNDARY_NAMES, relative_position
+from mspgt.results import BoundaryCI
 
 
 def resample_counts(n_groups: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
@@ -41,28 +41,6 @@ def resample_counts(n_groups: int, n_resamples: int, rng: np.random.Generator) -
 
 
 EvidenceFn = Callable[[np.ndarray], "np.ndarray | tuple[np.ndarray, Mapping[str, np.ndarray]]"]
-
-
-@dataclass
-class BoundaryCI:
-    """One boundary: point estimate, percentile CI over resamples, acceptance, selection frequencies."""
-
-    layer: int | None  # point estimate (1-based block), None: no such peak on the full data
-    relative: float | None  # layer / L
-    ci_low: int | None  # None: no resample found the boundary
-    ci_high: int | None
-    width: int | None  # ci_high - ci_low, in layers
-    accepted: bool
-    selection_frequency: dict[int, int] = field(default_factory=dict)  # layer -> resamples choosing it
-    n_missing: int = 0  # resamples with finite evidence but no such peak
-    n_resamples: int = 0
-    ci_level: float = 0.95
-    n_undefined: int = 0  # resamples whose evidence was NaN/inf (no peak could be looked for)
-    undefined_signals: dict[str, int] = field(default_factory=dict)  # signal -> resamples where it was NaN/inf
-    n_relabelled: int = 0  # resamples where matching to the point estimate changed this boundary's layer
-
-    def as_dict(self) -> dict:
-        return asdict(self)
 
 
 def _boundary_ci(
@@ -110,12 +88,24 @@ def _boundary_ci(
     )
 
 
+# The one range of each bootstrap setting: (test, in words); check_bootstrap_settings and the config validation's
+# rule table (mspgt/config_validation.py) both use it.
+BOOTSTRAP_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
+    "n_resamples": (lambda v: v >= 1, ">= 1"),
+    "ci_level": (lambda v: 0 < v < 1, "in (0, 1)"),
+    "acceptance_width": (lambda v: v > 0, "> 0"),
+    "max_missing_fraction": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "group_size": (lambda v: v >= 1, ">= 1"),
+}
+
+
 def check_bootstrap_settings(
     n_resamples: int, ci_level: float, acceptance_width: float, max_missing_fraction: float, group_size: int = 1
 ) -> None:
     """The one range check of the bootstrap settings (run before any data is touched, and again here)."""
-    if (n_resamples < 1 or not 0 < ci_level < 1 or acceptance_width <= 0 or not 0 <= max_missing_fraction <= 1
-            or group_size < 1):
+    values = {"n_resamples": n_resamples, "ci_level": ci_level, "acceptance_width": acceptance_width,
+              "max_missing_fraction": max_missing_fraction, "group_size": group_size}
+    if not all(BOOTSTRAP_RANGES[k][0](v) for k, v in values.items()):
         raise MspgtError(
             f"bootstrap settings out of range: n_resamples={n_resamples}, ci_level={ci_level}, "
             f"acceptance_width={acceptance_width}, max_missing_fraction={max_missing_fraction}, "

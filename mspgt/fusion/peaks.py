@@ -25,6 +25,7 @@ Two rules of ours (docs/method.md, "Fusion and peaks"):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -61,9 +62,14 @@ class ResamplePicks:
     ig_relabelled: np.ndarray  # [B] bool
 
 
+# The one range of the peak prominence (the fused evidence lies in [0, 1]): (test, in words); the config
+# validation's rule table (mspgt/config_validation.py) uses it too.
+PROMINENCE_RANGE: tuple[Callable[[float], bool], str] = (lambda v: 0 < v <= 1, "in (0, 1]")
+
+
 def check_prominence(prominence: float) -> None:
     """The one range check of the peak prominence (the fused evidence lies in [0, 1])."""
-    if not 0 < float(prominence) <= 1:
+    if not PROMINENCE_RANGE[0](float(prominence)):
         raise MspgtError(
             f"peak prominence {prominence} is outside (0, 1]; the fused evidence lies in [0, 1]",
             "set fusion.prominence to a value in (0, 1], e.g. 0.3 (the paper)",

@@ -6,8 +6,9 @@ standard deviation" and no more; the estimator is our definition, configurable):
   s_l^2 = E_tok mean_d h^2 - (E_tok mean_d h)^2 (what the boundary result stores as activation_std);
 - `per_dimension`: the root mean per-dimension variance, s_l^2 = mean_d Var_tok(h_d) = tr Cov(h_l) / d,
   which ignores constant per-dimension offsets (e.g. massive activations in a few dimensions).
-h_l is the output of block l before the final norm (forward hooks on the blocks, docs/method.md "Indexing");
-h_0 the embedding output. Padding is excluded; position 0 (the attention sink, massive activations) is
+h_l is the output of block l before the final norm and h_0 the input of block 1, taken by the same hooks as the
+extraction pass (mspgt/extraction/hooks.py, docs/method.md "Indexing"); the pooled std is mspgt/statistics.py
+`entry_std`, the one definition the boundary result's activation_std_all_tokens uses too. Padding is excluded; position 0 (the attention sink, massive activations) is
 excluded by default. Statistics stream in float64: memory does not grow with the number of sentences.
 """
 
@@ -16,7 +17,9 @@ from __future__ import annotations
 import torch
 
 from mspgt.errors import choose
+from mspgt.extraction.hooks import residual_stream
 from mspgt.model.loading import LoadedModel
+from mspgt.statistics import entry_std
 
 STD_KINDS = ("pooled", "per_dimension")
 
@@ -41,10 +44,10 @@ class _Moments:
             return float("nan")
         mean = self.sum / self.count  # (d,)
         mean_sq = self.sq_sum / self.count  # (d,)
-        pooled = mean_sq.mean() - mean.mean() ** 2  # variance of all entries
+        if kind == "pooled":  # the std of all entries
+            return float(entry_std(float(mean.mean()), float(mean_sq.mean())))
         per_dimension = (mean_sq - mean**2).mean()  # mean over d of Var_tok(h_d)
-        var = pooled if kind == "pooled" else per_dimension
-        return float(var.clamp_min(0.0).sqrt())
+        return float(per_dimension.clamp_min(0.0).sqrt())
 
 
 @torch.no_grad()
@@ -61,18 +64,8 @@ def measure_activation_std(
     if not texts:
         raise ValueError("measure_activation_std needs at least one text")
     moments = [_Moments() for _ in range(loaded.n_blocks + 1)]
-    captured: dict[int, torch.Tensor] = {}
-
-    def capture(index: int):
-        def hook(module: torch.nn.Module, args: object, output: object) -> None:
-            captured[index] = output[0] if isinstance(output, tuple) else output  # (B, T, d)
-
-        return hook
-
-    handles = [loaded.model.get_input_embeddings().register_forward_hook(capture(0))]
-    try:
-        handles += [block.register_forward_hook(capture(i + 1)) for i, block in enumerate(loaded.blocks)]
-        tok = loaded.tokenizer
+    tok = loaded.tokenizer
+    with residual_stream(loaded.blocks) as states:  # h_0..h_L, as the extraction pass takes them
         for start in range(0, len(texts), batch_size):
             enc = tok(
                 texts[start : start + batch_size],
@@ -85,15 +78,12 @@ def measure_activation_std(
             mask = enc["attention_mask"].bool()  # (B, T)
             if exclude_first_token:
                 mask[:, 0] = False
-            captured.clear()
             loaded.model(
                 input_ids=enc["input_ids"].to(loaded.device),
                 attention_mask=enc["attention_mask"].to(loaded.device),
                 use_cache=False,
             )
-            for index, hidden in captured.items():
-                moments[index].add(hidden, mask.to(hidden.device))
-    finally:
-        for handle in handles:
-            handle.remove()
+            for index, hidden in enumerate(states):
+                if hidden is not None:
+                    moments[index].add(hidden, mask.to(hidden.device))  # hidden (B, T, d)
     return [m.std(kind) for m in moments]

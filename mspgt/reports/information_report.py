@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from mspgt.files import json_safe
 from mspgt.fusion.bootstrap import resample_counts
 from mspgt.fusion.phase_transition import RULE, eq28_test
-from mspgt.reports.intervention_report import json_safe
 from mspgt.signals.information import ESTIMATOR, label_marginal_ce, v_information, weighted_curves
 
 

@@ -12,25 +12,11 @@ import argparse
 import json
 import math
 from pathlib import Path
-from typing import Any
 
-from mspgt.reports.store import write_json_atomic
+from mspgt.files import json_safe, write_json_atomic
 
 SCALE_COLOURS = {"local": "#1f77b4", "intermediate": "#ff7f0e", "global": "#2ca02c", "none": "#7f7f7f"}
 SCALE_ORDER = {"none": 0, "local": 1, "intermediate": 2, "global": 3}
-
-
-def json_safe(obj: Any) -> Any:
-    """nan and inf become None (strict JSON); tuples become lists."""
-    if isinstance(obj, float):
-        return obj if math.isfinite(obj) else None
-    if isinstance(obj, dict):
-        return {str(k): json_safe(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [json_safe(v) for v in obj]
-    if hasattr(obj, "item") and callable(obj.item):  # numpy scalars
-        return json_safe(obj.item())
-    return obj
 
 
 def _num(x: float | None, fmt: str = ".3g") -> str:

@@ -36,13 +36,18 @@ import numpy as np
 
 from mspgt.layers import BOUNDARY_NAMES
 from mspgt.reports.store import write_json_atomic
+from mspgt.results import BoundaryCI, BoundaryResult, FisherResult, InterventionResult
 
 # The paper's thresholds (section 5, the tiers of predictions).
 LI_CV_MAX = 0.2  # Tier 1: within-family CV of the L-I position below this
 LOCAL_BRITTLENESS_RATIO_MIN = 5.0  # Tier 3: local brittleness differs by more than this across families
 IG_DRIFT_MIN = 0.30  # Tier 3: the I-G boundary drifts by more than this share of depth within a family
 STRUCTURE_METRIC = "length_variance"
-STRUCTURE_ALPHA = 0.05  # a model/sigma counts for Tier 2 only if some scale changed structure at p < this (ours)
+# A model/sigma counts for Tier 2 only if some scale changed structure at p < alpha (ours): alpha is each
+# intervention run's own significance level (experiment.alpha, recorded in intervention.json), or the one given
+# to `robustness(..., alpha=)` / `--alpha`; DEFAULT_ALPHA (conf/experiment/intervention.yaml's) for a result that
+# records none.
+DEFAULT_ALPHA = 0.05
 
 # The paper's reported boundaries (blocks, depth), for comparison only; keyed by our model config names.
 PAPER_BOUNDARIES = {
@@ -100,25 +105,25 @@ class ScaleIntervention:
     structure_p: float | None
     brittleness: float | None
     source: str
+    alpha: float = DEFAULT_ALPHA  # the run's significance level of the paired t-tests (experiment.alpha)
 
 
-def _boundary_row(r: dict[str, Any], path: Path) -> ModelBoundaries:
-    model, bounds = r.get("model", {}), r["boundaries"]
+def _boundary_row(r: BoundaryResult, path: Path) -> ModelBoundaries:
+    missing = BoundaryCI(layer=None, relative=None, ci_low=None, ci_high=None, width=None, accepted=False)
+    bounds = {n: r.boundaries.get(n, missing) for n in BOUNDARY_NAMES}
     return ModelBoundaries(
-        model=str(model.get("name")), family=str(model.get("family")), n_blocks=int(model.get("n_blocks", 0)),
-        data=str(r.get("data", {}).get("key")),
-        layer={n: bounds.get(n, {}).get("layer") for n in BOUNDARY_NAMES},
-        relative={n: bounds.get(n, {}).get("relative") for n in BOUNDARY_NAMES},
-        accepted={n: bool(bounds.get(n, {}).get("accepted")) for n in BOUNDARY_NAMES},
-        ci={n: (None if bounds.get(n, {}).get("ci_low") is None
-                else (bounds[n]["ci_low"], bounds[n]["ci_high"])) for n in BOUNDARY_NAMES},
+        model=r.name, family=r.family, n_blocks=r.n_blocks, data=str(r.data.get("key")),
+        layer={n: b.layer for n, b in bounds.items()},
+        relative={n: b.relative for n, b in bounds.items()},
+        accepted={n: bool(b.accepted) for n, b in bounds.items()},
+        ci={n: None if b.ci_low is None else (b.ci_low, b.ci_high) for n, b in bounds.items()},
         source=str(path),
         eq28=_eq28_summary(r),
     )
 
 
-def _eq28_summary(r: dict[str, Any]) -> dict[str, Any] | None:
-    tests = ((r.get("information") or {}).get("eq28") or {}).get("tests")
+def _eq28_summary(r: BoundaryResult) -> dict[str, Any] | None:
+    tests = ((r.information or {}).get("eq28") or {}).get("tests")
     if not tests:
         return None
     return {c: {"verdict": t["verdict"], **{n: {"kink": b["kink"], "ci": [b["ci_low"], b["ci_high"]],
@@ -126,20 +131,20 @@ def _eq28_summary(r: dict[str, Any]) -> dict[str, Any] | None:
             for c, t in tests.items()}
 
 
-def _intervention_row(r: dict[str, Any], path: Path) -> ScaleIntervention:
-    structure = r.get("metrics", {}).get(STRUCTURE_METRIC, {})
+def _intervention_row(r: InterventionResult, path: Path) -> ScaleIntervention:
+    structure = r.metrics.get(STRUCTURE_METRIC, {})
     return ScaleIntervention(
-        model=str(r["model"]["name"]), family=str(r["model"]["family"]), data=str(r.get("data", {}).get("key")),
-        scale=str(r["scale"]["name"]), sigma=float(r["sigma"]),
+        model=str(r.model["name"]), family=str(r.model["family"]), data=str(r.data.get("key")),
+        scale=str(r.scale["name"]), sigma=float(r.sigma or 0.0),
         structure_change_pct=structure.get("relative_change_pct"), structure_p=structure.get("p"),
-        brittleness=r.get("brittleness", {}).get("value"), source=str(path),
+        brittleness=r.brittleness.get("value"), source=str(path), alpha=float(r.alpha),
     )
 
 
-def _fisher_row(r: dict[str, Any], path: Path) -> FisherTest:
-    scales, v = r.get("scales", {}), r.get("verdict", {})
+def _fisher_row(r: FisherResult, path: Path) -> FisherTest:
+    scales, v = r.scales, r.verdict
     return FisherTest(
-        model=str(r["model"]["name"]), family=str(r["model"]["family"]), data=str(r.get("data", {}).get("key")),
+        model=str(r.model["name"]), family=str(r.model["family"]), data=str(r.data.get("key")),
         verdict=str(v.get("value")), band=tuple(v.get("band", (None, None))), sigma=v.get("sigma"),
         ratio={k: x.get("ratio_at_smallest_sigma") for k, x in scales.items()},
         slope_ratio={k: x.get("fit_kl", {}).get("slope_over_predicted") for k, x in scales.items()},
@@ -170,14 +175,14 @@ def collect_all(folders: Iterable[str | Path]) -> tuple[list[ModelBoundaries], l
         if not isinstance(r, dict):
             continue
         if r.get("experiment") == "boundary" and "boundaries" in r:
-            b = _boundary_row(r, path)
+            b = _boundary_row(BoundaryResult.from_json(r, str(path)), path)
             boundary[b.model, b.data] = b
         elif (r.get("experiment") == "intervention" and r.get("scale", {}).get("name") not in (None, "none")
               and r.get("sigma") is not None):
-            iv = _intervention_row(r, path)
+            iv = _intervention_row(InterventionResult.from_json(r, str(path)), path)
             interventions[iv.model, iv.data, iv.scale, iv.sigma] = iv
         elif r.get("experiment") == "fisher" and "scales" in r and "verdict" in r:
-            f = _fisher_row(r, path)
+            f = _fisher_row(FisherResult.from_json(r, str(path)), path)
             fisher[f.model, f.data] = f
     return (sorted(boundary.values(), key=lambda b: (b.family, b.model, b.data)), list(interventions.values()),
             sorted(fisher.values(), key=lambda f: (f.family, f.model, f.data)))
@@ -273,19 +278,28 @@ def fisher_verdict(tests: list[FisherTest], interventions: list[ScaleInterventio
 
 
 def verdicts(rows: list[ModelBoundaries], interventions: list[ScaleIntervention],
-             stats: dict[str, dict[str, dict[str, Any]]], fisher: list[FisherTest] | None = None) -> list[dict[str, Any]]:
-    """One entry per prediction: what it says, the evidence per unit tested, and the verdict."""
-    out = []
+             stats: dict[str, dict[str, dict[str, Any]]], fisher: list[FisherTest] | None = None,
+             alpha: float | None = None) -> list[dict[str, Any]]:
+    """One entry per prediction: what it says, the evidence per unit tested, and the verdict. `alpha`: the
+    significance level of Tier 2 (None: each intervention run's own experiment.alpha)."""
+    return [li_cv_verdict(stats), information_verdict(rows), structure_verdict(interventions, alpha),
+            local_brittleness_verdict(interventions), ig_drift_verdict(stats), fisher_verdict(fisher or [], interventions)]
 
-    # Tier 1: within-family CV of the L-I position < 0.2
+
+def li_cv_verdict(stats: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Tier 1: within-family CV of the L-I position < LI_CV_MAX."""
     tested = {f: s["L-I"]["cv"] for f, s in stats.items() if s["L-I"]["cv"] is not None}
-    out.append({
+    return {
         "tier": 1, "id": "li_cv_within_family",
         "prediction": f"within a family, the CV of the relative L-I position is below {LI_CV_MAX}",
         "evidence": {f: {"cv": cv, "holds": cv < LI_CV_MAX} for f, cv in tested.items()},
         "verdict": _overall([cv < LI_CV_MAX for cv in tested.values()]),
         "needs": "two or more models of a family whose L-I peak was found",
-    })
+    }
+
+
+def information_verdict(rows: list[ModelBoundaries]) -> dict[str, Any]:
+    """Tier 1: an information phase transition at the boundaries (appendix eq. 28)."""
     evidence, holds = {}, []
     for r in rows:
         if r.eq28 is None:
@@ -297,7 +311,7 @@ def verdicts(rows: list[ModelBoundaries], interventions: list[ScaleIntervention]
             evidence[f"{r.model} / {r.data} / {curve}"] = {
                 **e, "holds": ok, **({"note": "mixed: a kink at one boundary, not the other"} if ok is None else {})}
             holds.append(e["verdict"])
-    out.append({
+    return {
         "tier": 1, "id": "information_phase_transition",
         "prediction": "an information phase transition at the boundaries (appendix eq. 28): the layer-wise rate of "
                       "change of the information curves kinks at each boundary",
@@ -306,9 +320,13 @@ def verdicts(rows: list[ModelBoundaries], interventions: list[ScaleIntervention]
                     else REFUTED if set(holds) == {REFUTED} else MIXED),
         "needs": "boundary results with information curves (extraction.information.enabled=true), both boundaries "
                  "found",
-    })
+    }
 
-    # Tier 2: perturbing the Intermediate scale degrades structure more than Local or Global
+
+def structure_verdict(interventions: list[ScaleIntervention], alpha: float | None = None) -> dict[str, Any]:
+    """Tier 2: perturbing the Intermediate scale degrades structure more than Local or Global; a model/sigma
+    counts only where some scale changed structure at p < alpha (None: the runs' own, the smallest of the
+    three where they differ)."""
     cells: dict[tuple[str, str, float], dict[str, ScaleIntervention]] = defaultdict(dict)
     for iv in interventions:
         cells[iv.model, iv.data, iv.sigma][iv.scale] = iv
@@ -316,28 +334,32 @@ def verdicts(rows: list[ModelBoundaries], interventions: list[ScaleIntervention]
     for (model, data, sigma), by_scale in sorted(cells.items()):
         if not {"local", "intermediate", "global"} <= set(by_scale):
             continue
-        change = {s: by_scale[s].structure_change_pct for s in ("local", "intermediate", "global")}
-        p = {s: by_scale[s].structure_p for s in ("local", "intermediate", "global")}
+        three = [by_scale[s] for s in ("local", "intermediate", "global")]
+        change = {iv.scale: iv.structure_change_pct for iv in three}
+        p = {iv.scale: iv.structure_p for iv in three}
         if any(v is None or not math.isfinite(v) for v in change.values()):
             continue
+        level = alpha if alpha is not None else min(iv.alpha for iv in three)
         key = f"{model} / {data} / sigma={sigma:g}"
-        if not any(v is not None and v < STRUCTURE_ALPHA for v in p.values()):
-            evidence[key] = {"structure_change_pct": change, "p": p, "holds": None,
-                             "note": f"inconclusive: no scale changed structure at p < {STRUCTURE_ALPHA}"}
+        if not any(v is not None and v < level for v in p.values()):
+            evidence[key] = {"structure_change_pct": change, "p": p, "alpha": level, "holds": None,
+                             "note": f"inconclusive: no scale changed structure at p < {level:g}"}
             continue
         ok = abs(change["intermediate"]) > max(abs(change["local"]), abs(change["global"]))
         holds.append(ok)
-        evidence[key] = {"structure_change_pct": change, "p": p, "holds": ok}
-    out.append({
+        evidence[key] = {"structure_change_pct": change, "p": p, "alpha": level, "holds": ok}
+    return {
         "tier": 2, "id": "intermediate_structure",
         "prediction": "noise in the Intermediate scale changes structure (sentence-length variance) more than "
                       "noise in the Local or the Global scale (|relative change|, our reading)",
         "evidence": evidence, "verdict": _overall(holds),
         "needs": "experiment=intervention with scale=local,intermediate,global at one sigma, same model and data, "
-                 f"where some scale changes structure at p < {STRUCTURE_ALPHA}",
-    })
+                 "where some scale changes structure at p < alpha (the runs' experiment.alpha)",
+    }
 
-    # Tier 3: local brittleness differs by more than 5x across families
+
+def local_brittleness_verdict(interventions: list[ScaleIntervention]) -> dict[str, Any]:
+    """Tier 3: local brittleness differs by more than LOCAL_BRITTLENESS_RATIO_MIN x across families."""
     local: dict[float, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
     for iv in interventions:
         if iv.scale == "local" and iv.brittleness is not None and math.isfinite(iv.brittleness):
@@ -352,28 +374,29 @@ def verdicts(rows: list[ModelBoundaries], interventions: list[ScaleIntervention]
         ok = ratio > LOCAL_BRITTLENESS_RATIO_MIN
         holds.append(ok)
         evidence[f"sigma={sigma:g}"] = {"local_brittleness": means, "ratio": ratio, "holds": ok}
-    out.append({
+    return {
         "tier": 3, "id": "local_brittleness_ratio",
         "prediction": f"local brittleness differs by more than {LOCAL_BRITTLENESS_RATIO_MIN:g}x across families",
         "evidence": evidence, "verdict": _overall(holds),
         "needs": "experiment=intervention scale=local at one sigma on models of two or more families",
-    })
+    }
 
-    # Tier 3: the I-G boundary drifts by more than 30% of depth within a family
+
+def ig_drift_verdict(stats: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
+    """Tier 3: the I-G boundary drifts by more than IG_DRIFT_MIN of depth within a family."""
     tested = {f: s["I-G"]["range"] for f, s in stats.items() if s["I-G"]["range"] is not None}
-    out.append({
+    return {
         "tier": 3, "id": "ig_drift_within_family",
         "prediction": f"within a family, the relative I-G position varies by more than {IG_DRIFT_MIN:.0%} of depth",
         "evidence": {f: {"range": r, "holds": r > IG_DRIFT_MIN} for f, r in tested.items()},
         "verdict": _overall([r > IG_DRIFT_MIN for r in tested.values()]),
         "needs": "two or more models of a family whose I-G peak was found",
-    })
-    out.append(fisher_verdict(fisher or [], interventions))
-    return out
+    }
 
 
-def robustness(folders: Iterable[str | Path]) -> dict[str, Any] | None:
-    """The whole Experiment 3 record, or None when no boundary or intervention result was found."""
+def robustness(folders: Iterable[str | Path], alpha: float | None = None) -> dict[str, Any] | None:
+    """The whole Experiment 3 record, or None when no boundary or intervention result was found. `alpha`:
+    Tier 2's significance level (None: each intervention run's own experiment.alpha)."""
     rows, interventions, fisher = collect_all(folders)
     if not rows and not interventions and not fisher:
         return None
@@ -387,12 +410,13 @@ def robustness(folders: Iterable[str | Path]) -> dict[str, Any] | None:
         "offsets": cross_family_offsets(stats),
         "interventions": [iv.__dict__ for iv in interventions],
         "fisher": [f.__dict__ for f in fisher],
-        "predictions": verdicts(rows, interventions, stats, fisher),
+        "predictions": verdicts(rows, interventions, stats, fisher, alpha),
         "definitions": {
             "relative": "boundary block l / number of blocks L",
             "family_spread": "sample std (ddof=1) and CV = std / mean over the models that found the peak (ours)",
             "structure": "|relative change| of the sentence-length variance, same model, data and sigma; counted "
-                         f"only where some scale's change has paired-t p < {STRUCTURE_ALPHA} (ours)",
+                         "only where some scale's change has paired-t p < alpha, the runs' experiment.alpha "
+                         f"({'as recorded' if alpha is None else f'here {alpha:g}'}; ours)",
             "local_brittleness": "mean over a family's models of the scale=local brittleness coefficient (ours)",
             "fisher": "experiment=fisher: measured / predicted teacher-forced KL per scale at the smallest sigma, "
                       "inside each run's pre-registered band for every scale (appendix A.5, our reading)",
@@ -466,11 +490,11 @@ def fisher_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
-def write_robustness(folders: Iterable[str | Path], out: str | Path) -> dict[str, Any] | None:
+def write_robustness(folders: Iterable[str | Path], out: str | Path, alpha: float | None = None) -> dict[str, Any] | None:
     """Write robustness.json, robustness.md and (with boundary results) robustness.png, the paper's Figure 10,
     in `out` over every result under `folders` and return the record; None (nothing written) if no result
     was found."""
-    record = robustness(folders)
+    record = robustness(folders, alpha)
     if record is None:
         return None
     out = Path(out)
@@ -488,9 +512,11 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Experiment 3: boundaries across models, and the predictions")
     parser.add_argument("folders", nargs="+", type=Path, help="folders searched for results (e.g. outputs/)")
     parser.add_argument("--out", type=Path, default=None, help="where robustness.{md,json} go (default: first folder)")
+    parser.add_argument("--alpha", type=float, default=None,
+                        help="Tier 2 significance level (default: each intervention run's experiment.alpha)")
     args = parser.parse_args(argv)
     out = args.out or args.folders[0]
-    if write_robustness(args.folders, out) is None:
+    if write_robustness(args.folders, out, args.alpha) is None:
         raise SystemExit(f"no boundary or intervention result under {[str(f) for f in args.folders]}")
     print((Path(out) / "robustness.md").read_text())
 

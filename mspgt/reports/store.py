@@ -21,6 +21,7 @@ from mspgt.errors import MspgtError
 from mspgt.files import write_json_atomic
 from mspgt.identity import files_sha256
 from mspgt.model.identity import short_id
+from mspgt.results import BoundaryResult
 
 __all__ = ["boundary_path", "corpus_files", "data_identity", "data_key", "load_boundary", "save_boundary", "write_json_atomic"]
 
@@ -64,14 +65,14 @@ def boundary_path(store_dir: str | Path, model_name: str, weights_id: str, data_
     return Path(store_dir) / "boundary" / f"{model_name}__{short_id(weights_id)}__{data_key(data_cfg)}.json"
 
 
-def save_boundary(store_dir: str | Path, model_name: str, data_cfg: DictConfig, result: dict) -> Path:
-    """Store `result` under its model name, its weights id (result["model"]["weights_id"]) and the data."""
-    path = boundary_path(store_dir, model_name, result["model"]["weights_id"], data_cfg)
-    write_json_atomic(path, result)
+def save_boundary(store_dir: str | Path, model_name: str, data_cfg: DictConfig, result: BoundaryResult) -> Path:
+    """Store `result` under its model name, its weights id (result.model["weights_id"]) and the data."""
+    path = boundary_path(store_dir, model_name, result.model["weights_id"], data_cfg)
+    write_json_atomic(path, result.to_json())
     return path
 
 
-def load_boundary(store_dir: str | Path, model_name: str, weights_id: str, data_cfg: DictConfig) -> dict:
+def load_boundary(store_dir: str | Path, model_name: str, weights_id: str, data_cfg: DictConfig) -> BoundaryResult:
     """The stored boundary result for these weights and data, or an error naming the command that makes it."""
     path = boundary_path(store_dir, model_name, weights_id, data_cfg)
     if not path.exists():
@@ -93,4 +94,4 @@ def load_boundary(store_dir: str | Path, model_name: str, weights_id: str, data_
             f"{path} holds a result for another model or corpus",
             "delete it and re-run the boundary experiment for this model, weights and data",
         )
-    return result
+    return BoundaryResult.from_json(result, str(path))  # an unknown schema version: an error naming it

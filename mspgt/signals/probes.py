@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mspgt.errors import MspgtError
-from mspgt.extraction.statistics import ProbeSample
+from mspgt.statistics import ProbeSample
 
 CONTROL = "control"  # the name of the control task (Hewitt & Liang 2019) among the trained heads
 F1_AVERAGE = (

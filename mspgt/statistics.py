@@ -1,4 +1,6 @@
-"""The statistics one pass over the corpus keeps, per group of consecutive sentences (the bootstrap unit).
+"""The statistics one pass over the corpus keeps, per group of sentences (the bootstrap unit), and the keys of
+the signal variants they hold: the data types shared by mspgt/extraction/ (which writes them) and
+mspgt/signals/ (which reads them), below both (no other mspgt import).
 
 A bootstrap resample is a vector of group weights (how often each group was drawn); every signal is
 recomputed from these arrays with those weights, without the model (docs/method.md "Data unit").
@@ -8,6 +10,7 @@ Shapes: G groups, L blocks, so L + 1 residual-stream states h_0..h_L; d hidden s
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
@@ -28,6 +31,26 @@ def cka_variant(standardise: bool, exclude_first_position: bool) -> str:
         if flags == (standardise, exclude_first_position):
             return key
     raise AssertionError("unreachable")
+
+
+def entry_std(mean: np.ndarray | float, mean_sq: np.ndarray | float) -> np.ndarray:
+    """The one definition of the activation scale (our definition): the standard deviation of all entries of
+    h_l over tokens and dimensions, from the mean entry and the mean squared entry,
+    s_l = sqrt(max(E[h^2] - E[h]^2, 0)). Used for the boundary result's activation_std_all_tokens and the
+    intervention's s_l (kind `pooled`, mspgt/interventions/activation_scale.py)."""
+    mean = np.asarray(mean, dtype=np.float64)
+    return np.sqrt(np.maximum(np.asarray(mean_sq, dtype=np.float64) - mean**2, 0.0))
+
+
+def js_variant(drop_sink: bool) -> str:
+    """The key of the attention variant that fusion settings select."""
+    return "nosink" if drop_sink else "full"
+
+
+def variant_keys(fusion: Any) -> tuple[str, str]:
+    """(CKA variant, JS variant) that the fusion settings (`fusion.cka.*`, `fusion.attention.drop_sink`) select."""
+    return (cka_variant(bool(fusion.cka.standardise), bool(fusion.cka.exclude_first_position)),
+            js_variant(bool(fusion.attention.drop_sink)))
 
 
 @dataclass
@@ -71,5 +94,4 @@ class CorpusStatistics:
         """The standard deviation of the entries of h_l over all real tokens (position 0 included) and
         dimensions, l = 0..L. Reported beside the boundaries, where a jump marks massive activations; the
         intervention noise scale s_l is measured by the intervention itself (without position 0)."""
-        mean = self.act_sum / self.act_count
-        return np.sqrt(np.maximum(self.act_sq_sum / self.act_count - mean**2, 0.0))
+        return entry_std(self.act_sum / self.act_count, self.act_sq_sum / self.act_count)

@@ -1,0 +1,54 @@
+"""Cache assembly: the corpus statistics (mspgt/statistics.py) from the chunks of a complete cache entry."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from mspgt.extraction.cache import StatisticsCache
+from mspgt.signals.information import CURVES
+from mspgt.statistics import CorpusStatistics, ProbeSample
+
+
+def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
+    """Assemble the statistics from a complete cache entry; None if a chunk is missing or corrupt."""
+    if not cache.is_complete():
+        return None
+    info = cache.info()
+    label_names, n_blocks = info["label_names"], int(info["n_blocks"])
+    chunks = []
+    for i in range(cache.n_chunks or 0):
+        c = cache.load_chunk(i)
+        if c is None:
+            return None
+        chunks.append(c)
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([c[key] for c in chunks])
+
+    tasks = list(label_names)
+
+    def sample(name: str) -> ProbeSample:
+        return ProbeSample(
+            features=cat(f"{name}_feat"),
+            labels={t: cat(f"{name}_lab_{t}") for t in tasks},
+            group=cat(f"{name}_group"),
+            word_type=cat(f"{name}_type"),
+        )
+
+    return CorpusStatistics(
+        n_blocks=n_blocks,
+        hsic={v: cat(f"hsic_{v}") for v in info["cka_variants"]},
+        n_tokens={v: cat(f"ntok_{v}") for v in info["cka_variants"]},
+        js_sum={v: cat(f"js_sum_{v}") for v in info["js_variants"]},
+        js_first_uniform={v: cat(f"js_first_{v}") for v in info["js_variants"]},
+        js_count={v: cat(f"js_count_{v}") for v in info["js_variants"]},
+        act_sum=sum(c["act_sum"] for c in chunks),
+        act_sq_sum=sum(c["act_sq"] for c in chunks),
+        act_count=int(sum(int(c["act_count"]) for c in chunks)),
+        probe_train=sample("train"),
+        probe_eval=sample("eval"),
+        label_names=label_names,
+        group_is_eval=cat("group_is_eval"),
+        information={c: cat(f"info_{c}") for c in CURVES if f"info_{c}" in chunks[0]},
+        meta={"cache_dir": str(cache.dir), "n_chunks": cache.n_chunks, **info},
+    )
