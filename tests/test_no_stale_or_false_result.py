@@ -25,6 +25,7 @@ import torch
 from tests.conftest import SHARED_DATA, TINY, read_results, run_mspgt
 
 MODEL_LOADED = "loaded tiny_llama"  # the model-load log line (mspgt/model/loading.py)
+EXTRACTION_STARTS = "sentences in 12 groups"  # the log line just before the extraction (experiments/boundary.py)
 
 NOUNS = ["river", "teacher", "city", "garden", "market", "doctor", "engine", "village", "letter", "window",
          "council", "player", "bridge", "student", "farmer", "museum", "storm", "company", "singer", "forest"]
@@ -277,10 +278,10 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
-        if (out / "run.log").exists() and MODEL_LOADED in (out / "run.log").read_text():
+        if (out / "run.log").exists() and EXTRACTION_STARTS in (out / "run.log").read_text():
             break
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)  # during the extraction (3 s per batch): the window a user hits
     stdout, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
     assert "Traceback" not in stdout + stderr
