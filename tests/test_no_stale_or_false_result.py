@@ -275,7 +275,10 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     out = tmp_path / "r"
     proc = subprocess.Popen([sys.executable, "-m", "mspgt.run", "model=tiny_llama", *TINY,
                              "extraction.sleep_per_batch_s=3", f"hydra.run.dir={out}"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            # a shell without job control starts background jobs with SIGINT ignored, and
+                            # Python keeps an inherited SIG_IGN: give the run the default a terminal gives it
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if (out / "run.log").exists() and EXTRACTION_STARTS in (out / "run.log").read_text():
