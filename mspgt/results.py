@@ -195,14 +195,19 @@ class InterventionResult:
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
-        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "schema_version"})
-        return out
+        return _plain_record_json(self)
 
     @classmethod
     def from_json(cls, record: dict[str, Any], source: str = "") -> InterventionResult:
         _check_experiment(record, "intervention", source)
         return _from_dict(cls, record, source, {})
+
+
+def _plain_record_json(record: InterventionResult | FisherResult) -> dict[str, Any]:
+    """A record whose fields are already JSON values: the schema version first, then every field."""
+    out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
+    out.update({f.name: getattr(record, f.name) for f in fields(record) if f.name != "schema_version"})
+    return out
 
 
 @dataclass
@@ -228,9 +233,7 @@ class FisherResult:
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"schema_version": SCHEMA_VERSION}
-        out.update({f.name: getattr(self, f.name) for f in fields(self) if f.name != "schema_version"})
-        return out
+        return _plain_record_json(self)
 
     @classmethod
     def from_json(cls, record: dict[str, Any], source: str = "") -> FisherResult:
