@@ -257,3 +257,20 @@ def test_massive_first_token_agrees_with_float64(massive: float) -> None:
         assert float((fast[k] - r).abs().max() / r.abs().max()) < 1e-6, k
         change = representation_change(minibatch_cka(fast[k][None].numpy()))
         np.testing.assert_allclose(change, representation_change(minibatch_cka(r[None].numpy())), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("n", [4, 5, 6, 37, 64])
+def test_hsic_from_features_equals_the_gram_matrix_formula(n: int) -> None:
+    """The block (symmetric, upper-triangle) route of extraction gives the direct all-pairs formula on the
+    same features, even and odd n, down to n = 4, and each kernel's trace."""
+    from mspgt.signals.cka import hsic_unbiased_from_features
+
+    g = torch.Generator().manual_seed(n)
+    x = torch.randn(4, n, 8, generator=g) * torch.tensor([0.5, 1.0, 3.0, 20.0])[:, None, None] + 1.0
+    hsic, trace = hsic_unbiased_from_features(x)
+    grams = gram_linear(x.double())
+    torch.testing.assert_close(hsic, hsic_unbiased_matrix(grams), rtol=1e-6, atol=1e-9 * float(hsic.abs().max()))
+    torch.testing.assert_close(trace, grams.diagonal(dim1=1, dim2=2).sum(-1), rtol=1e-6, atol=0)
+    assert torch.allclose(hsic, hsic.T)
+    with pytest.raises(MspgtError):
+        hsic_unbiased_from_features(torch.randn(2, 3, 8))
