@@ -207,6 +207,23 @@ def _finish_chunk(acc: _ChunkAccumulator, cka_keys: list[str], m: int, d: int, t
     return out
 
 
+def _real_tokens(states: list[torch.Tensor | None], real: torch.Tensor) -> torch.Tensor:
+    """The real tokens' rows of every state, gathered once into one (m, N, d) tensor on the device of h_0
+    (states [B, T, d] each; `real` the flat positions). States on other devices (a model split over GPUs)
+    are gathered there and copied."""
+    first = states[0]
+    assert first is not None
+    tokens = torch.empty((len(states), real.numel(), first.shape[-1]), dtype=first.dtype, device=first.device)
+    for i, s in enumerate(states):
+        assert s is not None
+        flat = s.reshape(-1, s.shape[-1])
+        if s.device == first.device and s.dtype == first.dtype:
+            torch.index_select(flat, 0, real.to(s.device), out=tokens[i])
+        else:
+            tokens[i] = flat.index_select(0, real.to(s.device)).to(first.device)
+    return tokens
+
+
 @torch.no_grad()
 def _chunk_statistics(
     loaded: LoadedModel, corpus: PreparedCorpus, lo: int, hi: int, batch_size: int, sleep_s: float,
@@ -229,9 +246,7 @@ def _chunk_statistics(
         # the batch's real tokens, sentence after sentence, for every state (padding never enters)
         starts = np.concatenate([[0], np.cumsum(lengths)])  # [B+1] where each sentence starts in that order
         real = torch.cat([b * T + torch.arange(n) for b, n in enumerate(lengths)])  # (N,) flat positions
-        here = states[0].device
-        tokens = torch.stack([s.reshape(-1, s.shape[-1]).index_select(0, real.to(s.device)).to(here)
-                              for s in states])  # (m, N, d)
+        tokens = _real_tokens(states, real)  # (m, N, d)
         groups = corpus.group_of[batch]
         _add_group_terms(acc, tokens, starts, lengths, groups, cka_keys, info)
         _add_probe_sample(acc, corpus, batch, enc, tokens, starts)

@@ -208,7 +208,8 @@ def group_hsic_variants(states: Tensor, keep: Tensor, which: Sequence[str]) -> G
     kept = kept.to(states.device, non_blocking=True)
     m, n, d = states.shape
     x = states.to(torch.float32)  # [m, n, d]
-    shift = x.index_select(1, kept).mean(dim=1, keepdim=True)  # [m, 1, d] mean of the kept rows
+    weights = keep.to(device=x.device, dtype=x.dtype, non_blocking=True) / kept.numel()  # [n]
+    shift = torch.matmul(weights, x).unsqueeze(1)  # [m, 1, d] mean of the kept rows (no copy of them)
     centred = x - shift  # [m, n, d]
     hsic = {}
     trace = None  # [m] trace of the raw kernel over all rows: sum_t ||h_t - s||^2
