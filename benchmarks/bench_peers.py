@@ -59,20 +59,11 @@ def _setup(n_sentences: int, cache_dir: str, overrides: list[str]):
     return cfg, loaded, corpus
 
 
-def _batch_tensors(corpus, batch: list[int], pad: int, device) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
-    lengths = [len(corpus.encoded[i].input_ids) for i in batch]
-    T = max(lengths)
-    ids = torch.full((len(batch), T), pad, dtype=torch.long)
-    mask = torch.zeros((len(batch), T), dtype=torch.long)
-    for b, i in enumerate(batch):
-        ids[b, : lengths[b]] = torch.tensor(corpus.encoded[i].input_ids)
-        mask[b, : lengths[b]] = 1
-    return ids.to(device), mask.to(device), lengths
-
-
 def _collect(method: str, loaded, corpus, batches) -> list[tuple]:
     """Forward every batch and keep everything on the host: per batch (hidden states [L+1, B, T, d],
     attentions L x [B, H, T, T], mask, lengths). This list is what grows with the corpus."""
+    from mspgt.extraction.extract import _padded_batch
+
     pad = loaded.tokenizer.pad_token_id
     decoder = loaded.model.get_decoder()
     kept = []
@@ -86,7 +77,9 @@ def _collect(method: str, loaded, corpus, batches) -> list[tuple]:
 
         traced = NNsight(decoder)
     for batch in batches:
-        ids, mask, lengths = _batch_tensors(corpus, batch, pad, loaded.device)
+        enc = [corpus.encoded[i] for i in batch]
+        ids, mask = _padded_batch(enc, pad, loaded.device)  # the pass's own padding
+        lengths = [len(e.input_ids) for e in enc]
         with torch.no_grad():
             if method == "hf_collect":
                 out = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True,

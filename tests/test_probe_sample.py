@@ -72,3 +72,24 @@ def test_groupings() -> None:
     assert (sentence_order(120, "shuffled", 3) == shuffled.order).all()
     with pytest.raises(MspgtError, match="bootstrap.grouping"):
         sentence_order(10, "random", 0)
+
+
+def test_probe_features_are_clipped_to_the_float16_range_loudly(caplog) -> None:
+    """The probe sample's float16 copy: values in range are the plain float16 cast; values past +-65504
+    (massive activations, inf) are clipped to it with a warning that counts them."""
+    import logging
+
+    import torch
+
+    from mspgt.extraction.extract import FLOAT16_MAX, _to_float16
+
+    x = torch.randn(7, 3, 5) * 100
+    with caplog.at_level(logging.WARNING):
+        np.testing.assert_array_equal(_to_float16(x), x.half().numpy())
+    assert "float16 range" not in caplog.text
+    x[0, 0, 0], x[1, 2, 3], x[2, 1, 1] = 1e6, -float("inf"), -7e4
+    with caplog.at_level(logging.WARNING):
+        out = _to_float16(x.to(torch.bfloat16))
+    assert "3 probe feature values exceed the float16 range" in caplog.text
+    assert out[0, 0, 0] == FLOAT16_MAX and out[1, 2, 3] == -FLOAT16_MAX and out[2, 1, 1] == -FLOAT16_MAX
+    assert np.isfinite(out).all()

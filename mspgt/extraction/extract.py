@@ -266,10 +266,12 @@ FLOAT16_MAX = 65504.0
 def _to_float16(x: torch.Tensor) -> np.ndarray:
     """The probe sample is stored in float16 (half the memory); values beyond its range are clipped, loudly."""
     x = x.float()  # (bf16 cannot hold the float16 limit exactly: clip in float32)
-    n_big = int((x.abs() > FLOAT16_MAX).sum())
-    if n_big:
+    low, high = torch.aminmax(x)  # one read pass; the clipping passes run only when something is out of range
+    if float(high) > FLOAT16_MAX or float(low) < -FLOAT16_MAX:
+        n_big = int((x.abs() > FLOAT16_MAX).sum())
         log.warning("%d probe feature values exceed the float16 range and were clipped to +-%g", n_big, FLOAT16_MAX)
-    return x.clamp(-FLOAT16_MAX, FLOAT16_MAX).half().cpu().numpy()
+        x = x.clamp(-FLOAT16_MAX, FLOAT16_MAX)
+    return x.half().cpu().numpy()
 
 
 def n_chunks_for(n_groups: int, chunk_groups: int) -> int:
