@@ -3,7 +3,8 @@
 Prints ratios against the targets:
 1. extraction wall time vs the model's own bare decoder forward loop returning hidden states and attentions
    over the same batches (target <= 1.10x). Paired per batch: inside the pass, every batch also runs the
-   bare forward on the same inputs (before the pass's forward in even repeats, after it in odd ones), and
+   bare forward on the same inputs (before the pass's forward for every other batch, after it for the
+   rest, swapped between repeats), and
    per batch the fastest of the repeats is kept on each side, so a slow phase of the machine hits both
    sides of one batch rather than a whole loop. Then the split of the time outside the bare forward by the
    function that spends it (hooks, HSIC, information curves, attention JS, probe-sample gather, waiting for
@@ -103,7 +104,7 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
     from mspgt.data.labels import label_sentences
     from mspgt.extraction.cache import StatisticsCache
     from mspgt.extraction.corpus import prepare_corpus
-    from mspgt.extraction.extract import _batches, build_statistics, cache_material
+    from mspgt.extraction.extract import _batches, _padded_batch, build_statistics, cache_material
     from mspgt.model.loading import load_model
     from mspgt.reports.store import data_identity
 
@@ -132,8 +133,8 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
 
     def extraction(rep: int) -> dict[str, list[float]]:
         """One extraction pass with the bare decoder forward of each batch run beside it, on the same inputs:
-        before the pass's own forward in even repeats, after it in odd ones (so neither side always runs
-        with the caches the other warmed). Returns per batch: the bare forward, the pass's own forward and
+        before the pass's own forward for every other batch, after it for the rest, swapped in the next
+        repeat (so neither side always runs with the caches the other warmed). Returns per batch: the bare forward, the pass's own forward and
         the pass's time for that batch (from its forward's start to the next one's; the last batch runs to
         the end of the pass, setup before the first batch is counted in it too), bare forwards excluded."""
         cache = StatisticsCache(Path(cache_dir) / f"bench-{rep}", cache_material(cfg, data_identity(cfg.data)))
@@ -142,7 +143,9 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
         marks: list[float] = []  # when each batch starts: its interval to the next holds exactly its bare forward
         forward_start = [0.0]
         inside = [False]
-        after = rep % 2 == 1
+
+        def after() -> bool:  # this batch's bare forward after the pass's: alternating by batch and repeat
+            return (len(marks) - 1 + rep) % 2 == 1
 
         def run_bare(kwargs) -> None:
             inside[0] = True
@@ -156,7 +159,7 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
                 return
             synchronize(loaded.device)
             marks.append(time.perf_counter())
-            if not after:
+            if not after():
                 run_bare(kwargs)
             forward_start[0] = time.perf_counter()
 
@@ -165,7 +168,7 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
                 return
             synchronize(loaded.device)
             forward_s.append(time.perf_counter() - forward_start[0])
-            if after:
+            if after():
                 run_bare(kwargs)
 
         pre = decoder.register_forward_pre_hook(pre_hook, with_kwargs=True)
@@ -186,12 +189,12 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
         pass_s[0] += marks[0] - t0  # setup before the first batch
         return {"bare": bare_s, "forward": forward_s, "pass": pass_s}
 
-    bare_forward({"input_ids": torch.zeros((1, 8), dtype=torch.long, device=loaded.device),
-                  "attention_mask": torch.ones((1, 8), dtype=torch.long, device=loaded.device),
-                  "use_cache": False})  # warm-up
+    ids, mask = _padded_batch([encoded[i] for i in batches[0]], loaded.tokenizer.pad_token_id, loaded.device)
+    for _ in range(2):  # warm-up on a real batch: one-time costs go to neither side
+        bare_forward({"input_ids": ids, "attention_mask": mask, "use_cache": False})
     runs = [extraction(rep) for rep in range(repeats)]
     for rep, r in enumerate(runs):
-        print(f"repeat {rep + 1} (bare forward {'after' if rep % 2 else 'before'} the pass's): bare decoder "
+        print(f"repeat {rep + 1}: bare decoder "
               f"{sum(r['bare']):.1f} s, extraction {sum(r['pass']):.1f} s, of which forward {sum(r['forward']):.1f} s",
               flush=True)
     # per batch, the fastest of the repeats on each side: a slow phase of a shared machine then hits one
