@@ -62,6 +62,32 @@ def test_common_support_keeps_real_drift_inside_the_window() -> None:
     assert float(js_sum[0, 1]) > 0.01
 
 
+
+def test_alternating_layouts_give_each_pair_its_own_drift() -> None:
+    """Sliding, full, sliding, full, full, sliding, with padding and both sink settings: every column of one
+    pass over all blocks equals that pair computed alone (the pass reuses each block's map on the keys it
+    shares with its neighbours, and must drop it after the full-full pair). A windowed third block keeps
+    the valid queries those of the whole pass."""
+    gen = torch.Generator().manual_seed(2)
+    t = 12
+    window = BlockAttention("sliding", 4)
+    layout = [window, FULL, window, FULL, FULL, window]
+    maps = []
+    for spec in layout:
+        scores = torch.randn(2, 3, t, t, generator=gen, dtype=torch.float64)
+        maps.append(torch.softmax(scores.masked_fill(~spec.key_mask(t), float("-inf")), dim=-1))
+    mask = torch.ones(2, t)
+    mask[1, 9:] = 0  # a shorter second sentence
+    for drop_sink in (False, True):
+        js_sum, _, count = attention_js_sums(maps, mask, drop_sink, layout)
+        for block in range(1, len(layout)):
+            pair_sum, _, pair_count = attention_js_sums([maps[block - 1], maps[block], maps[0]], mask, drop_sink,
+                                                        [layout[block - 1], layout[block], window])
+            torch.testing.assert_close(pair_count, count)
+            torch.testing.assert_close(js_sum[:, block], pair_sum[:, 1], rtol=1e-12, atol=1e-12)
+        assert float(js_sum[:, 1:].min()) > 0
+
+
 def test_layout_read_from_configs() -> None:
     transformers = pytest.importorskip("transformers")
     common = dict(hidden_size=32, intermediate_size=64, num_attention_heads=4, num_key_value_heads=2, vocab_size=64)

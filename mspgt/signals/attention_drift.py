@@ -105,7 +105,8 @@ def attention_js_sums(
     full head's gives exactly the full map restricted to its window and renormalised: JS 0). Blocks with
     the same layout compare their head averages over their own keys, as before. A query is valid when it is real and sees at least 2 keys in every block's allowed
     set, so every S(l) averages over the same queries. Blocks with equal layouts (the common case) reuse
-    each map's restriction and entropy; only the previous block's maps are kept.
+    each map's restriction and entropy; alternating layouts (Gemma 2/3: sliding, full, sliding, ...) reuse
+    each block's map on the keys it shares with its neighbours; only the previous block's maps are kept.
     """
     return attention_js_sums_variants(attentions, attention_mask, (drop_sink,), layout)[drop_sink]
 
@@ -144,6 +145,7 @@ def attention_js_sums_variants(
             "js_sum": torch.zeros(b, len(attentions), dtype=torch.float64, device=device),  # [B, L]
             "first_uniform": torch.zeros(b, dtype=torch.float64, device=device),  # [B]
             "previous": None,
+            "previous_on_common": {},  # the previous block's map on the keys it shares with a differently laid-out block
         }
     for index, attention in enumerate(attentions):
         if attention.ndim != 4 or attention.shape[0] != b or attention.shape[2:] != (t, t):
@@ -155,6 +157,7 @@ def attention_js_sums_variants(
         attention = attention.to(device)  # [B, H, T, T]
         averaged = attention.mean(dim=1, dtype=torch.float64)  # [B, T, T] head average
         for st in state.values():
+            on_common: dict[frozenset, Tensor] = {}  # this block's maps on keys shared with a different layout
             own = st["allowed"][spec]  # [B, T, T]
             current = _restricted(averaged, own, own.sum(dim=-1))  # [B, T, T] on the block's own keys
             current_ne = neg_entropy(current)  # [B, T], reused when the next block has the same layout
@@ -170,10 +173,16 @@ def attention_js_sums_variants(
                     common = own & st["allowed"][prev_spec]  # [B, T, T]
                     n_common = common.sum(dim=-1)  # [B, T]
                     both = spec.key_mask(t, device) & prev_spec.key_mask(t, device)  # [T, T]
-                    js = js_divergence(_restricted(_head_restricted(attention, both), common, n_common),
-                                       _restricted(_head_restricted(prev_attention, both), common, n_common))
+                    pair = frozenset((spec, prev_spec))  # the shared keys do not depend on the order
+                    previous_map = st["previous_on_common"].get(pair)  # alternating layouts: computed last block
+                    if previous_map is None:
+                        previous_map = _restricted(_head_restricted(prev_attention, both), common, n_common)
+                    current_map = _restricted(_head_restricted(attention, both), common, n_common)
+                    js = js_divergence(current_map, previous_map)
+                    on_common[pair] = current_map
                 st["js_sum"][:, index] = (js * st["valid_f"]).sum(dim=1)  # [B]
             st["previous"] = (spec, attention, current, current_ne)
+            st["previous_on_common"] = on_common
     return {
         k: (st["js_sum"], st["first_uniform"], st["valid"].sum(dim=1).to(torch.int64)) for k, st in state.items()
     }
