@@ -9,6 +9,7 @@ Shapes: m = L + 1 states h_0..h_L, n tokens of one group, d hidden size, G group
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -130,18 +131,11 @@ def group_hsic(states: Tensor, standardise: bool = False) -> Tensor:
     return hsic_unbiased_matrix(gram_linear(x))  # [m, m]
 
 
-_UPPER: dict[tuple[int, str], tuple[Tensor, Tensor, Tensor]] = {}  # (n, device) -> strict upper triangle
-
-
+@functools.lru_cache(maxsize=512)  # one entry per group size and device seen
 def _upper_triangle(n: int, device: torch.device) -> tuple[Tensor, Tensor, Tensor]:
     """(rows i, columns j, flat positions i*n + j) of the entries above the diagonal of an n x n matrix."""
-    key = (n, str(device))
-    if key not in _UPPER:
-        if len(_UPPER) > 512:  # one entry per group size seen; bounded
-            _UPPER.clear()
-        i, j = torch.triu_indices(n, n, 1, device=device)
-        _UPPER[key] = (i, j, i * n + j)
-    return _UPPER[key]
+    i, j = torch.triu_indices(n, n, 1, device=device)
+    return i, j, i * n + j
 
 
 def hsic_unbiased_from_features(x: Tensor) -> tuple[Tensor, Tensor]:
