@@ -95,30 +95,45 @@ def _time_parts(device: torch.device, into: dict[str, float]):
     return restore
 
 
-def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected", repeats: int = 3,
-                    overrides: tuple[str, ...] = ()) -> dict[str, float]:
+def _setup(n_sentences: int, cache_dir: str, variants: str, overrides: tuple[str, ...]):
+    """The config, the loaded model, the prepared corpus and its batches, as the boundary experiment makes them
+    (batch size resolved as build_statistics resolves it)."""
     from omegaconf import OmegaConf
 
     from mspgt.data.alignment import encode_sentences
     from mspgt.data.corpus import load_sentences
     from mspgt.data.labels import label_sentences
-    from mspgt.extraction.cache import StatisticsCache
     from mspgt.extraction.corpus import prepare_corpus
-    from mspgt.extraction.extract import _batches, _padded_batch, build_statistics, cache_material
+    from mspgt.extraction.extract import _batches
     from mspgt.model.loading import load_model
-    from mspgt.reports.store import data_identity
+    from mspgt.model.sizing import auto_batch_size
 
     cfg = config([f"data.n_sentences={n_sentences}", "extraction.progress=false", f"extraction.variants={variants}",
                   *overrides])
     OmegaConf.update(cfg, "paths.cache_dir", cache_dir)
     OmegaConf.update(cfg, "paths.outputs", cache_dir)
     sentences = load_sentences(cfg.data)
-    loaded = load_model(cfg.model, cache_dir, need_attentions=True)
+    loaded = load_model(cfg.model, cache_dir, need_attentions=True, probe_tokens=cfg.data.max_tokens)
     labeled = label_sentences(sentences, cfg.data.labels, tasks=list(cfg.probes.tasks))
     encoded = encode_sentences(loaded.tokenizer, labeled, cfg.data.max_tokens)
     corpus = prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes,
                             cfg.bootstrap.grouping, cfg.bootstrap.grouping_seed)
-    batches = _batches(corpus.group_of, 0, corpus.n_groups, cfg.extraction.batch_size)
+    batch_size = cfg.extraction.batch_size
+    if batch_size == "auto":
+        batch_size = auto_batch_size(loaded, cfg.data.max_tokens, cfg.bootstrap.group_size)
+        OmegaConf.update(cfg, "extraction.batch_size", int(batch_size))  # the same batches on both sides
+    batches = _batches(corpus.group_of, 0, corpus.n_groups, int(batch_size))
+    return cfg, loaded, corpus, batches
+
+
+def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected", repeats: int = 3,
+                    overrides: tuple[str, ...] = ()) -> dict[str, float]:
+    from mspgt.extraction.cache import StatisticsCache
+    from mspgt.extraction.extract import _padded_batch, build_statistics, cache_material
+    from mspgt.reports.store import data_identity
+
+    cfg, loaded, corpus, batches = _setup(n_sentences, cache_dir, variants, overrides)
+    encoded = corpus.encoded
     decoder = loaded.model.get_decoder()
     parts: dict[int, dict[str, float]] = {}  # per repeat, seconds in each part outside the forward
 
@@ -209,6 +224,78 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
             "model": f"{loaded.name} ({loaded.n_blocks} blocks, d={loaded.model.config.hidden_size})"}
 
 
+def time_standalone(n_sentences: int, cache_dir: str, variants: str = "selected", rounds: int = 1,
+                    overrides: tuple[str, ...] = ()) -> list[dict]:
+    """Whole loops, each on its own, as a user runs them: the bare decoder loop over the batches, then the
+    extraction pass (build_statistics), then the pass, then the bare loop (ABBA, `rounds` times), so a drift of
+    the machine's speed hits both sides alike. Each phase: wall seconds, process CPU seconds and minor page
+    faults. The paired design (time_extraction) gives the split; this gives what a standalone pass costs,
+    including what the two forwards of a pair would otherwise warm for each other."""
+    import resource
+
+    from mspgt.extraction.cache import StatisticsCache
+    from mspgt.extraction.extract import _padded_batch, build_statistics, cache_material
+    from mspgt.reports.store import data_identity
+
+    cfg, loaded, corpus, batches = _setup(n_sentences, cache_dir, variants, overrides)
+    decoder = loaded.model.get_decoder()
+    pad = loaded.tokenizer.pad_token_id
+
+    forwards: list[float] = []  # the decoder forwards of the phase running now, each timed
+    start = [0.0]
+
+    def pre_hook(*_args) -> None:
+        synchronize(loaded.device)
+        start[0] = time.perf_counter()
+
+    def post_hook(*_args) -> None:
+        synchronize(loaded.device)
+        forwards.append(time.perf_counter() - start[0])
+
+    decoder.register_forward_pre_hook(pre_hook)
+    decoder.register_forward_hook(post_hook)
+
+    @torch.no_grad()
+    def bare_loop() -> None:
+        for batch in batches:
+            ids, mask = _padded_batch([corpus.encoded[i] for i in batch], pad, loaded.device)
+            out = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True,
+                          use_cache=False)
+            del out
+
+    def extraction(tag: str) -> None:
+        cache = StatisticsCache(Path(cache_dir) / f"standalone-{tag}", cache_material(cfg, data_identity(cfg.data)))
+        build_statistics(loaded, corpus, cache, cfg)
+
+    def phase(name: str, fn) -> dict:
+        forwards.clear()
+        parts: dict[str, float] = {}
+        unpatch = _time_parts(loaded.device, parts)
+        synchronize(loaded.device)
+        faults, cpu, t = resource.getrusage(resource.RUSAGE_SELF).ru_minflt, time.process_time(), time.perf_counter()
+        try:
+            fn()
+            synchronize(loaded.device)
+        finally:
+            unpatch()
+        row = {"phase": name, "wall_s": time.perf_counter() - t, "cpu_s": time.process_time() - cpu,
+               "minor_faults": resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults,
+               "forward_s": sum(forwards), "forwards": list(forwards), "parts": parts}
+        print(f"  {name}: {row['wall_s']:.1f} s wall ({row['forward_s']:.1f} s in the decoder's forward; "
+              + ", ".join(f"{k} {v:.2f}" for k, v in parts.items()) + f"), {row['cpu_s']:.1f} s CPU, "
+              f"{row['minor_faults']} minor page faults", flush=True)
+        return row
+
+    print(f"standalone loops, ABBA x {rounds}: {len(corpus.encoded)} sentences, {len(batches)} batches")
+    rows = []
+    for r in range(rounds):
+        rows.append(phase("bare decoder loop", bare_loop))
+        rows.append(phase("extraction pass", lambda r=r: extraction(f"{r}a")))
+        rows.append(phase("extraction pass", lambda r=r: extraction(f"{r}b")))
+        rows.append(phase("bare decoder loop", bare_loop))
+    return rows
+
+
 def run_peak_rss(n_sentences: int, workdir: Path, model_cache: Path,
                  overrides: tuple[str, ...] = ()) -> tuple[float, float, dict]:
     """Max RSS (MiB) of one full boundary run in a fresh process, its peak CUDA memory (MiB, 0 on a CPU), and
@@ -241,6 +328,9 @@ def main() -> None:
     ap.add_argument("--sentences", type=int, default=1000, help="the default corpus size")
     ap.add_argument("--skip-memory", action="store_true")
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each timed loop (fastest kept)")
+    ap.add_argument("--standalone", type=int, default=0, metavar="ROUNDS",
+                    help="instead of the paired design: whole standalone loops, bare/pass/pass/bare x ROUNDS")
+    ap.add_argument("--json", type=Path, help="also write the measurements here")
     ap.add_argument("--variants", choices=["all", "selected"], default="selected",
                     help="extraction.variants: only the fused CKA/JS variants (the default) or every one")
     ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run (model, data, device, ...)")
@@ -251,6 +341,19 @@ def main() -> None:
         user_tokenizers = Path(os.environ.get("MSPGT_CACHE_DIR", Path.home() / ".cache" / "mspgt")) / "tokenizers"
         if user_tokenizers.is_dir():
             shutil.copytree(user_tokenizers, Path(tmp) / "tokenizers")
+        if args.standalone:
+            rows = time_standalone(args.sentences, tmp, args.variants, args.standalone, overrides)
+            total = {k: sum(r[k] for r in rows if r["phase"] == "extraction pass") for k in ("wall_s", "cpu_s")}
+            bare = {k: sum(r[k] for r in rows if r["phase"] == "bare decoder loop") for k in ("wall_s", "cpu_s")}
+            print("\n| measure | ratio | target |\n|---|---|---|")
+            print(f"| standalone extraction pass vs bare decoder loop, wall | {total['wall_s'] / bare['wall_s']:.3f} "
+                  "| <= 1.10 |")
+            print(f"| the same, process CPU time | {total['cpu_s'] / bare['cpu_s']:.3f} | |")
+            fwd = [sum(r["forward_s"] for r in rows if r["phase"] == ph) for ph in ("extraction pass", "bare decoder loop")]
+            print(f"| the pass's decoder forwards vs the bare loop's | {fwd[0] / fwd[1]:.3f} | |")
+            if args.json:
+                args.json.write_text(json.dumps(rows, indent=1))
+            return
         t = time_extraction(args.sentences, tmp, args.variants, args.repeats, overrides)
         gpu = torch.cuda.get_device_name() if t["device"].startswith("cuda") else "no GPU"
         print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {t['device']} ({gpu}), "

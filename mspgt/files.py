@@ -5,6 +5,8 @@ on a shared cluster)."""
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import io
 import json
 import logging
 import math
@@ -133,6 +135,37 @@ def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
     with os.fdopen(fd, "wb") as f:
         f.write(data)
     publish(tmp, path)
+
+
+class _Sha256Stream(io.RawIOBase):
+    """A write-only, unseekable stream into `file` that hashes what passes through (zip writers then stream
+    their entries with data descriptors instead of seeking back)."""
+
+    def __init__(self, file: io.BufferedWriter) -> None:
+        self.file, self.sha256 = file, hashlib.sha256()
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data) -> int:  # type: ignore[override]
+        self.sha256.update(data)
+        return self.file.write(data)
+
+
+def write_stream_atomic(path: Path, fill: Callable[[io.RawIOBase], None]) -> str:
+    """Write a file atomically by streaming into it (`fill(stream)`), and return the SHA-256 of its bytes:
+    one pass, no copy of the whole content in memory (a cache chunk is hundreds of MB)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            stream = _Sha256Stream(f)
+            fill(stream)
+        publish(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return stream.sha256.hexdigest()
 
 
 def json_safe(obj: Any) -> Any:

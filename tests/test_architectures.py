@@ -33,6 +33,21 @@ def test_the_required_architectures_are_offered() -> None:
     assert required <= set(TINY_ARCHITECTURES) and "qwen2_moe" in TINY_ARCHITECTURES  # and one MoE
 
 
+def test_a_model_tiny_field_wins_over_the_architecture_default(shared_cache) -> None:
+    """`+model.tiny.num_experts=8` builds an MoE of 8 experts (the default is 4): benchmarks size an MoE like a
+    real one's proportions this way; the defaults it does not name stay."""
+    cfg = OmegaConf.load(CONF / "model" / "tiny.yaml")
+    cfg.architecture = "qwen2_moe"
+    cfg.tiny.num_experts = 8
+    cfg.tiny.moe_intermediate_size = 24
+    loaded = load_model(cfg, shared_cache, need_attentions=False)
+    config = loaded.model.config
+    assert (config.num_experts, config.moe_intermediate_size, config.num_experts_per_tok) == (8, 24, 2)
+    experts = loaded.model.get_decoder().layers[0].mlp.experts
+    weights = [p for p in experts.parameters() if p.dim() == 3]  # fused experts: [E, ., .]
+    assert weights and all(w.shape[0] == 8 for w in weights)
+
+
 @pytest.mark.parametrize("architecture", TINY_ARCHITECTURES)
 def test_hooked_states_are_h0_and_h_l_before_the_final_norm(architecture, shared_cache) -> None:
     loaded = tiny_model(architecture, shared_cache)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 from omegaconf import OmegaConf
@@ -84,12 +86,55 @@ def test_probe_features_are_clipped_to_the_float16_range_loudly(caplog) -> None:
     from mspgt.extraction.extract import FLOAT16_MAX, _to_float16
 
     x = torch.randn(7, 3, 5) * 100
+    out = np.full((7, 3, 5), np.nan, np.float16)
     with caplog.at_level(logging.WARNING):
-        np.testing.assert_array_equal(_to_float16(x), x.half().numpy())
+        _to_float16(x.permute(1, 0, 2).permute(1, 0, 2), out)  # strided input, as the pass gives it
+    np.testing.assert_array_equal(out, x.half().numpy())
     assert "float16 range" not in caplog.text
     x[0, 0, 0], x[1, 2, 3], x[2, 1, 1] = 1e6, -float("inf"), -7e4
     with caplog.at_level(logging.WARNING):
-        out = _to_float16(x.to(torch.bfloat16))
+        _to_float16(x.to(torch.bfloat16), out)
     assert "3 probe feature values exceed the float16 range" in caplog.text
     assert out[0, 0, 0] == FLOAT16_MAX and out[1, 2, 3] == -FLOAT16_MAX and out[2, 1, 1] == -FLOAT16_MAX
     assert np.isfinite(out).all()
+
+
+def test_reused_feature_buffers_never_change_a_written_chunk(tmp_path, shared_cache, monkeypatch) -> None:
+    """The pass writes each chunk's probe features into one of two buffers used in turn, while the previous
+    chunk is still being written in the background. With a slow writer (every write held back), each chunk
+    on disk equals that chunk computed alone into fresh arrays: no buffer is reused while a write holds it."""
+    import time
+
+    from hydra import compose, initialize_config_dir
+
+    from mspgt.extraction import extract
+    from mspgt.extraction.cache import StatisticsCache
+    from mspgt.model.loading import load_model
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
+        cfg = compose("config", overrides=["model=tiny", "extraction.batch_size=8", "extraction.chunk_groups=2",
+                                           "extraction.progress=false", "bootstrap.group_size=4"])
+    loaded = load_model(cfg.model, shared_cache, need_attentions=True, probe_tokens=16)
+    labeled, encoded = _corpus(48)
+    corpus = prepare_corpus(labeled, encoded, ["pos"], 4, PROBES, "consecutive")  # 12 groups: 6 chunks
+    save = StatisticsCache.save_chunk
+
+    def slow_save(self, i, arrays):
+        time.sleep(0.2)  # the next chunk's batches run meanwhile
+        save(self, i, arrays)
+
+    monkeypatch.setattr(StatisticsCache, "save_chunk", slow_save)
+    cache = StatisticsCache(tmp_path, {"test": "buffers"})
+    extract.build_statistics(loaded, corpus, cache, cfg)
+    cka_keys, js_keys = extract.stored_variants(cfg)
+    sizes = set()
+    for i in range(6):
+        alone = extract._chunk_statistics(loaded, corpus, 2 * i, 2 * i + 2, 8, 0.0, None, cka_keys, js_keys,
+                                          extract.information_settings(cfg))
+        written = cache.load_chunk(i)
+        assert written is not None and set(alone) <= set(written)
+        for key, value in alone.items():
+            np.testing.assert_array_equal(written[key], value, err_msg=f"chunk {i}: {key}")
+        sizes.add(len(alone["train_feat"]))
+        assert len(alone["train_feat"]) > 0 and np.isfinite(written["train_feat"]).all()
+    assert len(sizes) > 1  # chunks of different sizes share the buffers (views of their first rows)

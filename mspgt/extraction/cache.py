@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from mspgt.files import build_lock, write_bytes_atomic
+from mspgt.files import build_lock, write_bytes_atomic, write_stream_atomic
 
 log = logging.getLogger(__name__)
 
@@ -111,15 +111,12 @@ class StatisticsCache:
             return None
 
     def save_chunk(self, i: int, arrays: dict[str, np.ndarray]) -> None:
-        """Write a chunk atomically, then its checksum (a chunk without one is not finished). Serialised in
-        memory first and written in one go: the checksum needs no second read (a chunk is tens of MB, most
-        of it the probe sample)."""
+        """Write a chunk atomically, then its checksum (a chunk without one is not finished). Streamed to the
+        file and hashed on the way: no in-memory copy, no second read (a chunk is up to hundreds of MB, most
+        of it the probe sample; the copy cost the pass ~0.3-1.5 s of a core per chunk)."""
         path = self.chunk_path(i)
-        buffer = io.BytesIO()
-        np.savez(buffer, **arrays)
-        data = buffer.getbuffer()
-        write_bytes_atomic(path, data)
-        write_bytes_atomic(path.with_suffix(".sha256"), hashlib.sha256(data).hexdigest().encode())
+        digest = write_stream_atomic(path, lambda stream: np.savez(stream, **arrays))
+        write_bytes_atomic(path.with_suffix(".sha256"), digest.encode())
 
     # -- derived artifacts (trained probes): keyed by their own settings, checksummed like chunks ---------
     def artifact_path(self, name: str, settings: dict[str, Any]) -> Path:

@@ -103,11 +103,34 @@ class _ChunkAccumulator:
     hsic: dict[str, list[torch.Tensor]]  # CKA variant -> per group [m, m], on the device
     moments: list[torch.Tensor] = field(default_factory=list)  # per group [2, m]: sums of mean_d(h), mean_d(h^2)
     curves: list[torch.Tensor] = field(default_factory=list)  # per group [3, m]: information curves, on the device
-    probe: dict[int, dict[str, list]] = field(default_factory=lambda: {1: {}, 2: {}})  # split -> arrays
+    probe: dict[int, dict[str, list]] = field(default_factory=lambda: {1: {}, 2: {}})  # split -> label arrays
+    feat: dict[int, np.ndarray] = field(default_factory=dict)  # split -> [words, m, d] float16, filled in order
+    filled: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})  # split -> words written so far
     act_count: int = 0
 
 
-def _new_accumulator(lo: int, hi: int, L: int, cka_keys: list[str], js_keys: list[str]) -> _ChunkAccumulator:
+def probe_word_counts(corpus: PreparedCorpus, lo: int, hi: int) -> dict[int, int]:
+    """Split (1 train, 2 held out) -> how many sampled words groups lo..hi-1 hold."""
+    sentences = np.nonzero((corpus.group_of >= lo) & (corpus.group_of < hi))[0]
+    return {split: sum(int(np.count_nonzero(corpus.probe_take[i] == split)) for i in sentences) for split in (1, 2)}
+
+
+class FeatureBuffers:
+    """Where the probe sample's float16 features go: each chunk writes its words straight into one of two
+    buffers per split, used in turn (chunk k of the pass into pair k % 2): the chunk being filled and the
+    previous one, which the background writer may still be writing (writer.py: at most one write in flight;
+    a submit waits for the previous write). Nothing is concatenated at the end of a chunk, and no fresh
+    buffer of hundreds of MB is allocated (and page-faulted) per chunk. Sized for the largest chunk."""
+
+    def __init__(self, words: dict[int, int], m: int, d: int) -> None:
+        self.pairs = [{split: np.empty((n, m, d), np.float16) for split, n in words.items()} for _ in range(2)]
+
+    def for_chunk(self, k: int, words: dict[int, int]) -> dict[int, np.ndarray]:
+        return {split: self.pairs[k % 2][split][:n] for split, n in words.items()}
+
+
+def _new_accumulator(lo: int, hi: int, L: int, cka_keys: list[str], js_keys: list[str],
+                     feat: dict[int, np.ndarray]) -> _ChunkAccumulator:
     ng = hi - lo
     out: dict[str, np.ndarray] = {}
     for v in cka_keys:
@@ -116,7 +139,7 @@ def _new_accumulator(lo: int, hi: int, L: int, cka_keys: list[str], js_keys: lis
         out[f"js_sum_{v}"] = np.zeros((ng, L))
         out[f"js_first_{v}"] = np.zeros(ng)
         out[f"js_count_{v}"] = np.zeros(ng, dtype=np.int64)
-    return _ChunkAccumulator(lo=lo, out=out, hsic={v: [] for v in cka_keys})
+    return _ChunkAccumulator(lo=lo, out=out, hsic={v: [] for v in cka_keys}, feat=feat)
 
 
 def _padded_batch(enc: list[EncodedSentence], pad: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
@@ -166,8 +189,9 @@ def _add_probe_sample(acc: _ChunkAccumulator, corpus: PreparedCorpus, batch: lis
         if not at:
             continue
         where = torch.from_numpy(np.concatenate(at)).to(tokens.device)
-        p = acc.probe[split]
-        p.setdefault("feat", []).append(_to_float16(tokens.index_select(1, where).permute(1, 0, 2)))  # (w, m, d)
+        p, at_word = acc.probe[split], acc.filled[split]
+        acc.filled[split] += len(where)
+        _to_float16(tokens.index_select(1, where).permute(1, 0, 2), acc.feat[split][at_word : acc.filled[split]])
         for i, words in rows_of:
             p.setdefault("group", []).append(np.full(len(words), corpus.group_of[i], dtype=np.int64))
             p.setdefault("type", []).append(corpus.word_types[i][words])
@@ -186,7 +210,7 @@ def _add_attention_drift(acc: _ChunkAccumulator, attentions: Any, mask: torch.Te
         np.add.at(acc.out[f"js_count_{v}"], groups - acc.lo, count)
 
 
-def _finish_chunk(acc: _ChunkAccumulator, cka_keys: list[str], m: int, d: int, tasks: list[str]) -> dict[str, np.ndarray]:
+def _finish_chunk(acc: _ChunkAccumulator, cka_keys: list[str], tasks: list[str]) -> dict[str, np.ndarray]:
     """Copy the chunk's device results to the host, once."""
     out = acc.out
     for v in cka_keys:
@@ -199,7 +223,9 @@ def _finish_chunk(acc: _ChunkAccumulator, cka_keys: list[str], m: int, d: int, t
     out["act_sum"], out["act_sq"], out["act_count"] = sums[0], sums[1], np.array(acc.act_count)
     for split, name in ((1, "train"), (2, "eval")):
         p = acc.probe[split]
-        out[f"{name}_feat"] = np.concatenate(p["feat"]) if p else np.zeros((0, m, d), np.float16)
+        if acc.filled[split] != len(acc.feat[split]):
+            raise AssertionError(f"probe sample: {acc.filled[split]} of {len(acc.feat[split])} words filled")
+        out[f"{name}_feat"] = acc.feat[split]  # [words, m, d] float16 (a view of FeatureBuffers when given)
         out[f"{name}_group"] = np.concatenate(p["group"]) if p else np.zeros(0, np.int64)
         out[f"{name}_type"] = np.concatenate(p["type"]) if p else np.zeros(0, np.int64)
         for t in tasks:
@@ -228,13 +254,18 @@ def _real_tokens(states: list[torch.Tensor | None], real: torch.Tensor) -> torch
 def _chunk_statistics(
     loaded: LoadedModel, corpus: PreparedCorpus, lo: int, hi: int, batch_size: int, sleep_s: float,
     bar: tqdm | None, cka_keys: list[str], js_keys: list[str], info: tuple[float, int] | None = None,
+    feat: dict[int, np.ndarray] | None = None,
 ) -> dict[str, np.ndarray]:
     """Statistics of groups lo..hi-1: one forward pass per batch, nothing kept beyond the chunk.
 
     Device work is queued without waiting: the per-group results stay on the device until the chunk ends,
-    and a batch's probe sample is gathered in one indexing per state and copied to the host once.
+    and a batch's probe sample is gathered in one indexing per state and copied to the host once, into
+    `feat` (split -> [words, m, d] float16, exactly this chunk's sampled words; FeatureBuffers) or new arrays.
     """
-    acc = _new_accumulator(lo, hi, loaded.n_blocks, cka_keys, js_keys)
+    if feat is None:
+        m, d = loaded.n_blocks + 1, loaded.model.config.hidden_size
+        feat = {split: np.empty((n, m, d), np.float16) for split, n in probe_word_counts(corpus, lo, hi).items()}
+    acc = _new_accumulator(lo, hi, loaded.n_blocks, cka_keys, js_keys, feat)
     decoder = loaded.model.get_decoder()
     for batch in _batches(corpus.group_of, lo, hi, batch_size):
         enc = [corpus.encoded[i] for i in batch]
@@ -256,22 +287,22 @@ def _chunk_statistics(
             bar.update(len(batch))
         if sleep_s:
             time.sleep(sleep_s)
-    return _finish_chunk(acc, cka_keys, loaded.n_blocks + 1, loaded.model.config.hidden_size,
-                         list(corpus.label_ids[0]))
+    return _finish_chunk(acc, cka_keys, list(corpus.label_ids[0]))
 
 
 FLOAT16_MAX = 65504.0
 
 
-def _to_float16(x: torch.Tensor) -> np.ndarray:
-    """The probe sample is stored in float16 (half the memory); values beyond its range are clipped, loudly."""
+def _to_float16(x: torch.Tensor, out: np.ndarray) -> None:
+    """The probe sample is stored in float16 (half the memory): `x` cast into the host array `out` (same
+    shape) in one copy; values beyond the float16 range are clipped, loudly."""
     x = x.float()  # (bf16 cannot hold the float16 limit exactly: clip in float32)
     low, high = torch.aminmax(x)  # one read pass; the clipping passes run only when something is out of range
     if float(high) > FLOAT16_MAX or float(low) < -FLOAT16_MAX:
         n_big = int((x.abs() > FLOAT16_MAX).sum())
         log.warning("%d probe feature values exceed the float16 range and were clipped to +-%g", n_big, FLOAT16_MAX)
         x = x.clamp(-FLOAT16_MAX, FLOAT16_MAX)
-    return x.half().cpu().numpy()
+    torch.from_numpy(out).copy_(x)  # the cast (round to nearest even, as .half()) and the copy to the host
 
 
 def n_chunks_for(n_groups: int, chunk_groups: int) -> int:
@@ -302,13 +333,17 @@ def build_statistics(
                     for i in range(n_chunks) if i not in todo)
     bar = tqdm(total=n_sent, initial=done_sent, desc=f"extracting {loaded.name}", unit="sent",
                disable=not cfg.extraction.progress, mininterval=2.0)
-    writes = BackgroundWrites(cache)
+    ranges = {i: (i * cg, min((i + 1) * cg, corpus.n_groups)) for i in todo}
+    words = {i: probe_word_counts(corpus, *ranges[i]) for i in todo}
+    buffers = FeatureBuffers({s: max((w[s] for w in words.values()), default=0) for s in (1, 2)},
+                             loaded.n_blocks + 1, loaded.model.config.hidden_size)
+    writes = BackgroundWrites(cache)  # at most one write in flight: what FeatureBuffers relies on
     try:
-        for i in todo:
-            lo, hi = i * cg, min((i + 1) * cg, corpus.n_groups)
+        for k, i in enumerate(todo):
+            lo, hi = ranges[i]
             arrays = _chunk_statistics(loaded, corpus, lo, hi, int(batch_size),
                                        cfg.extraction.sleep_per_batch_s, bar, cka_keys, js_keys,
-                                       information_settings(cfg))
+                                       information_settings(cfg), buffers.for_chunk(k, words[i]))
             arrays["group_range"] = np.array([lo, hi])
             arrays["group_is_eval"] = corpus.group_is_eval[lo:hi]
             writes.submit(i, arrays)

@@ -4,7 +4,9 @@ model.architecture=...`). Results on random weights prove plumbing, never scienc
 Every architecture is built by transformers' own config and model classes from `model.tiny` (hidden size,
 layers, heads, ...) plus what that architecture needs beyond the common fields (ARCHITECTURES below):
 GPT-2 names its sizes differently; Gemma needs a head_dim; windowed families get a short sliding window
-so that sentences longer than the window exercise it; MoE families get a few small experts.
+so that sentences longer than the window exercise it; MoE families get a few small experts. A field set in
+`model.tiny` wins over these defaults (`+model.tiny.moe_intermediate_size=396` for an MoE of a real model's
+proportions in a benchmark).
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ def tiny_config_fields(architecture: str, tiny: dict[str, Any], vocab_size: int)
             f"use model.architecture= one of {list(TINY_ARCHITECTURES)}",
         )
     model_type, extra = ARCHITECTURES[architecture]
-    fields = {**tiny, "vocab_size": vocab_size, **extra}
+    fields = {**extra, **tiny, "vocab_size": vocab_size}  # model.tiny wins (e.g. +model.tiny.num_experts=8)
     if fields.get("layer_types") == "gemma3":
         fields["layer_types"] = _gemma3_layer_types(int(tiny["num_hidden_layers"]))
     if model_type == "gpt2":  # GPT-2's own names; no GQA, no separate intermediate size field
