@@ -233,20 +233,19 @@ def _finish_chunk(acc: _ChunkAccumulator, cka_keys: list[str], tasks: list[str])
     return out
 
 
-def _real_tokens(states: list[torch.Tensor | None], real: torch.Tensor) -> torch.Tensor:
-    """The real tokens' rows of every state, gathered once into one (m, N, d) tensor on the device of h_0
-    (states [B, T, d] each; `real` the flat positions). States on other devices (a model split over GPUs)
-    are gathered there and copied."""
-    first = states[0]
-    assert first is not None
-    tokens = torch.empty((len(states), real.numel(), first.shape[-1]), dtype=first.dtype, device=first.device)
+def _real_tokens(states: list[torch.Tensor | None], real: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
+    """The real tokens' rows of every state, gathered once into `buffer[:, :N]` ((m, N, d), on the device
+    of h_0; states [B, T, d] each; `real` the N flat positions). The buffer is reused batch after batch: no
+    fresh tens of MB to allocate and page-fault per batch. States on other devices (a model split over
+    GPUs) are gathered there and copied."""
+    tokens = buffer[:, : real.numel()]
     for i, s in enumerate(states):
         assert s is not None
         flat = s.reshape(-1, s.shape[-1])
-        if s.device == first.device and s.dtype == first.dtype:
+        if s.device == buffer.device and s.dtype == buffer.dtype:
             torch.index_select(flat, 0, real.to(s.device), out=tokens[i])
         else:
-            tokens[i] = flat.index_select(0, real.to(s.device)).to(first.device)
+            tokens[i] = flat.index_select(0, real.to(s.device)).to(buffer.device)
     return tokens
 
 
@@ -267,7 +266,10 @@ def _chunk_statistics(
         feat = {split: np.empty((n, m, d), np.float16) for split, n in probe_word_counts(corpus, lo, hi).items()}
     acc = _new_accumulator(lo, hi, loaded.n_blocks, cka_keys, js_keys, feat)
     decoder = loaded.model.get_decoder()
-    for batch in _batches(corpus.group_of, lo, hi, batch_size):
+    batches = _batches(corpus.group_of, lo, hi, batch_size)
+    most_tokens = max(sum(len(corpus.encoded[i].input_ids) for i in batch) for batch in batches)
+    gather: torch.Tensor | None = None  # [m, most_tokens, d]: the real tokens of each batch (_real_tokens)
+    for batch in batches:
         enc = [corpus.encoded[i] for i in batch]
         lengths = [len(e.input_ids) for e in enc]
         T = max(lengths)
@@ -277,7 +279,10 @@ def _chunk_statistics(
         # the batch's real tokens, sentence after sentence, for every state (padding never enters)
         starts = np.concatenate([[0], np.cumsum(lengths)])  # [B+1] where each sentence starts in that order
         real = torch.cat([b * T + torch.arange(n) for b, n in enumerate(lengths)])  # (N,) flat positions
-        tokens = _real_tokens(states, real)  # (m, N, d)
+        if gather is None:  # like h_0: the model's dtype, the device of its first block
+            gather = torch.empty((len(states), most_tokens, states[0].shape[-1]), dtype=states[0].dtype,
+                                 device=states[0].device)
+        tokens = _real_tokens(states, real, gather)  # (m, N, d)
         groups = corpus.group_of[batch]
         _add_group_terms(acc, tokens, starts, lengths, groups, cka_keys, info)
         _add_probe_sample(acc, corpus, batch, enc, tokens, starts)
