@@ -9,11 +9,15 @@ Prints ratios against the targets:
    sides of one batch rather than a whole loop. Then the split of the time outside the bare forward by the
    function that spends it (hooks, HSIC, information curves, attention JS, probe-sample gather, waiting for
    the cache writer, the rest), so a slow architecture is diagnosed by one command;
+   `--standalone R` instead times whole loops as a user runs them (bare loop, pass, pass, bare loop; R
+   times), with the decoder forwards, the parts, CPU time and minor page faults of each: what a pass costs
+   when no bare forward of the same shape runs beside it (on a shared machine the speed drifts by 10-25%
+   between loops: read it beside the paired ratio, not instead of it);
 2. peak memory (max RSS of a full `python -m mspgt.run` process) at 500 vs 2,000 sentences (target: within 10%);
 3. B = 1000 bootstrap time as a share of extraction time (target < 5%).
 
 Usage: python benchmarks/bench_boundary.py [--sentences 1000] [--skip-memory] [--variants selected|all] [--repeats 3]
-                                          [HYDRA_OVERRIDE ...]
+                                          [--standalone R] [--json FILE] [HYDRA_OVERRIDE ...]
 Overrides go to every run, e.g. on a GPU node, a random-weight model of Llama-2-7B's shape in bf16 with gold
 labels (no model download, no spaCy):
   python benchmarks/bench_boundary.py model=tiny_llama model.device=cuda model.dtype=bfloat16 \
@@ -355,6 +359,8 @@ def main() -> None:
                 args.json.write_text(json.dumps(rows, indent=1))
             return
         t = time_extraction(args.sentences, tmp, args.variants, args.repeats, overrides)
+        if args.json:
+            args.json.write_text(json.dumps(t, indent=1))
         gpu = torch.cuda.get_device_name() if t["device"].startswith("cuda") else "no GPU"
         print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {t['device']} ({gpu}), "
               f"{t['dtype']}, model {t['model']}")

@@ -12,7 +12,8 @@ from mspgt.extraction.cache import StatisticsCache
 
 class BackgroundWrites:
     """Chunk writes (serialise, checksum, write) overlap the next chunk's forward passes. At most one write
-    is in flight, so at most two chunks are in memory; a failed write is raised at the next submit or close."""
+    is in flight, so at most two chunks are in memory (extract.FeatureBuffers relies on it: two buffers, used
+    by turns); a failed write is raised at the next submit or close."""
 
     def __init__(self, cache: StatisticsCache) -> None:
         self.cache = cache
