@@ -191,7 +191,9 @@ def _add_probe_sample(acc: _ChunkAccumulator, corpus: PreparedCorpus, batch: lis
         where = torch.from_numpy(np.concatenate(at)).to(tokens.device)
         p, at_word = acc.probe[split], acc.filled[split]
         acc.filled[split] += len(where)
-        _to_float16(tokens.index_select(1, where).permute(1, 0, 2), acc.feat[split][at_word : acc.filled[split]])
+        # gathered straight into word order (w, m, d), so the float16 cast reads and writes contiguously
+        # (index_select on dim 1, then permute: 2.7x slower, a strided cast)
+        _to_float16(tokens.permute(1, 0, 2).index_select(0, where), acc.feat[split][at_word : acc.filled[split]])
         for i, words in rows_of:
             p.setdefault("group", []).append(np.full(len(words), corpus.group_of[i], dtype=np.int64))
             p.setdefault("type", []).append(corpus.word_types[i][words])
