@@ -13,11 +13,13 @@ Prints ratios against the targets:
    times), with the decoder forwards, the parts, CPU time and minor page faults of each: what a pass costs
    when no bare forward of the same shape runs beside it (on a shared machine the speed drifts by 10-25%
    between loops: read it beside the paired ratio, not instead of it);
+   `--profile ROWS` runs one pass under torch.profiler instead (the GPU target's table of where the time
+   goes: the labelled parts, then the top ROWS operators by self time, CUDA time on a GPU);
 2. peak memory (max RSS of a full `python -m mspgt.run` process) at 500 vs 2,000 sentences (target: within 10%);
 3. B = 1000 bootstrap time as a share of extraction time (target < 5%).
 
 Usage: python benchmarks/bench_boundary.py [--sentences 1000] [--skip-memory] [--variants selected|all] [--repeats 3]
-                                          [--standalone R] [--json FILE] [HYDRA_OVERRIDE ...]
+                                          [--standalone R] [--profile ROWS] [--json FILE] [HYDRA_OVERRIDE ...]
 Overrides go to every run, e.g. on a GPU node, a random-weight model of Llama-2-7B's shape in bf16 with gold
 labels (no model download, no spaCy):
   python benchmarks/bench_boundary.py model=tiny_llama model.device=cuda model.dtype=bfloat16 \
@@ -64,13 +66,31 @@ PARTS = {
 }
 
 
-def _time_parts(device: torch.device, into: dict[str, float]):
-    """Wrap the functions of PARTS wherever mspgt.extraction imported them, adding their wall time (device
-    synchronised) into `into`; returns the undo."""
+def _wrap_parts(wrap):
+    """Replace the functions of PARTS, wherever mspgt.extraction imported them, and the writer's wait by
+    `wrap(name, fn)`; returns the undo."""
     import mspgt.extraction as package
     from mspgt.extraction.writer import BackgroundWrites
 
     undo = []
+    for module in [m for n, m in sys.modules.items() if n.startswith(package.__name__ + ".") and m is not None]:
+        for name in PARTS:
+            fn = getattr(module, name, None)
+            if callable(fn) and not isinstance(fn, type) and getattr(fn, "__module__", "").startswith("mspgt"):
+                setattr(module, name, wrap(name, fn))
+                undo.append((module, name, fn))
+    original_wait = BackgroundWrites.wait
+    BackgroundWrites.wait = wrap("wait", original_wait)
+    undo.append((BackgroundWrites, "wait", original_wait))
+
+    def restore() -> None:
+        for owner, name, fn in undo:
+            setattr(owner, name, fn)
+    return restore
+
+
+def _time_parts(device: torch.device, into: dict[str, float]):
+    """Add the wall time (device synchronised) of each part of PARTS into `into`; returns the undo."""
 
     def timed(name, fn):
         def wrapper(*args, **kwargs):
@@ -83,20 +103,56 @@ def _time_parts(device: torch.device, into: dict[str, float]):
                 into[name] = into.get(name, 0.0) + time.perf_counter() - t
         return wrapper
 
-    for module in [m for n, m in sys.modules.items() if n.startswith(package.__name__ + ".") and m is not None]:
-        for name in PARTS:
-            fn = getattr(module, name, None)
-            if callable(fn) and not isinstance(fn, type) and getattr(fn, "__module__", "").startswith("mspgt"):
-                setattr(module, name, timed(name, fn))
-                undo.append((module, name, fn))
-    original_wait = BackgroundWrites.wait
-    BackgroundWrites.wait = timed("wait", original_wait)
-    undo.append((BackgroundWrites, "wait", original_wait))
+    return _wrap_parts(timed)
 
-    def restore() -> None:
-        for owner, name, fn in undo:
-            setattr(owner, name, fn)
-    return restore
+
+def profile_pass(n_sentences: int, cache_dir: str, variants: str, overrides: tuple[str, ...], rows: int) -> str:
+    """torch.profiler over one extraction pass (after a warm-up forward): the table of operators by self time
+    (CUDA time on a GPU), with mspgt's parts and the decoder's forward labelled ("mspgt: ..." rows: their
+    total time, children included), so where the time outside the forward goes is read off one table."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from mspgt.extraction.cache import StatisticsCache
+    from mspgt.extraction.extract import _padded_batch, build_statistics, cache_material
+    from mspgt.reports.store import data_identity
+
+    cfg, loaded, corpus, batches = _setup(n_sentences, cache_dir, variants, overrides)
+    decoder = loaded.model.get_decoder()
+    ids, mask = _padded_batch([corpus.encoded[i] for i in batches[0]], loaded.tokenizer.pad_token_id, loaded.device)
+    with torch.no_grad():
+        decoder(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
+
+    def labelled(name, fn):
+        def wrapper(*args, **kwargs):
+            with record_function(f"mspgt: {PARTS[name]}"):
+                return fn(*args, **kwargs)
+        return wrapper
+
+    forward = []
+    pre = decoder.register_forward_pre_hook(lambda *_: forward.append(record_function("mspgt: decoder forward").__enter__()))
+    post = decoder.register_forward_hook(lambda *_: forward.pop().__exit__(None, None, None))
+    undo = _wrap_parts(labelled)
+    cuda = loaded.device.type == "cuda"
+    activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
+    try:
+        with profile(activities=activities) as prof:
+            build_statistics(loaded, corpus, StatisticsCache(Path(cache_dir) / "profile",
+                                                             cache_material(cfg, data_identity(cfg.data))), cfg)
+            synchronize(loaded.device)
+    finally:
+        pre.remove()
+        post.remove()
+        undo()
+    events = prof.key_averages()
+    labels = sorted((e for e in events if e.key.startswith("mspgt: ")), key=lambda e: -e.cpu_time_total)
+    lines = [f"torch.profiler, one pass over {len(corpus.encoded)} sentences ({len(batches)} batches), {loaded.name} "
+             f"on {loaded.device} ({str(loaded.dtype).replace('torch.', '')}); labelled parts, total time:"]
+    for e in labels:
+        device_s = f", {e.device_time_total / 1e6:.2f} s on the GPU" if cuda else ""
+        lines.append(f"  {e.key}: {e.cpu_time_total / 1e6:.2f} s on the host{device_s} ({e.count} calls)")
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    lines.append(events.table(sort_by=sort, row_limit=rows))
+    return "\n".join(lines)
 
 
 def _setup(n_sentences: int, cache_dir: str, variants: str, overrides: tuple[str, ...]):
@@ -334,6 +390,8 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3, help="interleaved repeats of each timed loop (fastest kept)")
     ap.add_argument("--standalone", type=int, default=0, metavar="ROUNDS",
                     help="instead of the paired design: whole standalone loops, bare/pass/pass/bare x ROUNDS")
+    ap.add_argument("--profile", type=int, default=0, metavar="ROWS",
+                    help="instead of timing: torch.profiler over one pass, the top ROWS operators and mspgt's parts")
     ap.add_argument("--json", type=Path, help="also write the measurements here")
     ap.add_argument("--variants", choices=["all", "selected"], default="selected",
                     help="extraction.variants: only the fused CKA/JS variants (the default) or every one")
@@ -345,6 +403,9 @@ def main() -> None:
         user_tokenizers = Path(os.environ.get("MSPGT_CACHE_DIR", Path.home() / ".cache" / "mspgt")) / "tokenizers"
         if user_tokenizers.is_dir():
             shutil.copytree(user_tokenizers, Path(tmp) / "tokenizers")
+        if args.profile:
+            print(profile_pass(args.sentences, tmp, args.variants, overrides, args.profile))
+            return
         if args.standalone:
             rows = time_standalone(args.sentences, tmp, args.variants, args.standalone, overrides)
             total = {k: sum(r[k] for r in rows if r["phase"] == "extraction pass") for k in ("wall_s", "cpu_s")}
