@@ -112,9 +112,7 @@ def profile_pass(n_sentences: int, cache_dir: str, variants: str, overrides: tup
     total time, children included), so where the time outside the forward goes is read off one table."""
     from torch.profiler import ProfilerActivity, profile, record_function
 
-    from mspgt.extraction.cache import StatisticsCache
-    from mspgt.extraction.extract import _padded_batch, build_statistics, cache_material
-    from mspgt.reports.store import data_identity
+    from mspgt.extraction.extract import _padded_batch
 
     cfg, loaded, corpus, batches = _setup(n_sentences, cache_dir, variants, overrides)
     decoder = loaded.model.get_decoder()
@@ -136,8 +134,7 @@ def profile_pass(n_sentences: int, cache_dir: str, variants: str, overrides: tup
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if cuda else [])]
     try:
         with profile(activities=activities) as prof:
-            build_statistics(loaded, corpus, StatisticsCache(Path(cache_dir) / "profile",
-                                                             cache_material(cfg, data_identity(cfg.data))), cfg)
+            _fresh_pass(cfg, loaded, corpus, Path(cache_dir) / "profile")
             synchronize(loaded.device)
     finally:
         pre.remove()
@@ -153,6 +150,15 @@ def profile_pass(n_sentences: int, cache_dir: str, variants: str, overrides: tup
     sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
     lines.append(events.table(sort_by=sort, row_limit=rows))
     return "\n".join(lines)
+
+
+def _fresh_pass(cfg, loaded, corpus, folder: Path) -> None:
+    """One extraction pass (build_statistics) into a fresh cache entry under `folder`, as the job runs it."""
+    from mspgt.extraction.cache import StatisticsCache
+    from mspgt.extraction.extract import build_statistics, cache_material
+    from mspgt.reports.store import data_identity
+
+    build_statistics(loaded, corpus, StatisticsCache(folder, cache_material(cfg, data_identity(cfg.data))), cfg)
 
 
 def _setup(n_sentences: int, cache_dir: str, variants: str, overrides: tuple[str, ...]):
@@ -188,9 +194,7 @@ def _setup(n_sentences: int, cache_dir: str, variants: str, overrides: tuple[str
 
 def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected", repeats: int = 3,
                     overrides: tuple[str, ...] = ()) -> dict[str, float]:
-    from mspgt.extraction.cache import StatisticsCache
-    from mspgt.extraction.extract import _padded_batch, build_statistics, cache_material
-    from mspgt.reports.store import data_identity
+    from mspgt.extraction.extract import _padded_batch
 
     cfg, loaded, corpus, batches = _setup(n_sentences, cache_dir, variants, overrides)
     encoded = corpus.encoded
@@ -212,7 +216,6 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
         repeat (so neither side always runs with the caches the other warmed). Returns per batch: the bare forward, the pass's own forward and
         the pass's time for that batch (from its forward's start to the next one's; the last batch runs to
         the end of the pass, setup before the first batch is counted in it too), bare forwards excluded."""
-        cache = StatisticsCache(Path(cache_dir) / f"bench-{rep}", cache_material(cfg, data_identity(cfg.data)))
         bare_s: list[float] = []
         forward_s: list[float] = []
         marks: list[float] = []  # when each batch starts: its interval to the next holds exactly its bare forward
@@ -252,7 +255,7 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
         try:
             synchronize(loaded.device)
             t0 = time.perf_counter()
-            build_statistics(loaded, corpus, cache, cfg)
+            _fresh_pass(cfg, loaded, corpus, Path(cache_dir) / f"bench-{rep}")
             synchronize(loaded.device)
             t1 = time.perf_counter()
         finally:
@@ -293,9 +296,7 @@ def time_standalone(n_sentences: int, cache_dir: str, variants: str = "selected"
     including what the two forwards of a pair would otherwise warm for each other."""
     import resource
 
-    from mspgt.extraction.cache import StatisticsCache
-    from mspgt.extraction.extract import _padded_batch, build_statistics, cache_material
-    from mspgt.reports.store import data_identity
+    from mspgt.extraction.extract import _padded_batch
 
     cfg, loaded, corpus, batches = _setup(n_sentences, cache_dir, variants, overrides)
     decoder = loaded.model.get_decoder()
@@ -323,10 +324,6 @@ def time_standalone(n_sentences: int, cache_dir: str, variants: str = "selected"
                           use_cache=False)
             del out
 
-    def extraction(tag: str) -> None:
-        cache = StatisticsCache(Path(cache_dir) / f"standalone-{tag}", cache_material(cfg, data_identity(cfg.data)))
-        build_statistics(loaded, corpus, cache, cfg)
-
     def phase(name: str, fn) -> dict:
         forwards.clear()
         parts: dict[str, float] = {}
@@ -350,8 +347,9 @@ def time_standalone(n_sentences: int, cache_dir: str, variants: str = "selected"
     rows = []
     for r in range(rounds):
         rows.append(phase("bare decoder loop", bare_loop))
-        rows.append(phase("extraction pass", lambda r=r: extraction(f"{r}a")))
-        rows.append(phase("extraction pass", lambda r=r: extraction(f"{r}b")))
+        for tag in "ab":
+            rows.append(phase("extraction pass",
+                              lambda f=Path(cache_dir) / f"standalone-{r}{tag}": _fresh_pass(cfg, loaded, corpus, f)))
         rows.append(phase("bare decoder loop", bare_loop))
     return rows
 

@@ -62,7 +62,6 @@ def test_common_support_keeps_real_drift_inside_the_window() -> None:
     assert float(js_sum[0, 1]) > 0.01
 
 
-
 def test_alternating_layouts_give_each_pair_its_own_drift() -> None:
     """Sliding, full, sliding, full, full, sliding, with padding and both sink settings: every column of one
     pass over all blocks equals that pair computed alone (the pass reuses each block's map on the keys it

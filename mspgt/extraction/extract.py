@@ -101,10 +101,10 @@ class _ChunkAccumulator:
     lo: int
     out: dict[str, np.ndarray]
     hsic: dict[str, list[torch.Tensor]]  # CKA variant -> per group [m, m], on the device
+    feat: dict[int, np.ndarray]  # split -> [words, m, d] float16, this chunk's sampled words, filled in order
     moments: list[torch.Tensor] = field(default_factory=list)  # per group [2, m]: sums of mean_d(h), mean_d(h^2)
     curves: list[torch.Tensor] = field(default_factory=list)  # per group [3, m]: information curves, on the device
     probe: dict[int, dict[str, list]] = field(default_factory=lambda: {1: {}, 2: {}})  # split -> label arrays
-    feat: dict[int, np.ndarray] = field(default_factory=dict)  # split -> [words, m, d] float16, filled in order
     filled: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})  # split -> words written so far
     act_count: int = 0
 
