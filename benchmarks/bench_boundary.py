@@ -2,11 +2,12 @@
 
 Prints ratios against the targets:
 1. extraction wall time vs the model's own bare decoder forward loop returning hidden states and attentions
-   over the same batches (target <= 1.10x). Paired per batch: inside the pass, every batch also runs the
-   bare forward on the same inputs (before the pass's forward for every other batch, after it for the
-   rest, swapped between repeats), and
-   per batch the fastest of the repeats is kept on each side, so a slow phase of the machine hits both
-   sides of one batch rather than a whole loop. Then the split of the time outside the bare forward by the
+   over the same decoder calls (target <= 1.10x; each batch runs as the calls extract.decoder_calls picks).
+   Paired per call: inside the pass, every decoder call is also run bare on the same inputs (before the
+   pass's forward for every other call, after it for the rest, swapped between repeats), and per call the
+   fastest of the repeats is kept on each side, so a slow phase of the machine hits both sides of one call
+   rather than a whole loop. A least-squares fit of the bare calls' times to their padded tokens gives a
+   call's fixed cost in tokens (what extraction.call_overhead_tokens should be on that machine). Then the split of the time outside the bare forward by the
    function that spends it (hooks, HSIC, information curves, attention JS, probe-sample gather, waiting for
    the cache writer, the rest), so a slow architecture is diagnosed by one command;
    `--standalone R` instead times whole loops as a user runs them (bare loop, pass, pass, bare loop; R
@@ -114,9 +115,9 @@ def profile_pass(n_sentences: int, cache_dir: str, variants: str, overrides: tup
 
     from mspgt.extraction.extract import _padded_batch
 
-    cfg, loaded, corpus, batches = _setup(n_sentences, cache_dir, variants, overrides)
+    cfg, loaded, corpus, calls = _setup(n_sentences, cache_dir, variants, overrides)
     decoder = loaded.model.get_decoder()
-    ids, mask = _padded_batch([corpus.encoded[i] for i in batches[0]], loaded.tokenizer.pad_token_id, loaded.device)
+    ids, mask = _padded_batch([corpus.encoded[i] for i in calls[0]], loaded.tokenizer.pad_token_id, loaded.device)
     with torch.no_grad():
         decoder(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
 
@@ -142,7 +143,7 @@ def profile_pass(n_sentences: int, cache_dir: str, variants: str, overrides: tup
         undo()
     events = prof.key_averages()
     labels = sorted((e for e in events if e.key.startswith("mspgt: ")), key=lambda e: -e.cpu_time_total)
-    lines = [f"torch.profiler, one pass over {len(corpus.encoded)} sentences ({len(batches)} batches), {loaded.name} "
+    lines = [f"torch.profiler, one pass over {len(corpus.encoded)} sentences ({len(calls)} decoder calls), {loaded.name} "
              f"on {loaded.device} ({str(loaded.dtype).replace('torch.', '')}); labelled parts, total time:"]
     for e in labels:
         device_s = f", {e.device_time_total / 1e6:.2f} s on the GPU" if cuda else ""
@@ -162,15 +163,16 @@ def _fresh_pass(cfg, loaded, corpus, folder: Path) -> None:
 
 
 def _setup(n_sentences: int, cache_dir: str, variants: str, overrides: tuple[str, ...]):
-    """The config, the loaded model, the prepared corpus and its batches, as the boundary experiment makes them
-    (batch size resolved as build_statistics resolves it)."""
+    """The config, the loaded model, the prepared corpus and the pass's decoder calls (each a list of sentence
+    indices, in the pass's order), as the boundary experiment makes them (batch size and the per-call
+    overhead resolved as build_statistics resolves them)."""
     from omegaconf import OmegaConf
 
     from mspgt.data.alignment import encode_sentences
     from mspgt.data.corpus import load_sentences
     from mspgt.data.labels import label_sentences
     from mspgt.extraction.corpus import prepare_corpus
-    from mspgt.extraction.extract import _batches
+    from mspgt.extraction.extract import _batches, call_overhead_tokens, decoder_calls
     from mspgt.model.loading import load_model
     from mspgt.model.sizing import auto_batch_size
 
@@ -188,15 +190,29 @@ def _setup(n_sentences: int, cache_dir: str, variants: str, overrides: tuple[str
     if batch_size == "auto":
         batch_size = auto_batch_size(loaded, cfg.data.max_tokens, cfg.bootstrap.group_size)
         OmegaConf.update(cfg, "extraction.batch_size", int(batch_size))  # the same batches on both sides
-    batches = _batches(corpus.group_of, 0, corpus.n_groups, int(batch_size))
-    return cfg, loaded, corpus, batches
+    overhead = call_overhead_tokens(cfg, loaded.device)
+    OmegaConf.update(cfg, "extraction.call_overhead_tokens", overhead)
+    calls = [[batch[b] for b in call] for batch in _batches(corpus.group_of, 0, corpus.n_groups, int(batch_size))
+             for call in decoder_calls([len(corpus.encoded[i].input_ids) for i in batch], overhead)]
+    return cfg, loaded, corpus, calls
+
+
+def call_cost_fit(padded: list[int], seconds: list[float]) -> dict[str, float]:
+    """Least squares over the decoder calls: seconds = fixed + per_token x padded tokens. fixed / per_token is
+    a call's fixed cost in padded tokens, what `extraction.call_overhead_tokens` should be on this machine."""
+    import numpy as np
+
+    x = np.asarray(padded, dtype=float)
+    fit = np.linalg.lstsq(np.stack([np.ones_like(x), x], 1), np.asarray(seconds), rcond=None)[0]
+    return {"fixed_s": float(fit[0]), "per_token_s": float(fit[1]),
+            "overhead_tokens": float(fit[0] / fit[1]) if fit[1] > 0 else float("nan")}
 
 
 def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected", repeats: int = 3,
                     overrides: tuple[str, ...] = ()) -> dict[str, float]:
     from mspgt.extraction.extract import _padded_batch
 
-    cfg, loaded, corpus, batches = _setup(n_sentences, cache_dir, variants, overrides)
+    cfg, loaded, corpus, calls = _setup(n_sentences, cache_dir, variants, overrides)
     encoded = corpus.encoded
     decoder = loaded.model.get_decoder()
     parts: dict[int, dict[str, float]] = {}  # per repeat, seconds in each part outside the forward
@@ -211,18 +227,19 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
         return time.perf_counter() - t
 
     def extraction(rep: int) -> dict[str, list[float]]:
-        """One extraction pass with the bare decoder forward of each batch run beside it, on the same inputs:
-        before the pass's own forward for every other batch, after it for the rest, swapped in the next
-        repeat (so neither side always runs with the caches the other warmed). Returns per batch: the bare forward, the pass's own forward and
-        the pass's time for that batch (from its forward's start to the next one's; the last batch runs to
-        the end of the pass, setup before the first batch is counted in it too), bare forwards excluded."""
+        """One extraction pass with the bare decoder forward of each decoder call run beside it, on the same
+        inputs: before the pass's own forward for every other call, after it for the rest, swapped in the next
+        repeat (so neither side always runs with the caches the other warmed). Returns per call: the bare
+        forward, the pass's own forward and the pass's time for that call (from its forward's start to the
+        next one's: a batch's statistics fall in its last call; the last call runs to the end of the pass,
+        setup before the first call is counted in it too), bare forwards excluded."""
         bare_s: list[float] = []
         forward_s: list[float] = []
-        marks: list[float] = []  # when each batch starts: its interval to the next holds exactly its bare forward
+        marks: list[float] = []  # when each call starts: its interval to the next holds exactly its bare forward
         forward_start = [0.0]
         inside = [False]
 
-        def after() -> bool:  # this batch's bare forward after the pass's: alternating by batch and repeat
+        def after() -> bool:  # this call's bare forward after the pass's: alternating by call and repeat
             return (len(marks) - 1 + rep) % 2 == 1
 
         def run_bare(kwargs) -> None:
@@ -264,10 +281,10 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
             unpatch()
         ends = [*marks[1:], t1]
         pass_s = [e - m - b for m, e, b in zip(marks, ends, bare_s, strict=True)]
-        pass_s[0] += marks[0] - t0  # setup before the first batch
+        pass_s[0] += marks[0] - t0  # setup before the first call
         return {"bare": bare_s, "forward": forward_s, "pass": pass_s}
 
-    ids, mask = _padded_batch([encoded[i] for i in batches[0]], loaded.tokenizer.pad_token_id, loaded.device)
+    ids, mask = _padded_batch([encoded[i] for i in calls[0]], loaded.tokenizer.pad_token_id, loaded.device)
     for _ in range(2):  # warm-up on a real batch: one-time costs go to neither side
         bare_forward({"input_ids": ids, "attention_mask": mask, "use_cache": False})
     runs = [extraction(rep) for rep in range(repeats)]
@@ -275,21 +292,24 @@ def time_extraction(n_sentences: int, cache_dir: str, variants: str = "selected"
         print(f"repeat {rep + 1}: bare decoder "
               f"{sum(r['bare']):.1f} s, extraction {sum(r['pass']):.1f} s, of which forward {sum(r['forward']):.1f} s",
               flush=True)
-    # per batch, the fastest of the repeats on each side: a slow phase of a shared machine then hits one
-    # batch of one repeat, not a whole side
+    # per call, the fastest of the repeats on each side: a slow phase of a shared machine then hits one
+    # call of one repeat, not a whole side
     best = {k: [min(r[k][i] for r in runs) for i in range(len(runs[0][k]))] for k in runs[0]}
     tokens = sum(len(e.input_ids) for e in encoded)
+    padded = [len(c) * max(len(encoded[i].input_ids) for i in c) for c in calls]
     fastest = min(range(repeats), key=lambda r: sum(runs[r]["pass"]))
     return {"bare_decoder_s": sum(best["bare"]), "extract_s": sum(best["pass"]),
             "extract_forward_s": sum(best["forward"]), "parts": parts[fastest], "tokens": tokens,
-            "sentences": len(encoded), "batches": len(batches), "device": str(loaded.device),
+            "padded_tokens": sum(padded), "call_fit": call_cost_fit(padded, best["bare"]),
+            "overhead_tokens": int(cfg.extraction.call_overhead_tokens), "batch_size": int(cfg.extraction.batch_size),
+            "sentences": len(encoded), "calls": len(calls), "device": str(loaded.device),
             "dtype": str(loaded.dtype).replace("torch.", ""),
             "model": f"{loaded.name} ({loaded.n_blocks} blocks, d={loaded.model.config.hidden_size})"}
 
 
 def time_standalone(n_sentences: int, cache_dir: str, variants: str = "selected", rounds: int = 1,
                     overrides: tuple[str, ...] = ()) -> list[dict]:
-    """Whole loops, each on its own, as a user runs them: the bare decoder loop over the batches, then the
+    """Whole loops, each on its own, as a user runs them: the bare decoder loop over the calls, then the
     extraction pass (build_statistics), then the pass, then the bare loop (ABBA, `rounds` times), so a drift of
     the machine's speed hits both sides alike. Each phase: wall seconds, process CPU seconds and minor page
     faults. The paired design (time_extraction) gives the split; this gives what a standalone pass costs,
@@ -298,7 +318,7 @@ def time_standalone(n_sentences: int, cache_dir: str, variants: str = "selected"
 
     from mspgt.extraction.extract import _padded_batch
 
-    cfg, loaded, corpus, batches = _setup(n_sentences, cache_dir, variants, overrides)
+    cfg, loaded, corpus, calls = _setup(n_sentences, cache_dir, variants, overrides)
     decoder = loaded.model.get_decoder()
     pad = loaded.tokenizer.pad_token_id
 
@@ -318,8 +338,8 @@ def time_standalone(n_sentences: int, cache_dir: str, variants: str = "selected"
 
     @torch.no_grad()
     def bare_loop() -> None:
-        for batch in batches:
-            ids, mask = _padded_batch([corpus.encoded[i] for i in batch], pad, loaded.device)
+        for call in calls:
+            ids, mask = _padded_batch([corpus.encoded[i] for i in call], pad, loaded.device)
             out = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True, output_attentions=True,
                           use_cache=False)
             del out
@@ -343,7 +363,7 @@ def time_standalone(n_sentences: int, cache_dir: str, variants: str = "selected"
               f"{row['minor_faults']} minor page faults", flush=True)
         return row
 
-    print(f"standalone loops, ABBA x {rounds}: {len(corpus.encoded)} sentences, {len(batches)} batches")
+    print(f"standalone loops, ABBA x {rounds}: {len(corpus.encoded)} sentences, {len(calls)} decoder calls")
     rows = []
     for r in range(rounds):
         rows.append(phase("bare decoder loop", bare_loop))
@@ -423,13 +443,18 @@ def main() -> None:
         gpu = torch.cuda.get_device_name() if t["device"].startswith("cuda") else "no GPU"
         print(f"torch {torch.__version__}, {torch.get_num_threads()} CPU threads, device {t['device']} ({gpu}), "
               f"{t['dtype']}, model {t['model']}")
-        rows = [("extraction vs bare decoder forward loop (hidden states + attentions, same batches)",
+        rows = [("extraction vs bare decoder forward loop (hidden states + attentions, same decoder calls)",
                  t["extract_s"] / t["bare_decoder_s"], "<= 1.10")]
         print(f"extraction.variants={args.variants}; {t['sentences']} sentences, {t['tokens']} tokens, "
-              f"{t['batches']} batches, each timed both ways, fastest of {args.repeats} repeats per batch: "
+              f"batches of {t['batch_size']} run as {t['calls']} decoder calls ({t['padded_tokens']} padded tokens; "
+              f"extraction.call_overhead_tokens={t['overhead_tokens']}), each timed both ways, fastest of "
+              f"{args.repeats} repeats per call: "
               f"bare decoder {t['bare_decoder_s']:.1f} s, extraction {t['extract_s']:.1f} s "
               f"({t['tokens'] / t['extract_s']:.0f} tokens/s), of which {t['extract_forward_s']:.1f} s inside the "
               f"decoder's forward and {t['extract_s'] - t['extract_forward_s']:.1f} s outside it")
+        fit = t["call_fit"]
+        print(f"bare decoder calls fitted as {fit['fixed_s'] * 1e3:.1f} ms + {fit['per_token_s'] * 1e6:.1f} us per padded "
+              f"token: a call's fixed cost is {fit['overhead_tokens']:.0f} padded tokens (extraction.call_overhead_tokens)")
         outside = t["extract_s"] - t["extract_forward_s"]
         print("where the time outside the bare forward goes (s, share of extraction; parts from the fastest repeat):")
         print(f"  hooks (the pass's forward, with mspgt's hooks, minus the bare forward): "

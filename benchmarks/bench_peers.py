@@ -3,7 +3,7 @@
 What TransformerLens (`run_with_cache`) and nnsight (`.save()`) users do: run the model over the corpus,
 keep every layer's hidden states and attention maps, then compute the signals. The baseline here does that
 honestly with plain Hugging Face outputs (`output_hidden_states=True, output_attentions=True`), on the same
-model, the same batches, the same states (h_0..h_L at every real token) and the same estimators as mspgt
+model, the same batches run as the same decoder calls (extract.decoder_calls), the same states (h_0..h_L at every real token) and the same estimators as mspgt
 (`group_hsic_variants` per sentence group, `attention_js_sums_variants` per batch), and checks that both give
 the same per-group HSIC and JS sums. With nnsight installed (`pip install nnsight`), a third path collects the
 same tensors through `NNsight(model).trace(...)` and `.save()`.
@@ -59,10 +59,11 @@ def _setup(n_sentences: int, cache_dir: str, overrides: list[str]):
     return cfg, loaded, corpus
 
 
-def _collect(method: str, loaded, corpus, batches) -> list[tuple]:
-    """Forward every batch and keep everything on the host: per batch (hidden states [L+1, B, T, d],
-    attentions L x [B, H, T, T], mask, lengths). This list is what grows with the corpus."""
-    from mspgt.extraction.extract import _padded_batch
+def _collect(method: str, loaded, corpus, batches, overhead: int) -> list[list[tuple]]:
+    """Forward every batch, as the pass's own decoder calls (extract.decoder_calls), and keep everything on the
+    host: per batch, per call (its positions in the batch, hidden states [L+1, B, T, d], attentions
+    L x [B, H, T, T], mask). This list is what grows with the corpus."""
+    from mspgt.extraction.extract import decoder_calls
 
     pad = loaded.tokenizer.pad_token_id
     decoder = loaded.model.get_decoder()
@@ -72,62 +73,83 @@ def _collect(method: str, loaded, corpus, batches) -> list[tuple]:
     last: list[torch.Tensor] = []
     hook = loaded.blocks[-1].register_forward_hook(
         lambda _m, _i, out: last.append(out[0] if isinstance(out, tuple) else out))
+    traced = decoder
     if method == "nnsight_collect":
         from nnsight import NNsight
 
         traced = NNsight(decoder)
     for batch in batches:
         enc = [corpus.encoded[i] for i in batch]
-        ids, mask = _padded_batch(enc, pad, loaded.device)  # the pass's own padding
-        lengths = [len(e.input_ids) for e in enc]
-        with torch.no_grad():
-            if method == "hf_collect":
-                out = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                              output_attentions=True, use_cache=False)
-                hidden, attentions = out.hidden_states, out.attentions
-            else:
-                with traced.trace(input_ids=ids, attention_mask=mask, output_hidden_states=True,
-                                  output_attentions=True, use_cache=False):
-                    saved = traced.output.save()
-                out = saved.value if hasattr(saved, "value") else saved
-                hidden, attentions = out.hidden_states, out.attentions
-        states = [*hidden[:-1], last.pop()]  # h_0..h_L
-        kept.append((torch.stack([h.cpu() for h in states]), [a.cpu() for a in attentions], mask.cpu(), lengths))
+        kept.append([])
+        for call in decoder_calls([len(e.input_ids) for e in enc], overhead):
+            kept[-1].append((call, *_collect_call(method, traced, [enc[b] for b in call], pad, loaded.device, last)))
     hook.remove()
     return kept
 
 
+def _collect_call(method: str, decoder, enc, pad: int, device, last: list[torch.Tensor]) -> tuple:
+    """One decoder call's hidden states h_0..h_L [L+1, B, T, d], attentions L x [B, H, T, T] and mask, on the
+    host. `decoder` is the HF decoder or, for nnsight, its NNsight wrapper."""
+    from mspgt.extraction.extract import _padded_batch
+
+    ids, mask = _padded_batch(enc, pad, device)  # the pass's own padding
+    with torch.no_grad():
+        if method == "hf_collect":
+            out = decoder(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                          output_attentions=True, use_cache=False)
+        else:
+            with decoder.trace(input_ids=ids, attention_mask=mask, output_hidden_states=True,
+                               output_attentions=True, use_cache=False):
+                saved = decoder.output.save()
+            out = saved.value if hasattr(saved, "value") else saved
+    states = [*out.hidden_states[:-1], last.pop()]  # h_0..h_L
+    return torch.stack([h.cpu() for h in states]), [a.cpu() for a in out.attentions], mask.cpu()
+
+
 def _compute(kept, corpus, batches, loaded, cka_keys, js_keys) -> dict[str, np.ndarray]:
-    """Per-group HSIC (the same estimator as mspgt) and JS sums from the collected tensors."""
+    """Per-group HSIC (the same estimator as mspgt) and JS sums from the collected tensors: each batch's
+    real tokens put back in batch order from its calls, as the pass does."""
     from mspgt.signals.attention_drift import attention_js_sums_variants
     from mspgt.signals.cka import group_hsic_variants
 
     n_groups = corpus.n_groups
     hsic = {v: [None] * n_groups for v in cka_keys}
     js = {v: np.zeros((n_groups, loaded.n_blocks)) for v in js_keys}
-    for (hidden, attentions, mask, lengths), batch in zip(kept, batches, strict=True):
-        T = hidden.shape[2]
-        real = torch.cat([b * T + torch.arange(n) for b, n in enumerate(lengths)])
-        tokens = hidden.reshape(hidden.shape[0], -1, hidden.shape[-1]).index_select(1, real)  # [m, N, d]
+    for calls, batch in zip(kept, batches, strict=True):
+        lengths = [len(corpus.encoded[i].input_ids) for i in batch]
         starts = np.concatenate([[0], np.cumsum(lengths)])
         groups = corpus.group_of[batch]
+        tokens = None
+        for call, hidden, attentions, mask in calls:
+            T = hidden.shape[2]
+            real = torch.cat([k * T + torch.arange(lengths[b]) for k, b in enumerate(call)])
+            rows = hidden.reshape(hidden.shape[0], -1, hidden.shape[-1]).index_select(1, real)
+            if tokens is None:
+                tokens = hidden.new_empty((hidden.shape[0], int(starts[-1]), hidden.shape[-1]))
+            tokens[:, torch.cat([torch.arange(starts[b], starts[b + 1]) for b in call])] = rows  # [m, N, d]
+            by_sink = attention_js_sums_variants(tuple(attentions), mask, tuple(v == "nosink" for v in js_keys),
+                                                 loaded.attention_layout)
+            for v in js_keys:
+                np.add.at(js[v], groups[call], by_sink[v == "nosink"][0].cpu().numpy())
         for g in np.unique(groups):
             members = np.nonzero(groups == g)[0]
             rows = tokens[:, starts[members[0]] : starts[members[-1] + 1]].float()
             keep = torch.cat([torch.arange(lengths[b]) > 0 for b in members])
             for v, matrix in group_hsic_variants(rows, keep, cka_keys).hsic.items():
                 hsic[v][g] = matrix.cpu().numpy()
-        by_sink = attention_js_sums_variants(tuple(attentions), mask, tuple(v == "nosink" for v in js_keys),
-                                             loaded.attention_layout)
-        for v in js_keys:
-            np.add.at(js[v], groups, by_sink[v == "nosink"][0].cpu().numpy())
     return {**{f"hsic_{v}": np.stack(hsic[v]) for v in cka_keys}, **{f"js_sum_{v}": js[v] for v in js_keys}}
 
 
 def one(method: str, n_sentences: int, work: Path, overrides: list[str]) -> dict:
     """Run one method at one size in this process; the statistics go to work/<method>-<n>.npz."""
     from mspgt.extraction.cache import StatisticsCache
-    from mspgt.extraction.extract import _batches, build_statistics, cache_material, stored_variants
+    from mspgt.extraction.extract import (
+        _batches,
+        build_statistics,
+        cache_material,
+        call_overhead_tokens,
+        stored_variants,
+    )
     from mspgt.reports.store import data_identity
 
     cfg, loaded, corpus = _setup(n_sentences, str(work / "cache"), overrides)
@@ -143,7 +165,7 @@ def one(method: str, n_sentences: int, work: Path, overrides: list[str]) -> dict
         arrays = {**{f"hsic_{v}": stats.hsic[v] for v in cka_keys}, **{f"js_sum_{v}": stats.js_sum[v] for v in js_keys}}
     else:
         batches = _batches(corpus.group_of, 0, corpus.n_groups, batch_size)
-        kept = _collect(method, loaded, corpus, batches)
+        kept = _collect(method, loaded, corpus, batches, call_overhead_tokens(cfg, loaded.device))
         collected_s = time.perf_counter() - t
         arrays = _compute(kept, corpus, batches, loaded, cka_keys, js_keys)
     seconds = time.perf_counter() - t

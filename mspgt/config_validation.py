@@ -78,6 +78,7 @@ def _rules() -> list[Rule]:
         Rule("data.one_per_line", "bool"),
         Rule("model.device", "device"),
         Rule("extraction.batch_size", "int", pos, ">= 1", "32", auto=True),  # auto: mspgt/model/sizing.py
+        Rule("extraction.call_overhead_tokens", "int", nonneg, NONNEG, "64", auto=True),  # auto: sizing.py
         Rule("extraction.chunk_groups", "int", pos, ">= 1", "16"),
         Rule("extraction.cache", "bool"),
         Rule("extraction.progress", "bool"),

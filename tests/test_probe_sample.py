@@ -130,7 +130,8 @@ def test_reused_feature_buffers_never_change_a_written_chunk(tmp_path, shared_ca
     sizes = set()
     for i in range(6):
         alone = extract._chunk_statistics(loaded, corpus, 2 * i, 2 * i + 2, 8, 0.0, None, cka_keys, js_keys,
-                                          extract.information_settings(cfg))
+                                          extract.information_settings(cfg),
+                                          overhead_tokens=extract.call_overhead_tokens(cfg, loaded.device))
         written = cache.load_chunk(i)
         assert written is not None and set(alone) <= set(written)
         for key, value in alone.items():

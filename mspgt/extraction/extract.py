@@ -27,7 +27,7 @@ from mspgt.extraction.hooks import residual_stream
 from mspgt.extraction.writer import BackgroundWrites
 from mspgt.model.identity import model_identity
 from mspgt.model.loading import LoadedModel
-from mspgt.model.sizing import auto_batch_size
+from mspgt.model.sizing import auto_batch_size, auto_call_overhead_tokens
 from mspgt.signals.attention_drift import attention_js_sums_variants
 from mspgt.signals.cka import group_hsic_variants
 from mspgt.signals.information import CURVES, group_information_tensor
@@ -65,6 +65,7 @@ def cache_material(cfg: DictConfig, data_identity: dict) -> dict:
         "group_size": cfg.bootstrap.group_size,
         "grouping": [cfg.bootstrap.grouping, cfg.bootstrap.grouping_seed],
         "batch_size": cfg.extraction.batch_size,
+        "call_overhead_tokens": cfg.extraction.get("call_overhead_tokens", "auto"),
         "variants": stored_variants(cfg),
         "probes": {k: cfg.probes[k] for k in ("tasks", "eval_fraction", "max_train_words", "max_eval_words", "seed")},
         "information": information_settings(cfg),
@@ -91,6 +92,37 @@ def _batches(group_of: np.ndarray, lo: int, hi: int, per_batch: int) -> list[lis
     group_size = int(np.sum(group_of == group_of[0]))
     step = max(group_size, per_batch - per_batch % group_size)
     return [sents[i : i + step] for i in range(0, len(sents), step)]
+
+
+def decoder_calls(lengths: list[int], overhead_tokens: int) -> list[list[int]]:
+    """How one batch (sentences of `lengths` tokens) is run through the decoder (our rule): its sentences
+    sorted by length (ties in batch order), cut into the runs that minimise padded tokens (each run's size x
+    its longest sentence) + `overhead_tokens` per decoder call; exact, by dynamic programming over the cut
+    points of the sorted order (O(B^2) for B sentences). Returns each call's positions in the batch; a batch
+    left whole keeps its own order. Padding never enters a statistic (masked), so only the float rounding of
+    the forward depends on this, not what is computed."""
+    order = sorted(range(len(lengths)), key=lambda b: (lengths[b], b))
+    sorted_len = [lengths[b] for b in order]
+    n = len(order)
+    cost = [0.0] + [float("inf")] * n  # cost[j]: the best split of the j shortest sentences
+    cut = [0] * (n + 1)
+    for j in range(1, n + 1):
+        for i in range(j):
+            c = cost[i] + (j - i) * sorted_len[j - 1] + overhead_tokens
+            if c < cost[j]:
+                cost[j], cut[j] = c, i
+    runs: list[list[int]] = []
+    j = n
+    while j:
+        runs.append(order[cut[j] : j])
+        j = cut[j]
+    return runs[::-1] if len(runs) > 1 else [list(range(n))]
+
+
+def call_overhead_tokens(cfg: DictConfig, device: torch.device) -> int:
+    """extraction.call_overhead_tokens, with `auto` resolved for the device (mspgt/model/sizing.py)."""
+    value = cfg.extraction.get("call_overhead_tokens", "auto")
+    return auto_call_overhead_tokens(device) if value == "auto" else int(value)
 
 
 @dataclass
@@ -235,29 +267,33 @@ def _finish_chunk(acc: _ChunkAccumulator, cka_keys: list[str], tasks: list[str])
     return out
 
 
-def _real_tokens(states: list[torch.Tensor | None], real: torch.Tensor, buffer: torch.Tensor) -> torch.Tensor:
-    """The real tokens' rows of every state, gathered once into `buffer[:, :N]` ((m, N, d), on the device
-    of h_0; states [B, T, d] each; `real` the N flat positions). The buffer is reused batch after batch: no
+def _real_tokens(states: list[torch.Tensor | None], real: torch.Tensor, buffer: torch.Tensor,
+                 into: torch.Tensor | None = None) -> None:
+    """The real tokens' rows of every state, gathered into `buffer` ((m, ., d), on the device of h_0; states
+    [B, T, d] each; `real` their N flat positions): into rows 0..N-1, or into rows `into` (N indices: a
+    decoder call holding part of the batch, in another order). The buffer is reused batch after batch: no
     fresh tens of MB to allocate and page-fault per batch. States on other devices (a model split over
     GPUs) are gathered there and copied."""
-    tokens = buffer[:, : real.numel()]
     for i, s in enumerate(states):
         assert s is not None
         flat = s.reshape(-1, s.shape[-1])
-        if s.device == buffer.device and s.dtype == buffer.dtype:
-            torch.index_select(flat, 0, real.to(s.device), out=tokens[i])
+        if into is None and s.device == buffer.device and s.dtype == buffer.dtype:
+            torch.index_select(flat, 0, real.to(s.device), out=buffer[i, : real.numel()])
+        elif into is None:
+            buffer[i, : real.numel()] = flat.index_select(0, real.to(s.device)).to(buffer.device)
         else:
-            tokens[i] = flat.index_select(0, real.to(s.device)).to(buffer.device)
-    return tokens
+            rows = flat.index_select(0, real.to(s.device)).to(buffer.device, buffer.dtype)
+            buffer[i].index_copy_(0, into.to(buffer.device), rows)
 
 
 @torch.no_grad()
 def _chunk_statistics(
     loaded: LoadedModel, corpus: PreparedCorpus, lo: int, hi: int, batch_size: int, sleep_s: float,
     bar: tqdm | None, cka_keys: list[str], js_keys: list[str], info: tuple[float, int] | None = None,
-    feat: dict[int, np.ndarray] | None = None,
+    feat: dict[int, np.ndarray] | None = None, *, overhead_tokens: int,
 ) -> dict[str, np.ndarray]:
-    """Statistics of groups lo..hi-1: one forward pass per batch, nothing kept beyond the chunk.
+    """Statistics of groups lo..hi-1: each batch run as its decoder calls (decoder_calls, `overhead_tokens`
+    per call), nothing kept beyond the chunk.
 
     Device work is queued without waiting: the per-group results stay on the device until the chunk ends,
     and a batch's probe sample is gathered in one indexing per state and copied to the host once, into
@@ -274,22 +310,28 @@ def _chunk_statistics(
     for batch in batches:
         enc = [corpus.encoded[i] for i in batch]
         lengths = [len(e.input_ids) for e in enc]
-        T = max(lengths)
-        ids, mask = _padded_batch(enc, loaded.tokenizer.pad_token_id, loaded.device)  # [B, T] each
-        with residual_stream(loaded.blocks) as states:
-            res = decoder(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
+        groups = corpus.group_of[batch]
         # the batch's real tokens, sentence after sentence, for every state (padding never enters)
         starts = np.concatenate([[0], np.cumsum(lengths)])  # [B+1] where each sentence starts in that order
-        real = torch.cat([b * T + torch.arange(n) for b, n in enumerate(lengths)])  # (N,) flat positions
-        if gather is None:  # like h_0: the model's dtype, the device of its first block
-            gather = torch.empty((len(states), most_tokens, states[0].shape[-1]), dtype=states[0].dtype,
-                                 device=states[0].device)
-        tokens = _real_tokens(states, real, gather)  # (m, N, d)
-        groups = corpus.group_of[batch]
+        for call in decoder_calls(lengths, overhead_tokens):
+            ids, mask = _padded_batch([enc[b] for b in call], loaded.tokenizer.pad_token_id, loaded.device)
+            T = ids.shape[1]
+            with residual_stream(loaded.blocks) as states:
+                res = decoder(input_ids=ids, attention_mask=mask, output_attentions=True, use_cache=False)
+            real = torch.cat([k * T + torch.arange(lengths[b]) for k, b in enumerate(call)])  # flat positions
+            into = None if len(call) == len(batch) else torch.cat(
+                [torch.arange(starts[b], starts[b + 1]) for b in call])  # where they go in batch order
+            if gather is None:  # like h_0: the model's dtype, the device of its first block
+                gather = torch.empty((len(states), most_tokens, states[0].shape[-1]), dtype=states[0].dtype,
+                                     device=states[0].device)
+            _real_tokens(states, real, gather, into)
+            _add_attention_drift(acc, res.attentions, mask, groups[call], js_keys, loaded.attention_layout)
+            del states, res
+        assert gather is not None
+        tokens = gather[:, : int(starts[-1])]  # (m, N, d)
         _add_group_terms(acc, tokens, starts, lengths, groups, cka_keys, info)
         _add_probe_sample(acc, corpus, batch, enc, tokens, starts)
-        _add_attention_drift(acc, res.attentions, mask, groups, js_keys, loaded.attention_layout)
-        del states, res, tokens
+        del tokens
         if bar is not None:
             bar.update(len(batch))
         if sleep_s:
@@ -325,6 +367,7 @@ def build_statistics(
     batch_size = cfg.extraction.batch_size
     if batch_size == "auto":  # sized from the model and the device (mspgt/model/sizing.py)
         batch_size = auto_batch_size(loaded, cfg.data.max_tokens, cfg.bootstrap.group_size)
+    overhead_tokens = call_overhead_tokens(cfg, loaded.device)
     cka_keys, js_keys = stored_variants(cfg)
     cache.check_manifest(n_chunks, {
         "label_names": corpus.label_names, "n_blocks": loaded.n_blocks, "n_sentences": len(corpus.encoded),
@@ -350,7 +393,8 @@ def build_statistics(
             lo, hi = ranges[i]
             arrays = _chunk_statistics(loaded, corpus, lo, hi, int(batch_size),
                                        cfg.extraction.sleep_per_batch_s, bar, cka_keys, js_keys,
-                                       information_settings(cfg), buffers.for_chunk(k, words[i]))
+                                       information_settings(cfg), buffers.for_chunk(k, words[i]),
+                                       overhead_tokens=overhead_tokens)
             arrays["group_range"] = np.array([lo, hi])
             arrays["group_is_eval"] = corpus.group_is_eval[lo:hi]
             writes.submit(i, arrays)

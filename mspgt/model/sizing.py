@@ -6,6 +6,11 @@
 - extraction batch size: 32 sentences on the CPU; on CUDA as many whole groups as fit in half the free
   memory after loading, counting per sentence every block's attention maps, the residual stream h_0..h_L
   (float32 copies) and one MLP activation, at data.max_tokens; between one group and 512 sentences.
+- the fixed cost of one decoder call, in padded tokens (`extraction.call_overhead_tokens`; how a batch is
+  split into decoder calls: mspgt/extraction/extract.py `decoder_calls`): 64 on the CPU (measured on
+  SmolLM2-135M, 2 threads: a 1-token forward took 46 ms, ~35 padded tokens' worth of a batch's forward;
+  32, 64 and 128 ran equally fast); 1024 elsewhere (an estimate, not measured: a GPU's forward of a few
+  padded tokens more costs almost nothing beside a call's kernel launches; `bench_boundary.py` fits it).
 """
 
 from __future__ import annotations
@@ -21,6 +26,8 @@ log = logging.getLogger(__name__)
 
 CPU_BATCH = 32
 MAX_BATCH = 512
+CPU_CALL_OVERHEAD_TOKENS = 64
+GPU_CALL_OVERHEAD_TOKENS = 1024
 
 
 def parameter_count(cfg: DictConfig) -> int | None:
@@ -68,3 +75,8 @@ def auto_batch_size(loaded: Any, max_tokens: int, group_size: int) -> int:
     batch = max(group_size, batch - batch % group_size)
     log.info("extraction batch size %d (auto, %s)", batch, loaded.device)
     return batch
+
+
+def auto_call_overhead_tokens(device: torch.device) -> int:
+    """The fixed cost of one decoder call in padded tokens, for `extraction.call_overhead_tokens=auto`."""
+    return CPU_CALL_OVERHEAD_TOKENS if device.type == "cpu" else GPU_CALL_OVERHEAD_TOKENS
