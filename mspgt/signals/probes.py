@@ -213,7 +213,11 @@ class _BatchedProbes(torch.nn.Module):
         self.hidden = hidden
         self.dtype = dtype  # of the first layer's matmul; parameters stay float32
         t = len(classes)
-        self.w1 = uniform((n_layers, d, t * hidden), d)  # [L+1, d, T*H]
+        # the first layer, [L+1, d, T*H] drawn at once, kept as one parameter per task [L+1, d, H]: a single
+        # one is ~46 MB at d = 576 and 31 states, and so is its gradient every step, which the C allocator
+        # gives fresh (mmapped, page-faulted) memory above 32 MB; the values are the same either way
+        self.w1 = torch.nn.ParameterList(
+            torch.nn.Parameter(w.clone()) for w in uniform((n_layers, d, t * hidden), d).detach().split(hidden, -1))
         self.b1 = uniform((n_layers, 1, t * hidden), d)  # [L+1, 1, T*H]
         self.w2 = torch.nn.ParameterList(
             [uniform((n_layers, hidden, c), hidden) for c in classes]
@@ -222,7 +226,8 @@ class _BatchedProbes(torch.nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """x [L+1, b, d] (in self.dtype) -> per task logits [L+1, b, C_t] (float32)."""
-        w1, b1 = self.w1.to(self.dtype), self.b1.to(self.dtype)
+        w1 = torch.cat([w.to(self.dtype) for w in self.w1], dim=-1)  # [L+1, d, T*H]: one matmul for every task
+        b1 = self.b1.to(self.dtype)
         h = torch.relu(torch.baddbmm(b1, x, w1)).float()  # [L+1, b, T*H]
         per_task = h.split(self.hidden, dim=-1)  # T x [L+1, b, H] (split: one cheap backward)
         return [
