@@ -274,6 +274,7 @@ def _real_tokens(states: list[torch.Tensor | None], real: torch.Tensor, buffer: 
     decoder call holding part of the batch, in another order). The buffer is reused batch after batch: no
     fresh tens of MB to allocate and page-fault per batch. States on other devices (a model split over
     GPUs) are gathered there and copied."""
+    into = None if into is None else into.to(buffer.device)
     for i, s in enumerate(states):
         assert s is not None
         flat = s.reshape(-1, s.shape[-1])
@@ -283,7 +284,7 @@ def _real_tokens(states: list[torch.Tensor | None], real: torch.Tensor, buffer: 
             buffer[i, : real.numel()] = flat.index_select(0, real.to(s.device)).to(buffer.device)
         else:
             rows = flat.index_select(0, real.to(s.device)).to(buffer.device, buffer.dtype)
-            buffer[i].index_copy_(0, into.to(buffer.device), rows)
+            buffer[i].index_copy_(0, into, rows)
 
 
 @torch.no_grad()
