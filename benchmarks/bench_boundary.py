@@ -7,8 +7,8 @@ Prints ratios against the targets:
    pass's forward for every other call, after it for the rest, swapped between repeats), and per call the
    fastest of the repeats is kept on each side, so a slow phase of the machine hits both sides of one call
    rather than a whole loop. A least-squares fit of the bare calls' times to their padded tokens gives a
-   call's fixed cost in tokens (what extraction.call_overhead_tokens should be on that machine). Then the split of the time outside the bare forward by the
-   function that spends it (hooks, HSIC, information curves, attention JS, probe-sample gather, waiting for
+   call's fixed cost in tokens (what extraction.call_overhead_tokens should be on that machine). Then the
+   split of the time outside the bare forward by the function that spends it (hooks, HSIC, information curves, attention JS, probe-sample gather, waiting for
    the cache writer, the rest), so a slow architecture is diagnosed by one command;
    `--standalone R` instead times whole loops as a user runs them (bare loop, pass, pass, bare loop; R
    times), with the decoder forwards, the parts, CPU time and minor page faults of each: what a pass costs
@@ -172,7 +172,7 @@ def _setup(n_sentences: int, cache_dir: str, variants: str, overrides: tuple[str
     from mspgt.data.corpus import load_sentences
     from mspgt.data.labels import label_sentences
     from mspgt.extraction.corpus import prepare_corpus
-    from mspgt.extraction.extract import _batches, call_overhead_tokens, decoder_calls
+    from mspgt.extraction.extract import batch_calls, call_overhead_tokens
     from mspgt.model.loading import load_model
     from mspgt.model.sizing import auto_batch_size
 
@@ -192,8 +192,8 @@ def _setup(n_sentences: int, cache_dir: str, variants: str, overrides: tuple[str
         OmegaConf.update(cfg, "extraction.batch_size", int(batch_size))  # the same batches on both sides
     overhead = call_overhead_tokens(cfg, loaded.device)
     OmegaConf.update(cfg, "extraction.call_overhead_tokens", overhead)
-    calls = [[batch[b] for b in call] for batch in _batches(corpus.group_of, 0, corpus.n_groups, int(batch_size))
-             for call in decoder_calls([len(corpus.encoded[i].input_ids) for i in batch], overhead)]
+    calls = [[batch[b] for b in call] for batch, in_batch in batch_calls(corpus, 0, corpus.n_groups, int(batch_size),
+                                                                          overhead) for call in in_batch]
     return cfg, loaded, corpus, calls
 
 

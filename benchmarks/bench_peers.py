@@ -3,8 +3,9 @@
 What TransformerLens (`run_with_cache`) and nnsight (`.save()`) users do: run the model over the corpus,
 keep every layer's hidden states and attention maps, then compute the signals. The baseline here does that
 honestly with plain Hugging Face outputs (`output_hidden_states=True, output_attentions=True`), on the same
-model, the same batches run as the same decoder calls (extract.decoder_calls), the same states (h_0..h_L at every real token) and the same estimators as mspgt
-(`group_hsic_variants` per sentence group, `attention_js_sums_variants` per batch), and checks that both give
+model, the same batches run as the same decoder calls (extract.batch_calls), the same states (h_0..h_L at
+every real token) and the same estimators as mspgt (`group_hsic_variants` per sentence group,
+`attention_js_sums_variants` per decoder call), and checks that both give
 the same per-group HSIC and JS sums. With nnsight installed (`pip install nnsight`), a third path collects the
 same tensors through `NNsight(model).trace(...)` and `.save()`.
 
@@ -59,12 +60,10 @@ def _setup(n_sentences: int, cache_dir: str, overrides: list[str]):
     return cfg, loaded, corpus
 
 
-def _collect(method: str, loaded, corpus, batches, overhead: int) -> list[list[tuple]]:
-    """Forward every batch, as the pass's own decoder calls (extract.decoder_calls), and keep everything on the
-    host: per batch, per call (its positions in the batch, hidden states [L+1, B, T, d], attentions
+def _collect(method: str, loaded, corpus, plan) -> list[list[tuple]]:
+    """Forward every batch as the pass's own decoder calls (`plan`: extract.batch_calls) and keep everything on
+    the host: per batch, per call (its positions in the batch, hidden states [L+1, B, T, d], attentions
     L x [B, H, T, T], mask). This list is what grows with the corpus."""
-    from mspgt.extraction.extract import decoder_calls
-
     pad = loaded.tokenizer.pad_token_id
     decoder = loaded.model.get_decoder()
     kept = []
@@ -78,10 +77,10 @@ def _collect(method: str, loaded, corpus, batches, overhead: int) -> list[list[t
         from nnsight import NNsight
 
         traced = NNsight(decoder)
-    for batch in batches:
+    for batch, calls in plan:
         enc = [corpus.encoded[i] for i in batch]
         kept.append([])
-        for call in decoder_calls([len(e.input_ids) for e in enc], overhead):
+        for call in calls:
             kept[-1].append((call, *_collect_call(method, traced, [enc[b] for b in call], pad, loaded.device, last)))
     hook.remove()
     return kept
@@ -144,7 +143,7 @@ def one(method: str, n_sentences: int, work: Path, overrides: list[str]) -> dict
     """Run one method at one size in this process; the statistics go to work/<method>-<n>.npz."""
     from mspgt.extraction.cache import StatisticsCache
     from mspgt.extraction.extract import (
-        _batches,
+        batch_calls,
         build_statistics,
         cache_material,
         call_overhead_tokens,
@@ -164,10 +163,10 @@ def one(method: str, n_sentences: int, work: Path, overrides: list[str]) -> dict
         stats = load_statistics(cache)
         arrays = {**{f"hsic_{v}": stats.hsic[v] for v in cka_keys}, **{f"js_sum_{v}": stats.js_sum[v] for v in js_keys}}
     else:
-        batches = _batches(corpus.group_of, 0, corpus.n_groups, batch_size)
-        kept = _collect(method, loaded, corpus, batches, call_overhead_tokens(cfg, loaded.device))
+        plan = batch_calls(corpus, 0, corpus.n_groups, batch_size, call_overhead_tokens(cfg, loaded.device))
+        kept = _collect(method, loaded, corpus, plan)
         collected_s = time.perf_counter() - t
-        arrays = _compute(kept, corpus, batches, loaded, cka_keys, js_keys)
+        arrays = _compute(kept, corpus, [batch for batch, _ in plan], loaded, cka_keys, js_keys)
     seconds = time.perf_counter() - t
     np.savez(work / f"{method}-{n_sentences}.npz", **arrays)
     tokens = int(sum(len(e.input_ids) for e in corpus.encoded))

@@ -119,6 +119,14 @@ def decoder_calls(lengths: list[int], overhead_tokens: int) -> list[list[int]]:
     return runs[::-1] if len(runs) > 1 else [list(range(n))]
 
 
+def batch_calls(corpus: PreparedCorpus, lo: int, hi: int, batch_size: int,
+                overhead_tokens: int) -> list[tuple[list[int], list[list[int]]]]:
+    """The pass's plan for groups lo..hi-1: each batch (its sentence indices, _batches) with its decoder calls
+    (positions in the batch, decoder_calls). What the pass runs, and what the benchmarks run beside it."""
+    return [(batch, decoder_calls([len(corpus.encoded[i].input_ids) for i in batch], overhead_tokens))
+            for batch in _batches(corpus.group_of, lo, hi, batch_size)]
+
+
 def call_overhead_tokens(cfg: DictConfig, device: torch.device) -> int:
     """extraction.call_overhead_tokens, with `auto` resolved for the device (mspgt/model/sizing.py)."""
     value = cfg.extraction.get("call_overhead_tokens", "auto")
@@ -305,16 +313,16 @@ def _chunk_statistics(
         feat = {split: np.empty((n, m, d), np.float16) for split, n in probe_word_counts(corpus, lo, hi).items()}
     acc = _new_accumulator(lo, hi, loaded.n_blocks, cka_keys, js_keys, feat)
     decoder = loaded.model.get_decoder()
-    batches = _batches(corpus.group_of, lo, hi, batch_size)
-    most_tokens = max(sum(len(corpus.encoded[i].input_ids) for i in batch) for batch in batches)
+    plan = batch_calls(corpus, lo, hi, batch_size, overhead_tokens)
+    most_tokens = max(sum(len(corpus.encoded[i].input_ids) for i in batch) for batch, _ in plan)
     gather: torch.Tensor | None = None  # [m, most_tokens, d]: the real tokens of each batch (_real_tokens)
-    for batch in batches:
+    for batch, calls in plan:
         enc = [corpus.encoded[i] for i in batch]
         lengths = [len(e.input_ids) for e in enc]
         groups = corpus.group_of[batch]
         # the batch's real tokens, sentence after sentence, for every state (padding never enters)
         starts = np.concatenate([[0], np.cumsum(lengths)])  # [B+1] where each sentence starts in that order
-        for call in decoder_calls(lengths, overhead_tokens):
+        for call in calls:
             ids, mask = _padded_batch([enc[b] for b in call], loaded.tokenizer.pad_token_id, loaded.device)
             T = ids.shape[1]
             with residual_stream(loaded.blocks) as states:

@@ -9,7 +9,7 @@
 - the fixed cost of one decoder call, in padded tokens (`extraction.call_overhead_tokens`; how a batch is
   split into decoder calls: mspgt/extraction/extract.py `decoder_calls`): 64 on the CPU (measured on
   SmolLM2-135M, 2 threads: a 1-token forward took 46 ms, ~35 padded tokens' worth of a batch's forward;
-  32, 64 and 128 ran equally fast); 1024 elsewhere (an estimate, not measured: a GPU's forward of a few
+  bench_boundary.py's fit of whole passes: 54-66 tokens); 1024 elsewhere (an estimate, not measured: a GPU's forward of a few
   padded tokens more costs almost nothing beside a call's kernel launches; `bench_boundary.py` fits it).
 """
 
