@@ -75,7 +75,9 @@ def obtain_statistics(cfg: DictConfig) -> tuple[Any, StatisticsCache, dict[str, 
     cache = StatisticsCache(cfg.paths.cache_dir, cache_material(cfg, data_identity(cfg.data)))
     why = writable_folder(cache.dir)
     if why is not None:  # a read-only cache (a shared mount): a complete entry is read without a lock
+        t = time.perf_counter()
         stats = load_statistics(cache) if cfg.extraction.cache else None
+        timings["read_s"] = time.perf_counter() - t
         if stats is None:
             raise MspgtError(f"the statistics cache {cache.dir} cannot be written ({why}) and holds no complete "
                              "entry for these settings",
@@ -83,8 +85,10 @@ def obtain_statistics(cfg: DictConfig) -> tuple[Any, StatisticsCache, dict[str, 
         log.info("statistics loaded from the read-only cache %s (no model needed)", cache.dir)
         return stats, cache, timings
     with cache.lock(cfg.extraction.lock_timeout_s):
+        t = time.perf_counter()
         stats = load_statistics(cache) if cfg.extraction.cache else None
         if stats is not None:
+            timings["read_s"] = time.perf_counter() - t
             log.info("statistics loaded from the cache %s (no model needed)", cache.dir)
             return stats, cache, timings
         if not cfg.extraction.cache:
@@ -106,7 +110,9 @@ def obtain_statistics(cfg: DictConfig) -> tuple[Any, StatisticsCache, dict[str, 
         build_statistics(loaded, corpus, cache, cfg)
         timings["extract_s"] = time.perf_counter() - t
         del loaded
+        t = time.perf_counter()
         stats = load_statistics(cache)
+        timings["read_s"] = time.perf_counter() - t
         if stats is None:
             raise MspgtError(f"the statistics cache {cache.dir} could not be read back after writing it",
                              "check the disk (space, permissions) under paths.cache_dir, then re-run")

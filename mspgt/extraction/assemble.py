@@ -8,16 +8,34 @@ from mspgt.extraction.cache import StatisticsCache
 from mspgt.signals.information import CURVES
 from mspgt.statistics import CorpusStatistics, ProbeSample
 
+FEATURES = ("train_feat", "eval_feat")  # the probe sample's states: most of a chunk's bytes
+
 
 def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
-    """Assemble the statistics from a complete cache entry; None if a chunk is missing or corrupt."""
+    """Assemble the statistics from a complete cache entry; None if a chunk is missing or corrupt.
+
+    The probe sample's features are read from each chunk straight into their place in one array per split
+    (sized from the chunks' headers first): one copy, and at most one chunk's file in memory beside them,
+    instead of every chunk parsed and then concatenated (twice the sample)."""
     if not cache.is_complete():
         return None
     info = cache.info()
     label_names, n_blocks = info["label_names"], int(info["n_blocks"])
+    n_chunks = cache.n_chunks or 0
+    headers = [cache.chunk_headers(i, list(FEATURES)) for i in range(n_chunks)]
+    if any(h is None for h in headers):
+        return None
+    row = (n_blocks + 1, int(info["hidden_size"]))  # one word's states h_0..h_L (a chunk of another shape
+    slices: list[dict[str, np.ndarray]] = [{} for _ in range(n_chunks)]  # is corrupt: load_chunk drops it)
+    features = {}
+    for name in FEATURES:
+        ends = np.cumsum([0] + [h[name][0][0] for h in headers if h is not None])
+        features[name] = np.empty((int(ends[-1]), *row), np.float16)
+        for i in range(n_chunks):
+            slices[i][name] = features[name][ends[i] : ends[i + 1]]
     chunks = []
-    for i in range(cache.n_chunks or 0):
-        c = cache.load_chunk(i)
+    for i in range(n_chunks):
+        c = cache.load_chunk(i, into=slices[i])
         if c is None:
             return None
         chunks.append(c)
@@ -29,7 +47,7 @@ def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
 
     def sample(name: str) -> ProbeSample:
         return ProbeSample(
-            features=cat(f"{name}_feat"),
+            features=features[f"{name}_feat"],
             labels={t: cat(f"{name}_lab_{t}") for t in tasks},
             group=cat(f"{name}_group"),
             word_type=cat(f"{name}_type"),

@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import json
 import logging
 import pickle
+import zipfile
 from contextlib import AbstractContextManager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import numpy as np
 
@@ -92,23 +92,48 @@ class StatisticsCache:
     def chunk_path(self, i: int) -> Path:
         return self.dir / f"chunk_{i:05d}.npz"
 
-    def load_chunk(self, i: int) -> dict[str, np.ndarray] | None:
-        """A verified chunk, or None (missing; or corrupt, and then deleted so it is rebuilt)."""
+    def load_chunk(self, i: int, into: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
+        """A verified chunk, or None (missing; or corrupt, and then deleted so it is rebuilt).
+
+        `into`: arrays (by name) to read those members straight into, e.g. slices of the assembled corpus
+        arrays (assemble.py), so the largest members are copied once, not parsed and then concatenated;
+        a member whose shape or dtype differs from its destination makes the chunk corrupt."""
         path, digest = self.chunk_path(i), self.chunk_path(i).with_suffix(".sha256")
         if not path.exists() or not digest.exists():
             return None
         try:
-            data = path.read_bytes()  # read once: hashed, then parsed from memory
-            if hashlib.sha256(data).hexdigest() != digest.read_text().strip():
-                raise ValueError("checksum mismatch")
-            with np.load(io.BytesIO(data), allow_pickle=False) as z:
-                return {k: z[k] for k in z.files}
+            with path.open("rb") as f:  # hashed, then parsed, through one open file: the bytes that were checked
+                if _sha256_of(f) != digest.read_text().strip():
+                    raise ValueError("checksum mismatch")
+                f.seek(0)
+                return read_npz(f, into or {})
         except Exception as err:
-            log.warning("cache chunk %s is corrupt (%s): it will be recomputed", path, err)
-            with contextlib.suppress(OSError):  # a read-only cache: not used, and a clear error follows
-                path.unlink(missing_ok=True)
-                digest.unlink(missing_ok=True)
+            self._discard(path, err)
             return None
+
+    def chunk_headers(self, i: int, names: list[str]) -> dict[str, tuple[tuple[int, ...], np.dtype]] | None:
+        """(shape, dtype) of the named members of chunk i, from their headers only (nothing else is read;
+        the chunk is verified when loaded); None when the chunk is missing, or unreadable (then deleted)."""
+        path = self.chunk_path(i)
+        if not path.exists():
+            return None
+        try:
+            with zipfile.ZipFile(path) as z:
+                headers = {}
+                for name in names:
+                    with z.open(f"{name}.npy") as f:
+                        shape, _, dtype = _npy_header(f)
+                        headers[name] = (shape, dtype)
+                return headers
+        except Exception as err:
+            self._discard(path, err)
+            return None
+
+    def _discard(self, path: Path, err: Exception) -> None:
+        log.warning("cache chunk %s is corrupt (%s): it will be recomputed", path, err)
+        with contextlib.suppress(OSError):  # a read-only cache: not used, and a clear error follows
+            path.unlink(missing_ok=True)
+            path.with_suffix(".sha256").unlink(missing_ok=True)
 
     def save_chunk(self, i: int, arrays: dict[str, np.ndarray]) -> None:
         """Write a chunk atomically, then its checksum (a chunk without one is not finished). Streamed to the
@@ -154,3 +179,52 @@ class StatisticsCache:
     def done_chunks(self) -> list[int]:
         n = self.n_chunks or 0
         return [i for i in range(n) if self.chunk_path(i).with_suffix(".sha256").exists()]
+
+
+def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """(shape, fortran_order, dtype) of the .npy stream `f`, which is left at the start of the data."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        return np.lib.format.read_array_header_1_0(f)
+    if version == (2, 0):
+        return np.lib.format.read_array_header_2_0(f)
+    raise ValueError(f".npy format version {version} is not one np.savez writes")
+
+
+_READ_BYTES = 1 << 24  # files are read in pieces of 16 MiB: no temporary of a whole chunk or member
+
+
+def _sha256_of(f: IO[bytes]) -> str:
+    """SHA-256 of the rest of file `f`, read in pieces into one reused buffer."""
+    digest, buffer = hashlib.sha256(), memoryview(bytearray(_READ_BYTES))
+    while n := f.readinto(buffer):  # type: ignore[attr-defined]
+        digest.update(buffer[:n])
+    return digest.hexdigest()
+
+
+def read_npz(file: IO[bytes], into: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The arrays of the .npz `file` (seekable; never pickles); members named in `into` are read straight
+    into those arrays (C-contiguous, the member's shape and dtype) and returned as them."""
+    out: dict[str, np.ndarray] = {}
+    with zipfile.ZipFile(file) as z:
+        for member in z.namelist():
+            name = member.removesuffix(".npy")
+            with z.open(member) as f:
+                shape, fortran, dtype = _npy_header(f)
+                if dtype.hasobject:
+                    raise ValueError(f"member {name} holds Python objects, which a cache chunk never does")
+                dest = into.get(name)
+                if dest is None:
+                    dest = np.empty(shape[::-1] if fortran else shape, dtype)
+                elif dest.shape != tuple(shape) or dest.dtype != dtype or fortran or not dest.flags.c_contiguous:
+                    raise ValueError(f"member {name} is {dtype}{list(shape)}, its destination "
+                                     f"{dest.dtype}{list(dest.shape)}")
+                view = memoryview(dest.reshape(-1).view(np.uint8))  # dest's own bytes
+                at = 0
+                while at < len(view):
+                    n = f.readinto(view[at : at + _READ_BYTES])
+                    if not n:
+                        raise ValueError(f"member {name} ends after {at} of {len(view)} bytes")
+                    at += n
+                out[name] = dest.T if fortran else dest
+    return out

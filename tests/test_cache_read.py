@@ -1,0 +1,109 @@
+"""Reading the statistics cache back: every member bit-identical to what was written, the probe sample read
+straight into its place in the assembled arrays, and a chunk that does not fit is dropped, never used."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from mspgt.extraction.cache import StatisticsCache
+
+
+def _members() -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(0)
+    return {
+        "train_feat": rng.standard_normal((7, 3, 5)).astype(np.float16),
+        "hsic_raw": rng.standard_normal((2, 4, 4)),
+        "fortran": np.asfortranarray(rng.standard_normal((3, 4)).astype(np.float32)),
+        "flags": rng.random(9) > 0.5,
+        "count": np.array(41),
+        "empty": np.zeros((0, 3, 5), np.float16),
+        "labels": rng.integers(-1, 17, 11).astype(np.int64),
+    }
+
+
+def test_a_chunk_reads_back_bitwise_whatever_its_members(tmp_path: Path) -> None:
+    cache = StatisticsCache(tmp_path, {"test": "read"})
+    written = _members()
+    cache.save_chunk(0, written)
+    read = cache.load_chunk(0)
+    assert read is not None and set(read) == set(written)
+    with np.load(cache.chunk_path(0), allow_pickle=False) as reference:
+        for name, value in written.items():
+            for got in (read[name], reference[name]):
+                assert got.dtype == value.dtype and got.shape == value.shape, name
+                assert got.tobytes() == value.tobytes(), name
+    assert read["fortran"].flags.f_contiguous  # the layout it was written in
+
+
+def test_named_members_go_straight_into_their_destination(tmp_path: Path) -> None:
+    cache = StatisticsCache(tmp_path, {"test": "into"})
+    written = _members()
+    cache.save_chunk(0, written)
+    assembled = np.full((12, 3, 5), np.float16(-7.0))  # the chunk's 7 rows go to rows 2..8
+    read = cache.load_chunk(0, into={"train_feat": assembled[2:9], "empty": assembled[9:9]})
+    assert read is not None
+    assert np.shares_memory(read["train_feat"], assembled)
+    assert assembled[2:9].tobytes() == written["train_feat"].tobytes()
+    assert (assembled[:2] == -7).all() and (assembled[9:] == -7).all()  # nothing written outside its rows
+    assert read["hsic_raw"].tobytes() == written["hsic_raw"].tobytes()
+
+
+def test_a_member_unlike_its_destination_drops_the_chunk(tmp_path: Path) -> None:
+    cache = StatisticsCache(tmp_path, {"test": "unlike"})
+    cache.save_chunk(0, _members())
+    for wrong in (np.empty((7, 3, 4), np.float16), np.empty((7, 3, 5), np.float32), np.empty((6, 3, 5), np.float16)):
+        cache.save_chunk(0, _members())
+        assert cache.load_chunk(0, into={"train_feat": wrong}) is None
+        assert not cache.chunk_path(0).exists() and not cache.chunk_path(0).with_suffix(".sha256").exists()
+
+
+def test_assembled_statistics_equal_the_chunks_concatenated(tmp_path: Path, shared_cache: Path) -> None:
+    """load_statistics (features read into place) against every chunk read by numpy and concatenated; then a
+    chunk whose features have another width (a valid checksum) is dropped and rebuilt, the others kept."""
+    from hydra import compose, initialize_config_dir
+
+    from mspgt.extraction import extract
+    from mspgt.extraction.assemble import load_statistics
+    from mspgt.extraction.corpus import prepare_corpus
+    from mspgt.model.loading import load_model
+    from tests.test_probe_sample import PROBES, _corpus
+
+    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
+        cfg = compose("config", overrides=["model=tiny", "extraction.batch_size=8", "extraction.chunk_groups=2",
+                                           "extraction.progress=false", "bootstrap.group_size=4"])
+    loaded = load_model(cfg.model, shared_cache, need_attentions=True, probe_tokens=16)
+    labeled, encoded = _corpus(40)
+    corpus = prepare_corpus(labeled, encoded, ["pos"], 4, PROBES, "consecutive")  # 10 groups: 5 chunks
+    cache = StatisticsCache(tmp_path, {"test": "assemble"})
+    extract.build_statistics(loaded, corpus, cache, cfg)
+    stats = load_statistics(cache)
+    assert stats is not None
+
+    def numpy_read(i: int) -> dict[str, np.ndarray]:
+        with np.load(cache.chunk_path(i), allow_pickle=False) as z:
+            return {k: z[k] for k in z.files}
+
+    chunks = [numpy_read(i) for i in range(5)]
+
+    def cat(key: str) -> np.ndarray:
+        return np.concatenate([c[key] for c in chunks])
+
+    sizes = {len(c["train_feat"]) for c in chunks}
+    assert len(sizes) > 1 and min(sizes) > 0  # chunks of different sizes, each in its own rows
+    for name, sample in (("train", stats.probe_train), ("eval", stats.probe_eval)):
+        assert sample.features.dtype == np.float16 and sample.features.flags.c_contiguous
+        assert sample.features.tobytes() == cat(f"{name}_feat").tobytes()
+        np.testing.assert_array_equal(sample.labels["pos"], cat(f"{name}_lab_pos"))
+        np.testing.assert_array_equal(sample.group, cat(f"{name}_group"))
+    for v, hsic in stats.hsic.items():
+        assert hsic.tobytes() == cat(f"hsic_{v}").tobytes()
+
+    narrow = dict(chunks[3], train_feat=chunks[3]["train_feat"][:, :, :-1])  # another width, a valid digest
+    cache.save_chunk(3, narrow)
+    assert load_statistics(cache) is None
+    assert not cache.chunk_path(3).exists() and all(cache.chunk_path(i).exists() for i in (0, 1, 2, 4))
+    extract.build_statistics(loaded, corpus, cache, cfg)  # rebuilds chunk 3 only
+    again = load_statistics(cache)
+    assert again is not None and again.probe_train.features.tobytes() == stats.probe_train.features.tobytes()
