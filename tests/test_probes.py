@@ -280,3 +280,20 @@ def test_unknown_precision_or_schedule_names_the_choices(planted):
         train_probes(train, held_out, N_CLASSES, epochs=1, precision="float8")
     with pytest.raises(MspgtError, match="cosine"):
         train_probes(train, held_out, N_CLASSES, epochs=1, schedule="linear")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_first_layer_is_cast_and_concatenated_exactly_as_autograd_would(dtype):
+    """_CastConcat (one pass) against torch.cat of the cast parts: bitwise the same values and gradients."""
+    from mspgt.signals.probes import _CastConcat
+
+    g = torch.Generator().manual_seed(3)
+    parts = [torch.randn(4, 9, w, generator=g, requires_grad=True) for w in (5, 3, 5)]
+    upstream = torch.randn(4, 9, 13, generator=g).to(dtype)
+    reference = torch.cat([p.to(dtype) for p in parts], dim=-1)
+    fused = _CastConcat.apply(dtype, *parts)
+    assert fused.dtype == reference.dtype and torch.equal(fused, reference)
+    grads_ref = torch.autograd.grad(reference, parts, upstream)
+    grads = torch.autograd.grad(fused, parts, upstream)
+    for a, b, p in zip(grads, grads_ref, parts, strict=True):
+        assert a.dtype == p.dtype and a.shape == p.shape and torch.equal(a, b)
