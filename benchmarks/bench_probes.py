@@ -10,7 +10,9 @@ paper's one hidden layer of 128 units per state and task) are trained on that sa
 Printed per recipe: wall time, ratio to extraction time (target <= 0.3), and the held-out F(l) (mean over tasks
 of macro F1, as the fused signal uses it) against the previous recipe: the largest drop and rise over states.
 
-Usage: python benchmarks/bench_probes.py [HYDRA_OVERRIDE ...]   (e.g. model=qwen25_05b)
+Usage: python benchmarks/bench_probes.py [--configured-only] [HYDRA_OVERRIDE ...]   (e.g. model=qwen25_05b)
+--configured-only: the default recipe alone, twice (the ratio to extraction in ~1 min on the main job; no
+reference row, so its F(l) columns are against its own first run).
 """
 
 from __future__ import annotations
@@ -34,7 +36,8 @@ def main() -> None:
     from mspgt.experiments.boundary import obtain_statistics
     from mspgt.signals.probes import task_f1, train_probes
 
-    overrides = sys.argv[1:]
+    configured_only = "--configured-only" in sys.argv
+    overrides = [a for a in sys.argv[1:] if a != "--configured-only"]
     with initialize_config_dir(str(REPO / "conf"), version_base=None):
         cfg = compose("config", overrides=["extraction.progress=false", *overrides])
     with tempfile.TemporaryDirectory() as tmp:
@@ -54,6 +57,8 @@ def main() -> None:
         ("configured recipe in float32", {**configured, "precision": "float32"}, 0),
         ("configured recipe (default)", configured, 0),
     ]
+    if configured_only:
+        recipes = [("configured recipe (default)", configured, 0), ("the same, again", configured, 0)]
     n_classes = {k: len(v) for k, v in stats.label_names.items()}
     g = stats.n_groups
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; {cfg.model.name}: {stats.n_blocks} blocks; "
