@@ -3,9 +3,13 @@ straight into its place in the assembled arrays, and a chunk that does not fit i
 
 from __future__ import annotations
 
+import logging
+import re
+import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from mspgt.extraction.cache import StatisticsCache
 
@@ -61,7 +65,8 @@ def test_a_member_unlike_its_destination_drops_the_chunk(tmp_path: Path) -> None
 
 def test_assembled_statistics_equal_the_chunks_concatenated(tmp_path: Path, shared_cache: Path) -> None:
     """load_statistics (features read into place) against every chunk read by numpy and concatenated; then a
-    chunk whose features have another width (a valid checksum) is dropped and rebuilt, the others kept."""
+    chunk whose features have another width, or more rows than it has words (each with a valid checksum), is
+    dropped (and rebuilt), the others kept."""
     from hydra import compose, initialize_config_dir
 
     from mspgt.extraction import extract
@@ -107,3 +112,50 @@ def test_assembled_statistics_equal_the_chunks_concatenated(tmp_path: Path, shar
     extract.build_statistics(loaded, corpus, cache, cfg)  # rebuilds chunk 3 only
     again = load_statistics(cache)
     assert again is not None and again.probe_train.features.tobytes() == stats.probe_train.features.tobytes()
+
+    longer = dict(chunks[1], train_feat=np.concatenate([chunks[1]["train_feat"], chunks[1]["train_feat"][:1]]))
+    cache.save_chunk(1, longer)  # one feature row more than the chunk has words: its headers disagree
+    assert load_statistics(cache) is None
+    assert not cache.chunk_path(1).exists() and all(cache.chunk_path(i).exists() for i in (0, 2, 3, 4))
+
+
+def _set_rows(path: Path, member: str, rows: int) -> None:
+    """Rewrite the row count in the .npy header of `member` of the .npz at `path`, as a flipped bit could:
+    the same header length, the data and the zip's checksums untouched."""
+    with zipfile.ZipFile(path) as z:
+        local = z.getinfo(f"{member}.npy").header_offset  # local file header: 30 bytes, name, extra field
+    data = bytearray(path.read_bytes())
+    start = local + 30 + int.from_bytes(data[local + 26 : local + 28], "little") + int.from_bytes(
+        data[local + 28 : local + 30], "little")  # the .npy stream
+    assert data[start : start + 8] == b"\x93NUMPY\x01\x00"  # format 1.0: magic, version, header length
+    size = int.from_bytes(data[start + 8 : start + 10], "little")
+    header = bytes(data[start + 10 : start + 10 + size]).decode("latin1")
+    flipped = re.sub(r"'shape': \((\d+),", f"'shape': ({rows},", header)
+    flipped = flipped.rstrip().ljust(size - 1) + "\n"  # the padding gives way
+    assert flipped != header and len(flipped) == size
+    data[start + 10 : start + 10 + size] = flipped.encode("latin1")
+    path.write_bytes(bytes(data))
+
+
+def test_a_flipped_row_count_drops_the_chunk_before_anything_is_allocated(tmp_path: Path,
+                                                                          caplog: pytest.LogCaptureFixture) -> None:
+    """The assembled arrays are sized from the chunks' headers, before their checksums are checked: a header
+    claiming 10^12 words (in a member too large for the zip's CRC to be reached by reading the header) is
+    caught by the headers disagreeing, not by an allocation of petabytes."""
+    from mspgt.extraction.assemble import _feature_rows
+
+    cache = StatisticsCache(tmp_path, {"test": "flip"})
+    words = {"train": 700, "eval": 300}  # int64 groups: 5.6 and 2.4 kB, past the zip reader's 4 kB first read
+    chunk = {}
+    for split, n in words.items():
+        chunk[f"{split}_feat"] = np.zeros((n, 3, 4), np.float16)
+        chunk[f"{split}_group"] = np.arange(n, dtype=np.int64)
+    cache.save_chunk(0, chunk)
+    assert _feature_rows(cache, 0, (3, 4)) == {"train_feat": 700, "eval_feat": 300}
+    assert _feature_rows(cache, 0, (3, 5)) is None and not cache.chunk_path(0).exists()  # another width
+    cache.save_chunk(0, chunk)
+    _set_rows(cache.chunk_path(0), "train_group", 10**12)
+    with caplog.at_level(logging.WARNING, logger="mspgt.extraction.cache"):
+        assert _feature_rows(cache, 0, (3, 4)) is None
+    assert "beside [1000000000000] words" in caplog.text
+    assert not cache.chunk_path(0).exists() and not cache.chunk_path(0).with_suffix(".sha256").exists()

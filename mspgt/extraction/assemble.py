@@ -11,6 +11,25 @@ from mspgt.statistics import CorpusStatistics, ProbeSample
 FEATURES = ("train_feat", "eval_feat")  # the probe sample's states: most of a chunk's bytes
 
 
+def _feature_rows(cache: StatisticsCache, i: int, row: tuple[int, int]) -> dict[str, int] | None:
+    """Words per split in chunk i, from its members' headers (before the checksum is checked: a corrupt
+    header must not size an allocation); None, and the chunk dropped, where they disagree with each other
+    or with the entry's states and width."""
+    names = [*FEATURES, *(f.replace("_feat", "_group") for f in FEATURES)]
+    headers = cache.chunk_headers(i, names)
+    if headers is None:
+        return None
+    out = {}
+    for name in FEATURES:
+        shape, words = headers[name][0], headers[name.replace("_feat", "_group")][0]
+        if len(words) != 1 or tuple(shape) != (words[0], *row):
+            why = f"{name} is {list(shape)} beside {list(words)} words, for {row[0]} states of width {row[1]}"
+            cache.discard_chunk(i, ValueError(why))
+            return None
+        out[name] = int(words[0])
+    return out
+
+
 def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
     """Assemble the statistics from a complete cache entry; None if a chunk is missing or corrupt.
 
@@ -22,14 +41,14 @@ def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
     info = cache.info()
     label_names, n_blocks = info["label_names"], int(info["n_blocks"])
     n_chunks = cache.n_chunks or 0
-    headers = [cache.chunk_headers(i, list(FEATURES)) for i in range(n_chunks)]
-    if any(h is None for h in headers):
+    row = (n_blocks + 1, int(info["hidden_size"]))  # one word's states h_0..h_L
+    rows = [_feature_rows(cache, i, row) for i in range(n_chunks)]  # the chunk's words per split, or None
+    if any(r is None for r in rows):
         return None
-    row = (n_blocks + 1, int(info["hidden_size"]))  # one word's states h_0..h_L (a chunk of another shape
-    slices: list[dict[str, np.ndarray]] = [{} for _ in range(n_chunks)]  # is corrupt: load_chunk drops it)
+    slices: list[dict[str, np.ndarray]] = [{} for _ in range(n_chunks)]
     features = {}
     for name in FEATURES:
-        ends = np.cumsum([0] + [h[name][0][0] for h in headers if h is not None])
+        ends = np.cumsum([0] + [r[name] for r in rows if r is not None])
         features[name] = np.empty((int(ends[-1]), *row), np.float16)
         for i in range(n_chunks):
             slices[i][name] = features[name][ends[i] : ends[i + 1]]

@@ -129,6 +129,10 @@ class StatisticsCache:
             self._discard(path, err)
             return None
 
+    def discard_chunk(self, i: int, err: Exception) -> None:
+        """Delete chunk i (found corrupt for `err`), so it is rebuilt."""
+        self._discard(self.chunk_path(i), err)
+
     def _discard(self, path: Path, err: Exception) -> None:
         log.warning("cache chunk %s is corrupt (%s): it will be recomputed", path, err)
         with contextlib.suppress(OSError):  # a read-only cache: not used, and a clear error follows
