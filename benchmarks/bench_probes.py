@@ -11,7 +11,7 @@ Printed per recipe: wall time, ratio to extraction time (target <= 0.3), and the
 of macro F1, as the fused signal uses it) against the previous recipe: the largest drop and rise over states.
 
 Usage: python benchmarks/bench_probes.py [--configured-only] [HYDRA_OVERRIDE ...]   (e.g. model=qwen25_05b)
---configured-only: the default recipe alone, twice (the ratio to extraction in ~1 min on the main job; no
+--configured-only: the default recipe alone, twice (the ratio to extraction in ~1.5 min on the main job; no
 reference row, so its F(l) columns are against its own first run).
 """
 
