@@ -152,6 +152,15 @@ class _Sha256Stream(io.RawIOBase):
         return self.file.write(data)
 
 
+def sha256_of_stream(f: io.BufferedIOBase | io.RawIOBase, block: int = 1 << 24) -> str:
+    """SHA-256 of the rest of the open binary file `f`, read in pieces of `block` bytes into one reused
+    buffer (no copy of the whole content in memory)."""
+    digest, buffer = hashlib.sha256(), memoryview(bytearray(block))
+    while n := f.readinto(buffer):
+        digest.update(buffer[:n])
+    return digest.hexdigest()
+
+
 def write_stream_atomic(path: Path, fill: Callable[[io.RawIOBase], None]) -> str:
     """Write a file atomically by streaming into it (`fill(stream)`), and return the SHA-256 of its bytes:
     one pass, no copy of the whole content in memory (a cache chunk is hundreds of MB)."""

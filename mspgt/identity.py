@@ -15,7 +15,7 @@ import json
 import logging
 from pathlib import Path
 
-from mspgt.files import write_bytes_atomic
+from mspgt.files import sha256_of_stream, write_bytes_atomic
 
 log = logging.getLogger(__name__)
 
@@ -29,11 +29,8 @@ def _signature(path: Path) -> tuple:
 
 
 def _hash(path: Path) -> str:
-    h = hashlib.sha256()
     with open(path, "rb") as f:
-        while block := f.read(_CHUNK):
-            h.update(block)
-    return h.hexdigest()
+        return sha256_of_stream(f, _CHUNK)
 
 
 def file_sha256(path: str | Path, memo_dir: str | Path | None = None) -> str:

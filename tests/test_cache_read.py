@@ -67,20 +67,11 @@ def test_assembled_statistics_equal_the_chunks_concatenated(tmp_path: Path, shar
     """load_statistics (features read into place) against every chunk read by numpy and concatenated; then a
     chunk whose features have another width, or more rows than it has words (each with a valid checksum), is
     dropped (and rebuilt), the others kept."""
-    from hydra import compose, initialize_config_dir
-
     from mspgt.extraction import extract
     from mspgt.extraction.assemble import load_statistics
-    from mspgt.extraction.corpus import prepare_corpus
-    from mspgt.model.loading import load_model
-    from tests.test_probe_sample import PROBES, _corpus
+    from tests.test_probe_sample import tiny_chunked_pass
 
-    with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
-        cfg = compose("config", overrides=["model=tiny", "extraction.batch_size=8", "extraction.chunk_groups=2",
-                                           "extraction.progress=false", "bootstrap.group_size=4"])
-    loaded = load_model(cfg.model, shared_cache, need_attentions=True, probe_tokens=16)
-    labeled, encoded = _corpus(40)
-    corpus = prepare_corpus(labeled, encoded, ["pos"], 4, PROBES, "consecutive")  # 10 groups: 5 chunks
+    cfg, loaded, corpus = tiny_chunked_pass(shared_cache, 40)  # 10 groups: 5 chunks
     cache = StatisticsCache(tmp_path, {"test": "assemble"})
     extract.build_statistics(loaded, corpus, cache, cfg)
     stats = load_statistics(cache)
@@ -151,7 +142,7 @@ def test_a_flipped_row_count_drops_the_chunk_before_anything_is_allocated(tmp_pa
         chunk[f"{split}_feat"] = np.zeros((n, 3, 4), np.float16)
         chunk[f"{split}_group"] = np.arange(n, dtype=np.int64)
     cache.save_chunk(0, chunk)
-    assert _feature_rows(cache, 0, (3, 4)) == {"train_feat": 700, "eval_feat": 300}
+    assert _feature_rows(cache, 0, (3, 4)) == {"train": 700, "eval": 300}
     assert _feature_rows(cache, 0, (3, 5)) is None and not cache.chunk_path(0).exists()  # another width
     cache.save_chunk(0, chunk)
     _set_rows(cache.chunk_path(0), "train_group", 10**12)

@@ -99,24 +99,31 @@ def test_probe_features_are_clipped_to_the_float16_range_loudly(caplog) -> None:
     assert np.isfinite(out).all()
 
 
-def test_reused_feature_buffers_never_change_a_written_chunk(tmp_path, shared_cache, monkeypatch) -> None:
-    """The pass writes each chunk's probe features into one of two buffers used in turn, while the previous
-    chunk is still being written in the background. With a slow writer (every write held back), each chunk
-    on disk equals that chunk computed alone into fresh arrays: no buffer is reused while a write holds it."""
-    import time
-
+def tiny_chunked_pass(shared_cache: Path, n_sentences: int):
+    """(cfg, model, corpus) for a pass of the tiny model over `n_sentences` synthetic sentences: batches of 8,
+    consecutive groups of 4, two groups per chunk (n_sentences / 8 chunks)."""
     from hydra import compose, initialize_config_dir
 
-    from mspgt.extraction import extract
-    from mspgt.extraction.cache import StatisticsCache
     from mspgt.model.loading import load_model
 
     with initialize_config_dir(str(Path(__file__).resolve().parents[1] / "conf"), version_base=None):
         cfg = compose("config", overrides=["model=tiny", "extraction.batch_size=8", "extraction.chunk_groups=2",
                                            "extraction.progress=false", "bootstrap.group_size=4"])
     loaded = load_model(cfg.model, shared_cache, need_attentions=True, probe_tokens=16)
-    labeled, encoded = _corpus(48)
-    corpus = prepare_corpus(labeled, encoded, ["pos"], 4, PROBES, "consecutive")  # 12 groups: 6 chunks
+    labeled, encoded = _corpus(n_sentences)
+    return cfg, loaded, prepare_corpus(labeled, encoded, ["pos"], 4, PROBES, "consecutive")
+
+
+def test_reused_feature_buffers_never_change_a_written_chunk(tmp_path, shared_cache, monkeypatch) -> None:
+    """The pass writes each chunk's probe features into one of two buffers used in turn, while the previous
+    chunk is still being written in the background. With a slow writer (every write held back), each chunk
+    on disk equals that chunk computed alone into fresh arrays: no buffer is reused while a write holds it."""
+    import time
+
+    from mspgt.extraction import extract
+    from mspgt.extraction.cache import StatisticsCache
+
+    cfg, loaded, corpus = tiny_chunked_pass(shared_cache, 48)  # 12 groups: 6 chunks
     save = StatisticsCache.save_chunk
 
     def slow_save(self, i, arrays):

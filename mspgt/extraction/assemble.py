@@ -8,25 +8,24 @@ from mspgt.extraction.cache import StatisticsCache
 from mspgt.signals.information import CURVES
 from mspgt.statistics import CorpusStatistics, ProbeSample
 
-FEATURES = ("train_feat", "eval_feat")  # the probe sample's states: most of a chunk's bytes
+SPLITS = ("train", "eval")  # the probe sample's splits; their features "<split>_feat" are most of a chunk's bytes
 
 
 def _feature_rows(cache: StatisticsCache, i: int, row: tuple[int, int]) -> dict[str, int] | None:
     """Words per split in chunk i, from its members' headers (before the checksum is checked: a corrupt
     header must not size an allocation); None, and the chunk dropped, where they disagree with each other
     or with the entry's states and width."""
-    names = [*FEATURES, *(f.replace("_feat", "_group") for f in FEATURES)]
-    headers = cache.chunk_headers(i, names)
+    headers = cache.chunk_headers(i, [f"{split}_{kind}" for split in SPLITS for kind in ("feat", "group")])
     if headers is None:
         return None
     out = {}
-    for name in FEATURES:
-        shape, words = headers[name][0], headers[name.replace("_feat", "_group")][0]
+    for split in SPLITS:
+        shape, words = headers[f"{split}_feat"][0], headers[f"{split}_group"][0]
         if len(words) != 1 or tuple(shape) != (words[0], *row):
-            why = f"{name} is {list(shape)} beside {list(words)} words, for {row[0]} states of width {row[1]}"
+            why = f"{split}_feat is {list(shape)} beside {list(words)} words, for {row[0]} states of width {row[1]}"
             cache.discard_chunk(i, ValueError(why))
             return None
-        out[name] = int(words[0])
+        out[split] = int(words[0])
     return out
 
 
@@ -47,11 +46,11 @@ def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
         return None
     slices: list[dict[str, np.ndarray]] = [{} for _ in range(n_chunks)]
     features = {}
-    for name in FEATURES:
-        ends = np.cumsum([0] + [r[name] for r in rows if r is not None])
-        features[name] = np.empty((int(ends[-1]), *row), np.float16)
+    for split in SPLITS:
+        ends = np.cumsum([0] + [r[split] for r in rows if r is not None])
+        features[split] = np.empty((int(ends[-1]), *row), np.float16)
         for i in range(n_chunks):
-            slices[i][name] = features[name][ends[i] : ends[i + 1]]
+            slices[i][f"{split}_feat"] = features[split][ends[i] : ends[i + 1]]
     chunks = []
     for i in range(n_chunks):
         c = cache.load_chunk(i, into=slices[i])
@@ -66,7 +65,7 @@ def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
 
     def sample(name: str) -> ProbeSample:
         return ProbeSample(
-            features=features[f"{name}_feat"],
+            features=features[name],
             labels={t: cat(f"{name}_lab_{t}") for t in tasks},
             group=cat(f"{name}_group"),
             word_type=cat(f"{name}_type"),

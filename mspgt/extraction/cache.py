@@ -25,7 +25,7 @@ from typing import IO, Any
 
 import numpy as np
 
-from mspgt.files import build_lock, write_bytes_atomic, write_stream_atomic
+from mspgt.files import build_lock, sha256_of_stream, write_bytes_atomic, write_stream_atomic
 
 log = logging.getLogger(__name__)
 
@@ -103,7 +103,7 @@ class StatisticsCache:
             return None
         try:
             with path.open("rb") as f:  # hashed, then parsed, through one open file: the bytes that were checked
-                if _sha256_of(f) != digest.read_text().strip():
+                if sha256_of_stream(f, _READ_BYTES) != digest.read_text().strip():
                     raise ValueError("checksum mismatch")
                 f.seek(0)
                 return read_npz(f, into or {})
@@ -196,14 +196,6 @@ def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
 
 
 _READ_BYTES = 1 << 24  # files are read in pieces of 16 MiB: no temporary of a whole chunk or member
-
-
-def _sha256_of(f: IO[bytes]) -> str:
-    """SHA-256 of the rest of file `f`, read in pieces into one reused buffer."""
-    digest, buffer = hashlib.sha256(), memoryview(bytearray(_READ_BYTES))
-    while n := f.readinto(buffer):  # type: ignore[attr-defined]
-        digest.update(buffer[:n])
-    return digest.hexdigest()
 
 
 def read_npz(file: IO[bytes], into: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
