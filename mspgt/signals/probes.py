@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from mspgt.errors import MspgtError
+from mspgt.heap import steady_heap
 from mspgt.statistics import ProbeSample
 
 CONTROL = "control"  # the name of the control task (Hewitt & Liang 2019) among the trained heads
@@ -419,7 +420,8 @@ def train_probes(
     x_train = _features(train, np.arange(n), mean, std, dev, cfg.dtype)  # [L+1, N, d] the one copy
     generator = torch.Generator().manual_seed(seed)
     probes = _BatchedProbes(n_layers, d, hidden, classes, generator, cfg.dtype).to(dev)
-    _fit(probes, x_train, labels, cfg, generator, progress)
+    with steady_heap():  # every step frees ~110 MB of temporaries (mspgt/heap.py)
+        _fit(probes, x_train, labels, cfg, generator, progress)
     del x_train
     pred, heldout_ce = _predict(probes, held_out, heads, tasks, y_eval, mean, std, dev, cfg.dtype)
     return _evaluated(
