@@ -5,9 +5,9 @@ glibc's malloc gives the free top of its heap back to the kernel (brk) once more
 are free there, and the next allocation page-faults those pages back in, zeroed. The threshold is dynamic:
 it follows the largest mmapped block freed so far, up to 64 MiB (M_MMAP_THRESHOLD up to 32 MiB), so whether a
 loop churns depends on what ran before it. A probe training step frees ~110 MB of temporaries (the first
-layer's bfloat16 weights and their gradient, 23 MB each, the float32 gradient parts, the hidden units): on
-some runs of the main job the heap was trimmed and regrown ~1,500 times a training (strace), with 2-3 M page
-faults and steps of 38-42 ms instead of 29-31 ms.
+layer's bfloat16 weights and their gradient, 23 MB each, the float32 gradient parts, the hidden units): in a
+process that had read the statistics back, some trainings had 2-3 M page faults and steps of 38-42 ms instead
+of 29-31 ms (strace: 1,565 brk calls over three trainings, two of them slow).
 
 `steady_heap` fixes the thresholds for the loop (M_MMAP_THRESHOLD 32 MiB, the dynamic ceiling; no trimming)
 and gives the free top back once at the end (malloc_trim). glibc cannot read or restore its dynamic mode, so
