@@ -18,7 +18,12 @@ This module imports nothing from the rest of mspgt but the errors, so every laye
 
 from __future__ import annotations
 
+import datetime
+import os
+import platform
 from dataclasses import MISSING, asdict, dataclass, field, fields
+from importlib import metadata
+from pathlib import Path
 from typing import Any
 
 from mspgt.errors import MspgtError
@@ -29,6 +34,36 @@ READABLE_VERSIONS = (LEGACY_VERSION, SCHEMA_VERSION)
 
 BOUNDARY_FIELDS = ("layer", "relative", "ci_low", "ci_high", "width", "accepted", "n_missing", "n_undefined",
                    "n_relabelled")
+
+
+def machine_info() -> dict[str, Any]:
+    """Where and when a record is made: the OS, the CPU's model name (with AVX512-BF16 when the CPU has it),
+    the CPUs this process may use, the memory, Python and torch versions, the UTC time. Read by
+    mspgt/reports/tables.py to head every table with the machine that made it."""
+    cpu, flags = platform.processor() or platform.machine(), ""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+        names = [ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")]
+        cpu = names[0] if names else cpu
+        flags = next((ln for ln in info.splitlines() if ln.startswith("flags")), "")
+    except OSError:
+        pass
+    if "avx512_bf16" in flags.split():
+        cpu += " (AVX512-BF16)"
+    memory = None
+    try:
+        kib = next(ln.split()[1] for ln in Path("/proc/meminfo").read_text().splitlines() if ln.startswith("MemTotal"))
+        memory = round(int(kib) / 2**20, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        torch = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch = None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return {"platform": platform.platform(), "cpu": cpu, "cpus": cpus, "memory_gib": memory,
+            "python": platform.python_version(), "torch": torch,
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
 def schema_version(record: dict[str, Any], source: str = "") -> int:
@@ -64,6 +99,7 @@ def _from_dict(cls: type, record: dict[str, Any], source: str, converted: dict[s
         raise MspgtError(f"{source or 'the result'} lacks {required} (schema version "
                          f"{schema_version(record, source)})", "re-run the experiment that wrote it")
     values = {n: converted[n] if n in converted else record[n] for n in names if n in record or n in converted}
+    values.setdefault("machine", {})  # a file written before the field: no machine, not this one
     return cls(**values, schema_version=schema_version(record, source))
 
 
@@ -126,6 +162,7 @@ class BoundaryResult:
     timings: dict[str, float] = field(default_factory=dict)
     cache_dir: str | None = None
     config: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=machine_info)  # a record read back keeps its own ({}: older)
     experiment: str = "boundary"
     schema_version: int = SCHEMA_VERSION
 
@@ -191,6 +228,7 @@ class InterventionResult:
     device: str = ""
     torch_threads: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=machine_info)  # a record read back keeps its own ({}: older)
     experiment: str = "intervention"
     schema_version: int = SCHEMA_VERSION
 
@@ -229,6 +267,7 @@ class FisherResult:
     device: str = ""
     torch_threads: int = 0
     settings: dict[str, Any] = field(default_factory=dict)
+    machine: dict[str, Any] = field(default_factory=machine_info)  # a record read back keeps its own ({}: older)
     experiment: str = "fisher"
     schema_version: int = SCHEMA_VERSION
 
@@ -242,4 +281,4 @@ class FisherResult:
 
 
 __all__ = ["BOUNDARY_FIELDS", "SCHEMA_VERSION", "BoundaryCI", "BoundaryResult", "FisherResult",
-           "InterventionResult", "schema_version", "summary_key"]
+           "InterventionResult", "machine_info", "schema_version", "summary_key"]
