@@ -36,6 +36,7 @@ from mspgt.interventions.fisher import (
     estimate_fisher_traces,
     fit_against_sigma_squared,
     noised_divergences,
+    predicted_kl,
 )
 from mspgt.interventions.scale_layers import (
     boundary_blocks,
@@ -135,9 +136,7 @@ def scale_record(blocks: list[int], source: str, fisher: PerSentence, s: list[fl
                  kl: PerSentence, dnll: PerSentence, columns: range, band: tuple[float, float]) -> dict[str, Any]:
     """Prediction and measurement of one scale over the sigmas (kl, dnll values [S, conditions, draws];
     `columns` picks this scale's conditions, one per sigma)."""
-    weights = np.zeros(fisher.values.shape[1])  # [L+1]
-    weights[blocks] = 0.5 * np.square(np.asarray(s, dtype=float)[blocks])
-    coef = PerSentence(fisher.values @ weights, fisher.n_positions)  # KL / sigma^2 predicted, per sentence
+    coef = PerSentence(predicted_kl(fisher.values, s, blocks, sigma=1.0), fisher.n_positions)  # KL / sigma^2, [S]
     c, c_se = float(coef.per_token()), float(coef.per_token_se())
     per_sigma = []
     kl_tok = kl.values[:, columns].sum(0) / kl.n_positions.sum()  # [sigmas, draws]

@@ -228,11 +228,16 @@ def noised_divergences(loaded: LoadedModel, batches: list[tuple[torch.Tensor, to
     return PerSentence(np.concatenate(kl_rows), n), PerSentence(np.concatenate(nll_rows), n)
 
 
-def predicted_kl(fisher_per_token: np.ndarray, activation_std: list[float] | np.ndarray, blocks: list[int],
-                 sigma: float) -> float:
-    """(sigma^2 / 2) sum_{l in blocks} s_l^2 Tr F_l (per predicted token; A.5 eq. 30, our reading)."""
-    s = np.asarray(activation_std, dtype=float)
-    return 0.5 * sigma**2 * float(sum(s[b] ** 2 * fisher_per_token[b] for b in blocks))
+def predicted_kl(fisher: np.ndarray, activation_std: list[float] | np.ndarray, blocks: list[int],
+                 sigma: float) -> np.ndarray | float:
+    """(sigma^2 / 2) sum_{l in blocks} s_l^2 Tr F_l (A.5 eq. 30, our reading): the KL(p || p_e) that noise
+    e ~ N(0, (sigma s_l)^2 I) in `blocks` predicts. `fisher` is Tr F_l per block, [L+1] (per predicted
+    token: a float back) or [S, L+1] (per sentence: [S] back, e.g. with sigma=1 the KL / sigma^2 per sentence)."""
+    fisher = np.asarray(fisher, dtype=float)
+    weights = np.zeros(fisher.shape[-1])  # [L+1]
+    weights[blocks] = 0.5 * np.square(np.asarray(activation_std, dtype=float)[blocks])
+    kl = (fisher @ weights) * sigma**2
+    return float(kl) if kl.ndim == 0 else kl
 
 
 def fit_against_sigma_squared(sigmas: list[float], values: np.ndarray) -> dict[str, float]:
