@@ -5,7 +5,9 @@ run would be slow, so the digest is remembered beside the cache, keyed by the fi
 resolved path, size, mtime, ctime and inode. Editing a file in place, copying another over it, or restoring
 an old mtime (`cp -p`, `touch -d`) all change the ctime, which no user tool can set back, so a remembered
 digest is used only for the very bytes it was computed from; on any change the file is hashed again.
-Without a memo folder (or where it cannot be written) the file is simply hashed every time.
+Without a memo folder (or where it cannot be written) the file is simply hashed every time. The one
+place for a file's identity: corpus files (mspgt/reports/store.py) and model weights, GGUF files and
+checkpoint folders (mspgt/model/identity.py, memo under `<paths.cache_dir>/identity/`).
 """
 
 from __future__ import annotations
@@ -28,9 +30,17 @@ def _signature(path: Path) -> tuple:
     return (str(path.resolve()), st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino, st.st_dev)
 
 
-def _hash(path: Path) -> str:
+def sha256_of(path: str | Path) -> str:
+    """The SHA-256 of a file's bytes, read in full (no memo)."""
     with open(path, "rb") as f:
         return sha256_of_stream(f, _CHUNK)
+
+
+def _hash(path: Path) -> str:
+    size = path.stat().st_size
+    if size > 1 << 28:
+        log.info("hashing %s (%.1f GB; once, while the file stays unchanged)", path, size / 1e9)
+    return sha256_of(path)
 
 
 def file_sha256(path: str | Path, memo_dir: str | Path | None = None) -> str:
@@ -75,4 +85,4 @@ def memo_dir_for(cache_dir: str | Path | None) -> Path | None:
     return None if cache_dir is None else Path(cache_dir) / "identity"
 
 
-__all__ = ["file_sha256", "files_sha256", "memo_dir_for"]
+__all__ = ["file_sha256", "files_sha256", "memo_dir_for", "sha256_of"]

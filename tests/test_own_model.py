@@ -77,7 +77,11 @@ def test_a_replaced_checkpoint_gets_new_statistics_and_its_own_stored_boundary(t
 
 
 def test_file_digest_is_remembered_until_the_file_changes(tmp_path, shared_cache):
-    from mspgt.model.identity import file_digest, folder_identity  # noqa: F401 (new in issue 12)
+    from mspgt.identity import file_sha256, memo_dir_for
+
+    def file_digest(path, cache):
+        return file_sha256(path, memo_dir_for(cache))
+
     f = tmp_path / "model.safetensors"
     f.write_bytes(b"a" * 1000)
     first = file_digest(f, shared_cache)
@@ -89,7 +93,8 @@ def test_file_digest_is_remembered_until_the_file_changes(tmp_path, shared_cache
 
 
 def test_folder_identity_covers_weights_config_and_tokenizer(tmp_path, shared_cache):
-    from mspgt.model.identity import file_digest, folder_identity  # noqa: F401 (new in issue 12)
+    from mspgt.model.identity import folder_identity
+
     folder = tmp_path / "m"
     folder.mkdir()
     (folder / "config.json").write_text("{}")
@@ -106,7 +111,8 @@ def test_folder_identity_covers_weights_config_and_tokenizer(tmp_path, shared_ca
 
 
 def test_model_local_names_itself_and_sizes_itself(tmp_path, shared_cache):
-    from mspgt.model.identity import file_digest, folder_identity  # noqa: F401 (new in issue 12)
+    from mspgt.model.identity import folder_identity
+
     ckpt = make_checkpoint(tmp_path / "my-gemma", "gemma2", seed=0, cache=shared_cache)
     run_mspgt(["model=local", f"model.local_path={ckpt}", *TINY, "tracking.mode=disabled",
                f"hydra.run.dir={tmp_path / 'run'}"], tmp_path, cache=shared_cache)

@@ -5,10 +5,8 @@ the boundary store, so a replaced checkpoint never reuses another checkpoint's r
   list of its files with each file's sha256. The files are the folder's top-level regular files (weights,
   config.json, generation and tokenizer files), without hidden files and `*.md`; subfolders are not read.
 - A GGUF file: its sha256.
-- Speed (our rule): a file's sha256 is computed in full the first time and remembered under
-  `<cache>/identity/`, keyed by its absolute path, size, mtime, ctime and inode; while all five are
-  unchanged the remembered digest is used. Replacing or rewriting a file changes its ctime (which no copy
-  tool can set back), so it is hashed again.
+- Speed: a file's sha256 is computed once and remembered under `<cache>/identity/` while its stat
+  signature is unchanged (mspgt/identity.py, the one place for a file's identity).
 - A hub id: `<id>@<revision>` (known before any download; set model.revision to a commit hash for an
   exact id, or download once and use model.local_path).
 - A packaged GGUF: its configured sha256 (checked against the file when it loads). A tiny random model: its
@@ -19,47 +17,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from pathlib import Path
 
 from omegaconf import DictConfig
 
 from mspgt.errors import MspgtError
-from mspgt.files import write_bytes_atomic
+from mspgt.identity import file_sha256, memo_dir_for
 from mspgt.model.checkpoint import check_local_folder
 from mspgt.model.tiny import tiny_config_fields
-
-log = logging.getLogger(__name__)
-
-
-def sha256_of(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def file_digest(path: str | Path, cache_dir: str | Path) -> str:
-    """sha256 of a file, remembered while its size, mtime, ctime and inode stay the same."""
-    path = Path(path).resolve()
-    st = path.stat()
-    stamp = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
-    memo = Path(cache_dir) / "identity" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:24]}.json"
-    try:
-        found = json.loads(memo.read_text())
-        if found.get("path") == str(path) and found.get("stamp") == stamp:
-            return found["sha256"]
-    except (OSError, ValueError, KeyError):
-        pass
-    if st.st_size > 1 << 28:
-        log.info("hashing %s (%.1f GB; once, while the file stays unchanged)", path, st.st_size / 1e9)
-    digest = sha256_of(path)
-    try:
-        write_bytes_atomic(memo, json.dumps({"path": str(path), "stamp": stamp, "sha256": digest}).encode())
-    except OSError as err:  # a read-only cache only costs a re-hash next time
-        log.warning("could not remember the digest of %s (%s)", path, err)
-    return digest
 
 
 def identity_files(folder: Path) -> list[Path]:
@@ -73,7 +38,7 @@ def folder_identity(folder: str | Path, cache_dir: str | Path) -> str:
     folder = Path(folder)
     if not folder.is_dir():
         raise MspgtError(f"{folder} is not a folder", "point model.local_path at a checkpoint folder")
-    listing = [[p.name, file_digest(p, cache_dir)] for p in identity_files(folder)]
+    listing = [[p.name, file_sha256(p, memo_dir_for(cache_dir))] for p in identity_files(folder)]
     return "sha256:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
@@ -89,7 +54,7 @@ def model_identity(cfg: DictConfig, cache_dir: str | Path) -> str:
         if not cfg.get("path") or not Path(str(cfg.path)).expanduser().is_file():
             raise MspgtError(f"model.path={cfg.get('path')} is not a file",
                              "set model.path=/path/to/model.gguf (a GGUF file on disk)")
-        return "sha256:" + file_digest(Path(str(cfg.path)).expanduser(), cache_dir)
+        return "sha256:" + file_sha256(Path(str(cfg.path)).expanduser(), memo_dir_for(cache_dir))
     if source != "hub":
         raise MspgtError(f"model.source={source!r} is unknown", "use hub, gguf_file, gguf_package, gguf_parts or tiny_random")
     if not cfg.get("local_path") and not cfg.get("hub_id"):

@@ -28,6 +28,7 @@ from omegaconf import DictConfig
 
 from mspgt.errors import MspgtError
 from mspgt.files import build_once, publish, publish_folder
+from mspgt.identity import file_sha256, memo_dir_for, sha256_of
 from mspgt.model.attention_layout import (
     BlockAttention,
     attention_layout,
@@ -35,7 +36,7 @@ from mspgt.model.attention_layout import (
     describe,
 )
 from mspgt.model.checkpoint import load_checkpoint
-from mspgt.model.identity import file_digest, model_identity, sha256_of
+from mspgt.model.identity import model_identity
 from mspgt.model.sizing import auto_dtype, parameter_count
 from mspgt.model.tiny import tiny_config_fields
 
@@ -198,7 +199,7 @@ def _load_gguf(cfg: DictConfig, gguf: Path, cache_dir: Path, dtype: torch.dtype,
     Concurrent jobs dequantise once: the first builds under a lock, the others wait and load its copy."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    digest = cfg.get("sha256") or file_digest(gguf, cache_dir)
+    digest = cfg.get("sha256") or file_sha256(gguf, memo_dir_for(cache_dir))
     saved = cache_dir / "models" / f"{cfg.name}-{digest[:16]}"
 
     def build() -> tuple[Any, Any]:
