@@ -28,7 +28,7 @@ from mspgt.extraction.extract import build_statistics, cache_material
 from mspgt.files import writable_folder
 from mspgt.fusion.bootstrap import bootstrap_boundaries, check_bootstrap_settings
 from mspgt.fusion.fuse import fuse, validate_fusion
-from mspgt.fusion.peaks import MATCHING_RULE, detect_boundaries
+from mspgt.fusion.peaks import MATCHING_RULE, BoundaryPick, detect_boundaries
 from mspgt.layers import relative_position, scales_from_boundaries
 from mspgt.model.loading import load_model, resolve_device
 from mspgt.reports.boundary_report import boundary_figure, boundary_markdown, log_boundary_to_wandb
@@ -38,7 +38,7 @@ from mspgt.results import BoundaryCI, BoundaryResult
 from mspgt.signals.cka import CKA_ESTIMANDS, ESTIMATOR
 from mspgt.signals.layerwise import layer_signals
 from mspgt.signals.probes import ProbeResult, probe_f1, resolve_precision, train_probes
-from mspgt.statistics import variant_keys
+from mspgt.statistics import CorpusStatistics, variant_keys
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +69,7 @@ def minimum_sentences(cfg: DictConfig) -> int:
     return groups * cfg.bootstrap.group_size
 
 
-def obtain_statistics(cfg: DictConfig) -> tuple[Any, StatisticsCache, dict[str, float]]:
+def obtain_statistics(cfg: DictConfig) -> tuple[CorpusStatistics, StatisticsCache, dict[str, float]]:
     """The corpus statistics from the cache, or one extraction pass that fills it (resuming if killed)."""
     timings: dict[str, float] = {}
     cache = StatisticsCache(cfg.paths.cache_dir, cache_material(cfg, data_identity(cfg.data)))
@@ -119,7 +119,7 @@ def obtain_statistics(cfg: DictConfig) -> tuple[Any, StatisticsCache, dict[str, 
     return stats, cache, timings
 
 
-def obtain_probes(cfg: DictConfig, stats: Any, cache: StatisticsCache) -> tuple[ProbeResult, bool]:
+def obtain_probes(cfg: DictConfig, stats: CorpusStatistics, cache: StatisticsCache) -> tuple[ProbeResult, bool]:
     """Probes trained once per statistics and probe settings, kept beside the statistics (so changing fusion
     or bootstrap settings never retrains them), trained under their own lock: of two jobs needing them, one
     trains and the other waits and reuses them. Returns the result and whether it came from the cache."""
@@ -175,13 +175,13 @@ class Found:
 
     signals: dict[str, np.ndarray]  # signal -> [L]
     evidence: np.ndarray  # [L]
-    pick: Any  # BoundaryPick (fusion/peaks.py)
+    pick: BoundaryPick
     cis: dict[str, BoundaryCI]
     cka_variant: str
     js_variant: str
 
 
-def detect_with_bootstrap(cfg: DictConfig, stats: Any, probes: ProbeResult | None,
+def detect_with_bootstrap(cfg: DictConfig, stats: CorpusStatistics, probes: ProbeResult | None,
                           timings: dict[str, float]) -> Found:
     """Signals (paper eqs. 3-5), fusion (eq. 6), peaks, and the bootstrap over groups of all three."""
     weights, enabled = dict(cfg.fusion.weights), dict(cfg.fusion.signals)
@@ -210,7 +210,7 @@ def detect_with_bootstrap(cfg: DictConfig, stats: Any, probes: ProbeResult | Non
     return Found(signals, evidence, pick, cis, cka_v, js_v)
 
 
-def boundary_record(cfg: DictConfig, stats: Any, probes: ProbeResult | None, found: Found,
+def boundary_record(cfg: DictConfig, stats: CorpusStatistics, probes: ProbeResult | None, found: Found,
                     information: dict[str, Any] | None, timings: dict[str, float]) -> BoundaryResult:
     """The typed result (mspgt/results.py) of one boundary run."""
     L, pick = stats.n_blocks, found.pick
@@ -267,19 +267,19 @@ def boundary_notes(cfg: DictConfig, cka_variant: str, js_variant: str) -> dict[s
 
 def write_boundary_outputs(cfg: DictConfig, out_dir: Path, record: BoundaryResult, sweep: str | None) -> None:
     """Figures, summary.md, the boundary store, results.json (last: it means the job finished), W&B."""
-    result = record.to_json()  # what the reports read, in memory (NaN kept; the files get null)
-    fig = boundary_figure(result, out_dir / "boundaries.png")
+    result = record.to_json()  # the file's content (NaN kept here; the file gets null)
+    fig = boundary_figure(record, out_dir / "boundaries.png")
     if record.information is not None:
         information_figure(result, out_dir / "information.png")
-    (out_dir / "summary.md").write_text(boundary_markdown(result) + information_markdown(result))
+    (out_dir / "summary.md").write_text(boundary_markdown(record) + information_markdown(result))
     store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, record)
     write_json_atomic(out_dir / "results.json", result)
-    log.info("\n%s", boundary_markdown(result) + information_markdown(result))
+    log.info("\n%s", boundary_markdown(record) + information_markdown(result))
     log.info("results: %s (stored for interventions at %s)", out_dir / "results.json", store_path)
-    log_boundary_to_wandb(cfg, out_dir, result, fig, sweep)
+    log_boundary_to_wandb(cfg, out_dir, record, fig, sweep)
 
 
-def probe_sample_record(stats: Any) -> dict[str, Any]:
+def probe_sample_record(stats: CorpusStatistics) -> dict[str, Any]:
     """How many words and groups the probes were trained and evaluated on (each side of the split)."""
     n_eval_groups = int(stats.group_is_eval.sum())
     out: dict[str, Any] = {"rule": "a fixed number of words per group, spread over every group of its side, "

@@ -10,6 +10,7 @@ from omegaconf import DictConfig
 
 from mspgt.fusion.fuse import minmax_normalise
 from mspgt.reports.tracking import Tracker
+from mspgt.results import BoundaryResult
 
 SIGNAL_LABELS = {
     "representation_change": "1 - CKA(h_{l-1}, h_l)",
@@ -19,30 +20,30 @@ SIGNAL_LABELS = {
 BOUNDARY_COLOURS = {"L-I": "tab:red", "I-G": "tab:purple"}
 
 
-def boundary_figure(result: dict, path: Path) -> Path:
+def boundary_figure(result: BoundaryResult, path: Path) -> Path:
     """Normalised signals, the fused evidence curve (bold black), the two peaks (dashed) and CIs (shaded)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    layers = np.array(result["layers"])
+    layers = np.array(result.layers)
     fig, ax = plt.subplots(figsize=(8, 4.2), dpi=130)
-    for name, values in result["signals"].items():
-        ax.plot(layers, minmax_normalise(np.asarray(values)), marker="o", ms=3, lw=1.2, alpha=0.8,
+    for name, values in result.signals.items():
+        ax.plot(layers, minmax_normalise(np.asarray(values, dtype=float)), marker="o", ms=3, lw=1.2, alpha=0.8,
                 label=SIGNAL_LABELS.get(name, name))
-    ax.plot(layers, result["evidence"], color="black", lw=2.8, label="fused evidence E(l)")
-    for name, b in result["boundaries"].items():
+    ax.plot(layers, result.evidence, color="black", lw=2.8, label="fused evidence E(l)")
+    for name, b in result.boundaries.items():
         c = BOUNDARY_COLOURS[name]
-        if b["ci_low"] is not None:
-            ax.axvspan(b["ci_low"] - 0.5, b["ci_high"] + 0.5, color=c, alpha=0.12)
-        if b["layer"] is not None:
-            ax.axvline(b["layer"], color=c, ls="--", lw=1.8,
-                       label=f"{name} = {b['layer']} ({b['relative']:.1%}), 95% CI [{b['ci_low']}, {b['ci_high']}]"
-                       + ("" if b["accepted"] else " not accepted"))
-    m = result["model"]
-    ax.set_title(f"{m['name']} ({m['n_blocks']} blocks): boundary detection, {result['data']['name']} "
-                 f"({result['data']['n_sentences']} sentences)")
+        if b.ci_low is not None:
+            ax.axvspan(b.ci_low - 0.5, b.ci_high + 0.5, color=c, alpha=0.12)
+        if b.layer is not None:
+            ax.axvline(b.layer, color=c, ls="--", lw=1.8,
+                       label=f"{name} = {b.layer} ({b.relative:.1%}), 95% CI [{b.ci_low}, {b.ci_high}]"
+                       + ("" if b.accepted else " not accepted"))
+    m = result.model
+    ax.set_title(f"{m['name']} ({m['n_blocks']} blocks): boundary detection, {result.data['name']} "
+                 f"({result.data['n_sentences']} sentences)")
     ax.set_xlabel("block l")
     ax.set_ylabel("normalised signal")
     ax.set_xlim(layers[0] - 0.5, layers[-1] + 0.5)
@@ -58,8 +59,8 @@ def _fmt(x: Any, spec: str = "") -> str:
     return "-" if x is None else format(x, spec)
 
 
-def boundary_markdown(result: dict) -> str:
-    m, d = result["model"], result["data"]
+def boundary_markdown(result: BoundaryResult) -> str:
+    m, d = result.model, result.data
     lines = [
         f"## Boundaries: {m['name']} ({m['n_blocks']} blocks) on {d['name']} ({d['n_sentences']} sentences, "
         f"{d['n_groups']} groups of {d['group_size']})",
@@ -68,36 +69,36 @@ def boundary_markdown(result: dict) -> str:
         "relabelled by matching | most selected |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, b in result["boundaries"].items():
-        freq = sorted(b["selection_frequency"].items(), key=lambda kv: -kv[1])[:3]
-        top = ", ".join(f"{k}: {v / b['n_resamples']:.0%}" for k, v in freq) or "-"
-        ci = "-" if b["ci_low"] is None else f"[{b['ci_low']}, {b['ci_high']}]"
-        undefined = f"{b.get('n_undefined', 0)}" + (
-            f" ({', '.join(f'{k}: {v}' for k, v in b['undefined_signals'].items() if v)} NaN)"
-            if b.get("undefined_signals") else "")
-        lines.append(f"| {name} | {_fmt(b['layer'])} | {_fmt(b['relative'], '.1%')} | {ci} | {_fmt(b['width'])} | "
-                     f"{'yes' if b['accepted'] else 'no'} | {b['n_missing']} / {b['n_resamples']} | {undefined} | "
-                     f"{b.get('n_relabelled', 0)} | {top} |")
-    sample = result.get("probe_sample")
+    for name, b in result.boundaries.items():
+        freq = sorted(b.selection_frequency.items(), key=lambda kv: -kv[1])[:3]
+        top = ", ".join(f"{k}: {v / b.n_resamples:.0%}" for k, v in freq) or "-"
+        ci = "-" if b.ci_low is None else f"[{b.ci_low}, {b.ci_high}]"
+        undefined = f"{b.n_undefined}" + (
+            f" ({', '.join(f'{k}: {v}' for k, v in b.undefined_signals.items() if v)} NaN)"
+            if b.undefined_signals else "")
+        lines.append(f"| {name} | {_fmt(b.layer)} | {_fmt(b.relative, '.1%')} | {ci} | {_fmt(b.width)} | "
+                     f"{'yes' if b.accepted else 'no'} | {b.n_missing} / {b.n_resamples} | {undefined} | "
+                     f"{b.n_relabelled} | {top} |")
+    sample = result.probe_sample
     if sample:
         lines += ["", "Probe sample: " + "; ".join(
             f"{side} {sample[side]['words']} words from {sample[side]['groups']} of {sample[side]['groups_on_side']} "
             f"groups (at most {sample[side]['max_words_per_group']} per group)" for side in ("train", "eval"))
             + f" ({sample['rule']})."]
-    if not result["found_two_peaks"]:
-        lines += ["", f"Fewer than two peaks with prominence >= the threshold: peaks at {result['peaks']['layers']}."]
-    lines += ["", "| block | " + " | ".join(result["signals"]) + " | E(l) |",
-              "|---|" + "---|" * (len(result["signals"]) + 1)]
-    for i, layer in enumerate(result["layers"]):
-        vals = " | ".join(f"{result['signals'][k][i]:.4f}" for k in result["signals"])
-        lines.append(f"| {layer} | {vals} | {result['evidence'][i]:.3f} |")
-    lines += ["", "Notes:"] + [f"- {k}: {v}" for k, v in result["notes"].items()]
-    t = result["timings"]
+    if not result.found_two_peaks:
+        lines += ["", f"Fewer than two peaks with prominence >= the threshold: peaks at {result.peaks['layers']}."]
+    lines += ["", "| block | " + " | ".join(result.signals) + " | E(l) |",
+              "|---|" + "---|" * (len(result.signals) + 1)]
+    for i, layer in enumerate(result.layers):
+        vals = " | ".join(f"{result.signals[k][i]:.4f}" for k in result.signals)
+        lines.append(f"| {layer} | {vals} | {result.evidence[i]:.3f} |")
+    lines += ["", "Notes:"] + [f"- {k}: {v}" for k, v in result.notes.items()]
+    t = result.timings
     lines += ["", "Timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in t.items())]
     return "\n".join(lines) + "\n"
 
 
-def log_boundary_to_wandb(cfg: DictConfig, out_dir: Path, result: dict, figure: Path,
+def log_boundary_to_wandb(cfg: DictConfig, out_dir: Path, result: BoundaryResult, figure: Path,
                           sweep: str | None = None) -> None:
     """One W&B run per job: summary (boundaries, CIs), the per-layer table and the figure; `sweep` (the
     sweep's folder name, from mspgt/run.py) is the W&B group."""
@@ -105,23 +106,23 @@ def log_boundary_to_wandb(cfg: DictConfig, out_dir: Path, result: dict, figure: 
     tracker = Tracker(
         cfg.tracking, out_dir, job_type="boundary", name=f"boundary-{cfg.model.name}-{out_dir.name}",
         group=sweep or f"boundary-{out_dir.name}", tags=[cfg.model.family, cfg.model.name],
-        config=result["config"],
+        config=result.config,
     )
-    summary: dict[str, Any] = {"n_blocks": result["model"]["n_blocks"], "found_two_peaks": result["found_two_peaks"]}
-    for name, b in result["boundaries"].items():
+    summary: dict[str, Any] = {"n_blocks": result.model["n_blocks"], "found_two_peaks": result.found_two_peaks}
+    for name, b in result.boundaries.items():
         k = name.replace("-", "_")
         for field in ("layer", "relative", "ci_low", "ci_high", "width", "accepted", "n_missing", "n_undefined",
                       "n_relabelled"):
-            summary[f"{k}/{field}"] = b[field]
-    summary.update({f"timings/{k}": v for k, v in result["timings"].items()})
+            summary[f"{k}/{field}"] = getattr(b, field)
+    summary.update({f"timings/{k}": v for k, v in result.timings.items()})
     tracker.summary(summary)
-    cols = ["block", *result["signals"], "evidence"]
-    rows = [[layer, *[result["signals"][k][i] for k in result["signals"]], result["evidence"][i]]
-            for i, layer in enumerate(result["layers"])]
+    cols = ["block", *result.signals, "evidence"]
+    rows = [[layer, *[result.signals[k][i] for k in result.signals], result.evidence[i]]
+            for i, layer in enumerate(result.layers)]
     tracker.table("per_layer", cols, rows)
     tracker.image("boundaries", figure)
-    if result.get("information") and (figure.parent / "information.png").exists():  # the eq. 28 test
-        tests = result["information"]["eq28"]["tests"]
+    if result.information and (figure.parent / "information.png").exists():  # the eq. 28 test
+        tests = result.information["eq28"]["tests"]
         tracker.table("eq28", ["curve", "boundary", "kink", "ci_low", "ci_high", "null_threshold", "verdict"],
                       [[c, n, b["kink"], b["ci_low"], b["ci_high"], b["null_threshold"], b["verdict"]]
                        for c, t in tests.items() for n, b in t["boundaries"].items()])
