@@ -1,7 +1,9 @@
 """Corpora of sentences (docs/method.md "Data unit"): BBC News (packaged), WikiText-103, a text file, CoNLL-U.
 
-Every source yields `Sentence`s in a fixed, seed-determined order; consecutive sentences form the groups
-that the bootstrap resamples, so sentences of one document stay together.
+Every source yields `Sentence`s in a fixed, seed-determined order. The groups the bootstrap resamples are
+formed from that order in mspgt/extraction/ (bootstrap.group_size sentences, 16 by default, drawn at random
+across the corpus by default: bootstrap.grouping=shuffled; `consecutive` keeps neighbouring sentences,
+mostly of one document, together).
 """
 
 from __future__ import annotations

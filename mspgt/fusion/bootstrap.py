@@ -1,6 +1,8 @@
 """Group bootstrap of the boundaries (paper 4.1.1: 1,000 resamples, accepted when the 95% CI is < 5 layers).
 
-Resampling unit: groups of consecutive sentences, drawn with replacement (docs/method.md, "Data unit"). A
+Resampling unit: groups of sentences (bootstrap.group_size, 16 by default; drawn at random across the
+corpus by default, bootstrap.grouping=shuffled, or neighbouring sentences with `consecutive`), drawn with
+replacement (docs/method.md, "Data unit"). A
 resample is a vector of group counts; `evidence_fn` recomputes the fused evidence from the stored
 per-group statistics with those counts, and the peaks are detected again.
 
