@@ -51,3 +51,24 @@ def _model_family(where: str | None) -> str:
 
 OmegaConf.register_new_resolver("mspgt.model_name", _model_name, replace=True)
 OmegaConf.register_new_resolver("mspgt.model_family", _model_family, replace=True)
+
+
+def _config_groups() -> str:
+    """`${mspgt.config_groups:}`: the shipped config groups and their choices, one line each, for
+    `python -m mspgt.run --help` (conf/hydra/help/mspgt.yaml). Leaves out hydra/ but its launchers, and the
+    files that other
+    choices extend (`base/` folders) or that a group adds itself (`debug/experiment/`)."""
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    lines = []
+    for folder in sorted(p for p in conf.rglob("*") if p.is_dir()):
+        group = folder.relative_to(conf).as_posix()
+        if (group.startswith("hydra") and group != "hydra/launcher") or "base" in group.split("/") \
+                or group == "debug/experiment":
+            continue
+        choices = sorted(f.stem for f in folder.glob("*.yaml"))
+        if choices:
+            lines.append(f"  {group}: {', '.join(choices)}")
+    return "\n".join(lines)
+
+
+OmegaConf.register_new_resolver("mspgt.config_groups", _config_groups, replace=True)

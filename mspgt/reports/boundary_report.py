@@ -51,6 +51,7 @@ def boundary_figure(result: BoundaryResult, path: Path) -> Path:
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
     fig.savefig(path)
+    fig.savefig(Path(path).with_suffix(".pdf"))  # the same figure as PDF beside the PNG, for papers
     plt.close(fig)
     return path
 

@@ -68,5 +68,6 @@ def robustness_figure(record: dict[str, Any], path: str | Path) -> Path:
     ax.set_title("Boundary positions by family (paper Fig. 10); bars: 95% bootstrap CIs (ours)", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    fig.savefig(Path(path).with_suffix(".pdf"))  # the same figure as PDF beside the PNG, for papers
     plt.close(fig)
     return Path(path)

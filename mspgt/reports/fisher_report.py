@@ -85,5 +85,6 @@ def fisher_figure(result: dict, path: Path) -> Path:
     fig.suptitle(f"A.5 Fisher test, {result['model']['name']}")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    fig.savefig(Path(path).with_suffix(".pdf"))  # the same figure as PDF beside the PNG, for papers
     plt.close(fig)
     return Path(path)
