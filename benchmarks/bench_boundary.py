@@ -171,8 +171,8 @@ def _setup(n_sentences: int, cache_dir: str, variants: str, overrides: tuple[str
     from mspgt.data.alignment import encode_sentences
     from mspgt.data.corpus import load_sentences
     from mspgt.data.labels import label_sentences
-    from mspgt.extraction.corpus import prepare_corpus
     from mspgt.extraction.extract import batch_calls, call_overhead_tokens
+    from mspgt.extraction.groups import prepare_corpus
     from mspgt.model.loading import load_model
     from mspgt.model.sizing import auto_batch_size
 

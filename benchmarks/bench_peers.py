@@ -44,7 +44,7 @@ def _setup(n_sentences: int, cache_dir: str, overrides: list[str]):
     from mspgt.data.alignment import encode_sentences
     from mspgt.data.corpus import load_sentences
     from mspgt.data.labels import label_sentences
-    from mspgt.extraction.corpus import prepare_corpus
+    from mspgt.extraction.groups import prepare_corpus
     from mspgt.model.loading import load_model
 
     with initialize_config_dir(str(REPO / "conf"), version_base=None):

@@ -99,7 +99,7 @@ def main() -> None:
     n_tokens = sum(s.shape[1] for s in states)
     print(f"{cfg.model.name}: {len(states)} sentences, {n_tokens} tokens, {n_blocks} blocks "
           f"({time.perf_counter() - t:.0f} s to collect)", file=sys.stderr)
-    from mspgt.extraction.corpus import sentence_order
+    from mspgt.extraction.groups import sentence_order
 
     curves = {"full": full_data_change(states)}
     for size in args.sizes:

@@ -57,7 +57,7 @@ def _in_open(lo: float, hi: float) -> Callable[[Any], bool]:
 
 
 def _rules() -> list[Rule]:
-    from mspgt.extraction.corpus import GROUPINGS
+    from mspgt.extraction.groups import GROUPINGS
     from mspgt.fusion.bootstrap import BOOTSTRAP_RANGES
     from mspgt.fusion.peaks import PROMINENCE_RANGE
     from mspgt.interventions.activation_scale import STD_KINDS

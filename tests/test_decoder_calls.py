@@ -12,7 +12,7 @@ import pytest
 from mspgt.data.alignment import EncodedSentence
 from mspgt.data.labels import LabeledSentence
 from mspgt.extraction import extract
-from mspgt.extraction.corpus import prepare_corpus
+from mspgt.extraction.groups import prepare_corpus
 from tests.test_probe_sample import PROBES
 
 

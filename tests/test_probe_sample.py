@@ -11,7 +11,7 @@ from omegaconf import OmegaConf
 from mspgt.data.alignment import EncodedSentence
 from mspgt.data.labels import LabeledSentence
 from mspgt.errors import MspgtError
-from mspgt.extraction.corpus import prepare_corpus, sentence_order, spread_word_sample
+from mspgt.extraction.groups import prepare_corpus, sentence_order, spread_word_sample
 
 PROBES = OmegaConf.create({"eval_fraction": 0.3, "seed": 0, "max_train_words": 120, "max_eval_words": 45})
 

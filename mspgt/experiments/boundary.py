@@ -23,8 +23,8 @@ from mspgt.data.labels import SRL_NOTE, TASKS, label_sentences
 from mspgt.errors import MspgtError
 from mspgt.extraction.assemble import load_statistics
 from mspgt.extraction.cache import StatisticsCache
-from mspgt.extraction.corpus import prepare_corpus
 from mspgt.extraction.extract import build_statistics, cache_material
+from mspgt.extraction.groups import prepare_corpus
 from mspgt.files import writable_folder
 from mspgt.fusion.bootstrap import bootstrap_boundaries, check_bootstrap_settings
 from mspgt.fusion.fuse import fuse, validate_fusion
@@ -283,7 +283,7 @@ def probe_sample_record(stats: CorpusStatistics) -> dict[str, Any]:
     """How many words and groups the probes were trained and evaluated on (each side of the split)."""
     n_eval_groups = int(stats.group_is_eval.sum())
     out: dict[str, Any] = {"rule": "a fixed number of words per group, spread over every group of its side, "
-                                   "seeded (extraction.corpus.spread_word_sample)"}
+                                   "seeded (extraction.groups.spread_word_sample)"}
     for name, sample, side in (("train", stats.probe_train, stats.n_groups - n_eval_groups),
                                ("eval", stats.probe_eval, n_eval_groups)):
         per_group = np.bincount(sample.group) if sample.group.size else np.zeros(1, dtype=np.int64)  # [G]

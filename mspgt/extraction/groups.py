@@ -1,4 +1,4 @@
-"""Corpus preparation for the pass (docs/method.md "Data unit"): sentences in groups (the bootstrap unit, in
+"""Sentence groups for the pass (docs/method.md "Data unit"): sentences in groups (the bootstrap unit, in
 the order bootstrap.grouping gives), a seeded split of groups into probe train / held out, and the bounded word
 sample of each side. Deterministic; no model.
 """
