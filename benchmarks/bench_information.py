@@ -34,7 +34,7 @@ def main() -> None:
     from mspgt.data.corpus import load_sentences
     from mspgt.data.labels import label_sentences
     from mspgt.extraction.cache import StatisticsCache
-    from mspgt.extraction.corpus import prepare_corpus
+    from mspgt.extraction.groups import prepare_corpus
     from mspgt.model.loading import load_model
     from mspgt.reports.store import data_identity
 

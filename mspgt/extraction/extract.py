@@ -22,7 +22,7 @@ from tqdm.auto import tqdm
 from mspgt.data.alignment import EncodedSentence
 from mspgt.errors import MspgtError
 from mspgt.extraction.cache import StatisticsCache
-from mspgt.extraction.corpus import PreparedCorpus
+from mspgt.extraction.groups import PreparedCorpus
 from mspgt.extraction.hooks import residual_stream
 from mspgt.extraction.writer import BackgroundWrites
 from mspgt.model.identity import model_identity
