@@ -10,13 +10,14 @@ import logging
 import math
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mspgt.config_schema import BootstrapSettings, FusionSettings, settings
 from mspgt.data.alignment import encode_sentences
 from mspgt.data.corpus import load_sentences
 from mspgt.data.labels import SRL_NOTE, TASKS, label_sentences
@@ -159,7 +160,8 @@ def run_boundary(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> di
         t = time.perf_counter()
         probes, from_cache = obtain_probes(cfg, stats, cache)
         timings["probes_cached_s" if from_cache else "probes_s"] = time.perf_counter() - t
-    found = detect_with_bootstrap(cfg, stats, probes, timings)
+    fusion, bootstrap = settings(cfg.fusion, FusionSettings), settings(cfg.bootstrap, BootstrapSettings)
+    found = detect_with_bootstrap(fusion, bootstrap, str(cfg.probes.f1_average), stats, probes, timings)
     t = time.perf_counter()
     information = information_result(stats, probes, {name: ci.layer for name, ci in found.cis.items()}, cfg)
     timings["information_s"] = time.perf_counter() - t
@@ -181,28 +183,27 @@ class Found:
     js_variant: str
 
 
-def detect_with_bootstrap(cfg: DictConfig, stats: CorpusStatistics, probes: ProbeResult | None,
-                          timings: dict[str, float]) -> Found:
+def detect_with_bootstrap(fusion: FusionSettings, bootstrap: BootstrapSettings, f1_average: str,
+                          stats: CorpusStatistics, probes: ProbeResult | None, timings: dict[str, float]) -> Found:
     """Signals (paper eqs. 3-5), fusion (eq. 6), peaks, and the bootstrap over groups of all three."""
-    weights, enabled = dict(cfg.fusion.weights), dict(cfg.fusion.signals)
-    average = str(cfg.probes.f1_average)
-    cka_v, js_v = variant_keys(cfg.fusion)
-    first_block = str(cfg.fusion.attention.first_block)
-    signals = layer_signals(stats, probes, enabled, cka_v, js_v, first_block, f1_average=average)
+    weights, enabled = asdict(fusion.weights), asdict(fusion.signals)
+    cka_v, js_v = variant_keys(fusion)
+    first_block = fusion.attention.first_block
+    signals = layer_signals(stats, probes, enabled, cka_v, js_v, first_block, f1_average=f1_average)
     evidence = fuse(signals, weights, enabled)
-    replicated_first = bool(enabled.get("attention_drift")) and cfg.fusion.attention.first_block == "replicate"
-    pick = detect_boundaries(evidence, cfg.fusion.prominence, replicated_first)
+    replicated_first = fusion.signals.attention_drift and first_block == "replicate"
+    pick = detect_boundaries(evidence, fusion.prominence, replicated_first)
 
     def evidence_fn(counts: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        resampled = layer_signals(stats, probes, enabled, cka_v, js_v, first_block, counts, average)
+        resampled = layer_signals(stats, probes, enabled, cka_v, js_v, first_block, counts, f1_average)
         return fuse(resampled, weights, enabled), resampled
 
     t = time.perf_counter()
-    b = cfg.bootstrap
+    b = bootstrap
     cis = bootstrap_boundaries(
         evidence_fn, stats.n_groups, stats.n_blocks, pick, n_resamples=b.n_resamples, seed=b.seed,
         ci_level=b.ci_level, acceptance_width=b.acceptance_width, max_missing_fraction=b.max_missing_fraction,
-        prominence=cfg.fusion.prominence, replicated_first=replicated_first,
+        prominence=fusion.prominence, replicated_first=replicated_first,
     )
     timings["bootstrap_s"] = time.perf_counter() - t
     for ci in cis.values():

@@ -91,7 +91,7 @@ def _boundary_ci(
 
 
 # The one range of each bootstrap setting: (test, in words); check_bootstrap_settings and the config validation's
-# rule table (mspgt/config_validation.py) both use it.
+# schema (mspgt/config_schema.py) both use it.
 BOOTSTRAP_RANGES: dict[str, tuple[Callable[[float], bool], str]] = {
     "n_resamples": (lambda v: v >= 1, ">= 1"),
     "ci_level": (lambda v: 0 < v < 1, "in (0, 1)"),

@@ -63,7 +63,7 @@ class ResamplePicks:
 
 
 # The one range of the peak prominence (the fused evidence lies in [0, 1]): (test, in words); the config
-# validation's rule table (mspgt/config_validation.py) uses it too.
+# schema (mspgt/config_schema.py) uses it too.
 PROMINENCE_RANGE: tuple[Callable[[float], bool], str] = (lambda v: 0 < v <= 1, "in (0, 1]")
 
 
