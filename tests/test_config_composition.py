@@ -1,5 +1,5 @@
 """Every shipped config composes and validates (mspgt/config_validation.py) without loading a model: each
-model x data x experiment x launcher file, the weights / signals / sigmas presets, and the experiment
+model x data x experiment x launcher file, the weights / variants / sigmas presets, and the experiment
 files' own groups (experiment=intervention pulls in scale, generation and metrics; boundary does not)."""
 
 from __future__ import annotations
@@ -109,7 +109,7 @@ def test_weights_presets_name_the_signals_they_keep():
 
 
 def test_the_default_composition_keeps_every_fusion_key_of_before():
-    """weights/equal + signals/default + fusion/default compose to the same fusion settings as the single
+    """weights/equal + variants/default + fusion/default compose to the same fusion settings as the single
     fusion file did, and a plain value override still reaches them."""
     fusion = OmegaConf.to_container(_compose([]).fusion)
     assert fusion == {
@@ -119,7 +119,7 @@ def test_the_default_composition_keeps_every_fusion_key_of_before():
         "weights": {"representation_change": 1.0, "probe_jump": 1.0, "attention_drift": 1.0},
         "signals": {"representation_change": True, "probe_jump": True, "attention_drift": True},
     }
-    cfg = _compose(["weights=no_probes", "fusion.weights.attention_drift=2", "signals=cka_both",
+    cfg = _compose(["weights=no_probes", "fusion.weights.attention_drift=2", "variants=cka_both",
                     "fusion.attention.drop_sink=true"])
     assert cfg.fusion.weights.attention_drift == 2 and not cfg.fusion.signals.probe_jump
     assert cfg.fusion.cka.standardise and cfg.fusion.cka.exclude_first_position and cfg.fusion.attention.drop_sink
@@ -139,3 +139,12 @@ def test_experiment_files_pull_in_their_own_groups():
     assert intervention.scale.name == "none" and intervention.generation.n_prompts > 0 and "brittleness" in intervention.metrics
     fisher = _compose(["experiment=fisher", "scale=global"])
     assert fisher.scale.name == "global" and "generation" not in fisher
+
+
+@pytest.mark.parametrize("variant", options("variants"))
+def test_the_old_group_name_signals_still_selects_a_variant(variant):
+    """`variants` was called `signals` (one word for the config group, the fusion switches and mspgt/signals/):
+    signals=<name> still composes to the same fusion settings as variants=<name>."""
+    assert options("signals") == options("variants")
+    new = OmegaConf.to_container(_compose([f"variants={variant}"]).fusion)
+    assert OmegaConf.to_container(_compose([f"signals={variant}"]).fusion) == new
