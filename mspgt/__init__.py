@@ -56,8 +56,7 @@ OmegaConf.register_new_resolver("mspgt.model_family", _model_family, replace=Tru
 def _config_groups() -> str:
     """`${mspgt.config_groups:}`: the shipped config groups and their choices, one line each, for
     `python -m mspgt.run --help` (conf/hydra/help/mspgt.yaml). Leaves out hydra/ but its launchers, and the
-    files that other
-    choices extend (`base/` folders) or that a group adds itself (`debug/experiment/`)."""
+    files that other choices extend (`base/` folders) or that a group adds itself (`debug/experiment/`)."""
     conf = Path(__file__).resolve().parents[1] / "conf"
     lines = []
     for folder in sorted(p for p in conf.rglob("*") if p.is_dir()):

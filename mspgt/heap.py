@@ -1,5 +1,5 @@
 """A steady C heap for loops that allocate and free the same large temporaries every iteration (our
-measurement; README "Speed and memory").
+measurement, in the git history of README.md, "Speed and memory").
 
 glibc's malloc gives the free top of its heap back to the kernel (brk) once more than M_TRIM_THRESHOLD bytes
 are free there, and the next allocation page-faults those pages back in, zeroed. The threshold is dynamic:

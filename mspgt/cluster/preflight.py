@@ -28,7 +28,7 @@ from mspgt.errors import MspgtError
 
 log = logging.getLogger(__name__)
 
-FIX_SUFFIX = "in your launcher file (README: Running on a Slurm cluster), or pick another partition (`sinfo -s`)"
+FIX_SUFFIX = "in your launcher file (docs/slurm.md), or pick another partition (`sinfo -s`)"
 
 
 @dataclass(frozen=True)

@@ -43,10 +43,12 @@ class Run:
 
     folder: Path
     record: BoundaryResult | InterventionResult | FisherResult
-    overrides: tuple[str, ...]  # the run's command-line overrides (Hydra's .hydra/overrides.yaml)
+    overrides: tuple[str, ...] | None  # the run's command-line overrides (.hydra/overrides.yaml; None: none there)
 
     @property
     def command(self) -> str:
+        if self.overrides is None:
+            return "command not recorded (no .hydra/overrides.yaml: not a command-line run)"
         return " ".join(["python -m mspgt.run", *(_quote(o) for o in self.overrides)])
 
     @property
@@ -136,7 +138,7 @@ def collect_runs(folders: list[Path]) -> list[Run]:
             continue
         record = cls.from_json(json.loads(path.read_text()), str(path))
         hydra = path.parent / ".hydra" / "overrides.yaml"
-        overrides = tuple(yaml.safe_load(hydra.read_text()) or []) if hydra.is_file() else ()
+        overrides = tuple(yaml.safe_load(hydra.read_text()) or []) if hydra.is_file() else None
         runs.append(Run(path.parent, record, overrides))
     return runs
 
@@ -177,9 +179,9 @@ def variant_table(runs: list[Run]) -> Table | None:
     for members in groups.values():
         if len(members) < 2:
             continue
-        shared = set.intersection(*(set(m.overrides) for m in members))
+        shared = set.intersection(*(set(m.overrides or ()) for m in members))
         for m in members:
-            label = " ".join(o for o in m.overrides if o not in shared) or "(defaults)"
+            label = " ".join(o for o in m.overrides or () if o not in shared) or m.folder.name
             cells = [m.record.name, label]
             for name in BOUNDARY_NAMES:
                 b = m.record.boundaries.get(name)
