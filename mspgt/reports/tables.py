@@ -13,7 +13,8 @@ the results found:
 - the intervention table (paper Table 2 style: relative change per metric, paired-t p, brittleness);
 - the Fisher table (appendix A.5: predicted against measured KL per scale);
 - the robustness verdicts (mspgt/reports/robustness.py over the same folders).
-Each table is headed by the command that made each run (`python -m mspgt.run` + the run's
+`--out docs/results.md` replaces only what follows the file's marker line (MARKER), so the document keeps its
+own introduction. Each table is headed by the command that made each run (`python -m mspgt.run` + the run's
 `.hydra/overrides.yaml`), its folder, date and machine (the record's `machine`, mspgt/results.py). Markdown,
 or LaTeX with booktabs (`\\usepackage{booktabs}`).
 """
@@ -33,6 +34,7 @@ import yaml
 from mspgt.layers import BOUNDARY_NAMES
 from mspgt.results import BoundaryResult, FisherResult, InterventionResult
 
+MARKER = "<!-- mspgt.reports.tables: everything below is generated; do not edit -->"
 RESULT_FILES = {"results.json": BoundaryResult, "intervention.json": InterventionResult, "fisher.json": FisherResult}
 SCALE_ORDER = {"none": 0, "local": 1, "intermediate": 2, "global": 3}
 
@@ -300,17 +302,27 @@ def render(folders: list[Path], kind: str = "md") -> str:
     return "\n".join(t.latex(command) if kind == "latex" else t.markdown(command) for t in tables)
 
 
+def write(out: Path, text: str) -> None:
+    """Write `text` to `out`; where `out` holds MARKER, keep what precedes it (a document's own introduction)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    before = out.read_text() if out.is_file() else ""
+    if MARKER in before:
+        text = before.split(MARKER, 1)[0] + MARKER + "\n\n" + text
+    out.write_text(text)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m mspgt.reports.tables",
                                      description="Every results table, built from run or sweep folders.")
     parser.add_argument("folders", nargs="+", type=Path, help="run or sweep folders (or outputs/)")
     parser.add_argument("--format", choices=("md", "latex"), default="md")
-    parser.add_argument("--out", type=Path, default=None, help="write here instead of printing")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="write here instead of printing; in a file holding the marker line "
+                             f"{MARKER!r}, only what follows the marker is replaced")
     args = parser.parse_args(argv)
     text = render(args.folders, args.format)
     if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+        write(args.out, text)
     else:
         print(text, end="")
 

@@ -1,0 +1,120 @@
+"""`python -m mspgt.reports.tables` over real run folders: every cell it prints is the value in the run's result
+file, the command and machine that made the run head each table, and LaTeX comes out with booktabs rules."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from mspgt.reports.tables import MARKER, fmt, main
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _run(args: list[str], tmp: Path) -> float:
+    """`python -m mspgt.run ARGS` as typed, outputs and caches under `tmp`; returns its wall time in seconds."""
+    env = dict(os.environ, MSPGT_CACHE_DIR=str(tmp / "cache"), WANDB_MODE="offline", HF_HUB_OFFLINE="1",
+               TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false", WANDB_SILENT="true")
+    t = time.perf_counter()
+    proc = subprocess.run([sys.executable, "-m", "mspgt.run", *args], cwd=tmp, env=env, capture_output=True,
+                          text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return time.perf_counter() - t
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, Path]:
+    """A debug=fast boundary run and a debug=fast Fisher run of the tiny model, as typed on the command line."""
+    tmp = tmp_path_factory.mktemp("tables")
+    folders = {"boundary": tmp / "boundary", "fisher": tmp / "fisher"}
+    _run(["debug=fast", f"hydra.run.dir={folders['boundary']}"], tmp)
+    _run(["experiment=fisher", "debug=fast", f"hydra.run.dir={folders['fisher']}"], tmp)
+    return folders
+
+
+def _tables(text: str) -> dict[str, list[dict[str, str]]]:
+    """The markdown tables of the command's output, by heading: a list of rows, each column -> cell."""
+    out: dict[str, list[dict[str, str]]] = {}
+    for block in text.split("### ")[1:]:
+        title, *lines = block.splitlines()
+        rows = [ln for ln in lines if ln.startswith("|")]
+        split = [[c.strip() for c in re.split(r"(?<!\\)\|", ln)[1:-1]] for ln in rows]
+        header, body = split[0], split[2:]
+        out[title] = [dict(zip(header, row, strict=True)) for row in body]
+    return out
+
+
+def _render(tmp_path: Path, *args: str) -> str:
+    out = tmp_path / "tables.txt"
+    main([*args, "--out", str(out)])
+    return out.read_text()
+
+
+def test_boundary_table_rows_are_the_results_json_values(runs, tmp_path):
+    record = json.loads((runs["boundary"] / "results.json").read_text())
+    text = _render(tmp_path, str(runs["boundary"]))
+    (rows,) = [t for title, t in _tables(text).items() if title.startswith("Boundaries (")]
+    assert [r["boundary"] for r in rows] == list(record["boundaries"])
+    for row in rows:
+        b = record["boundaries"][row["boundary"]]
+        assert row["model"] == "tiny_llama" and row["blocks"] == str(record["model"]["n_blocks"]) == "6"
+        assert row["block"] == fmt(b["layer"])
+        assert row["95% CI"] == ("n/a" if b["ci_low"] is None else f"[{b['ci_low']}, {b['ci_high']}]")
+        assert row["accepted"] == ("yes" if b["accepted"] else "no")
+        assert row["missing / undefined / relabelled"] == f"{b['n_missing']} / {b['n_undefined']} / {b['n_relabelled']}"
+        if b["layer"] is not None:
+            assert row["relative"] == f"{b['layer'] / 6:.1%}"
+    # headed by the command as typed, the run's folder, and the machine recorded in results.json
+    assert f"`python -m mspgt.run debug=fast hydra.run.dir={runs['boundary']}`" in text
+    assert record["machine"]["cpu"] in text and record["machine"]["date"] in text
+
+
+def test_eq28_table_holds_every_curve_and_boundary_with_their_values(runs, tmp_path):
+    record = json.loads((runs["boundary"] / "results.json").read_text())
+    tests = record["information"]["eq28"]["tests"]
+    rows = _tables(_render(tmp_path, str(runs["boundary"])))["Information curves: the eq. 28 test"]
+    expected = [(c, n, b) for c, t in tests.items() for n, b in t["boundaries"].items()]
+    assert [(r["curve"], r["boundary"]) for r in rows] == [(c, n) for c, n, _ in expected]
+    for row, (_, _, b) in zip(rows, expected, strict=True):
+        for key, value in b.items():
+            if not isinstance(value, dict | list):
+                assert row[key] == fmt(value), (key, row[key], value)
+
+
+def test_fisher_table_and_verdicts_come_from_fisher_json(runs, tmp_path):
+    record = json.loads((runs["fisher"] / "fisher.json").read_text())
+    tables = _tables(_render(tmp_path, str(runs["fisher"].parent)))  # the parent: both runs, found by walking
+    rows = tables["Appendix A.5: KL under small noise against the Fisher-trace prediction (experiment=fisher)"]
+    assert [r["scale (blocks)"] for r in rows] == ["local (1-2)", "intermediate (3-4)", "global (5-6)"]
+    for row, (name, s) in zip(rows, record["scales"].items(), strict=True):
+        assert row["slope / predicted"] == fmt(s["fit_kl"]["slope_over_predicted"], ".3f"), name
+        assert row["measured / predicted at smallest sigma"] == fmt(s["ratio_at_smallest_sigma"], ".3f")
+        assert row["holds"] == ("yes" if s["holds"] else "no")
+    verdicts = {r["tier"]: r for r in tables["The paper's predictions over these results (mspgt/reports/robustness.py)"]}
+    assert verdicts["A.5"]["verdict"] == record["verdict"]["value"]
+    assert "Boundaries (experiment=boundary)" in tables  # the boundary run under the same parent
+
+
+def test_latex_output_uses_booktabs_and_escapes(runs, tmp_path):
+    text = _render(tmp_path, str(runs["boundary"]), "--format", "latex")
+    assert text.count("\\begin{tabular}") == text.count("\\bottomrule") == text.count("\\toprule") >= 2
+    assert "\\midrule" in text and "|" not in text.replace("\\textbar", "")
+    body = text.split("\\midrule", 1)[1].split("\\bottomrule", 1)[0]
+    assert body.count("\\\\") == 2  # one row per boundary
+    assert "v\\_info" in text and "% made by: python -m mspgt.reports.tables" in text
+
+
+def test_out_keeps_a_documents_introduction_above_the_marker(runs, tmp_path):
+    doc = tmp_path / "results.md"
+    doc.write_text(f"# Results\n\nHand-written introduction.\n\n{MARKER}\n\n| stale | table |\n")
+    main([str(runs["boundary"]), "--out", str(doc)])
+    text = doc.read_text()
+    assert text.startswith("# Results\n\nHand-written introduction.\n\n" + MARKER)
+    assert "stale" not in text and text.count(MARKER) == 1 and "### Boundaries (experiment=boundary)" in text
