@@ -85,6 +85,7 @@ class CorpusStatistics:
     group_is_eval: np.ndarray  # [G] bool: the group is held out for probe evaluation
     meta: dict = field(default_factory=dict)
     information: dict[str, np.ndarray] = field(default_factory=dict)  # curve -> [G, L+1] (signals/information.py)
+    information_tokens: np.ndarray | None = None  # [G] tokens that entered each group's information kernels
 
     @property
     def n_groups(self) -> int:

@@ -86,5 +86,6 @@ def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
         label_names=label_names,
         group_is_eval=cat("group_is_eval"),
         information={c: cat(f"info_{c}") for c in CURVES if f"info_{c}" in chunks[0]},
+        information_tokens=cat("info_ntok") if "info_ntok" in chunks[0] else None,
         meta={"cache_dir": str(cache.dir), "n_chunks": cache.n_chunks, **info},
     )

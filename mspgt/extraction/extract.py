@@ -30,14 +30,14 @@ from mspgt.model.loading import LoadedModel
 from mspgt.model.sizing import auto_batch_size, auto_call_overhead_tokens
 from mspgt.signals.attention_drift import attention_js_sums_variants
 from mspgt.signals.cka import group_hsic_variants
-from mspgt.signals.information import CURVES, group_information_tensor
+from mspgt.signals.information import CURVES, InformationSettings, group_information_tensor, null_permutation
 from mspgt.statistics import CKA_VARIANTS, JS_VARIANTS, variant_keys
 
 log = logging.getLogger(__name__)
 
 # Bump when what is stored changes: old cache entries are then never used. 4: attention drift on each block's
 # own keys (sliding windows), weights id from the content of local folders.
-STATS_VERSION = 4
+STATS_VERSION = 5
 
 
 def stored_variants(cfg: DictConfig) -> tuple[list[str], list[str]]:
@@ -68,17 +68,13 @@ def cache_material(cfg: DictConfig, data_identity: dict) -> dict:
         "call_overhead_tokens": cfg.extraction.get("call_overhead_tokens", "auto"),
         "variants": stored_variants(cfg),
         "probes": {k: cfg.probes[k] for k in ("tasks", "eval_fraction", "max_train_words", "max_eval_words", "seed")},
-        "information": information_settings(cfg),
+        "information": None if (info := information_settings(cfg)) is None else info.key(),
     }
 
 
-def information_settings(cfg: DictConfig) -> tuple[float, int] | None:
-    """(Renyi order, most tokens per group) of the information curves the pass stores (None: off;
-    extraction.information)."""
-    info = cfg.extraction.get("information")
-    if info is None or not info.enabled:
-        return None
-    return float(info.alpha), int(info.get("max_tokens", 128))
+def information_settings(cfg: DictConfig) -> InformationSettings | None:
+    """The information curves the pass stores (extraction.information; None: off), checked before any work."""
+    return InformationSettings.from_config(cfg.extraction.get("information"))
 
 
 def _spread(n: int, cap: int) -> torch.Tensor:
@@ -143,7 +139,7 @@ class _ChunkAccumulator:
     hsic: dict[str, list[torch.Tensor]]  # CKA variant -> per group [m, m], on the device
     feat: dict[int, np.ndarray]  # split -> [words, m, d] float16, this chunk's sampled words, filled in order
     moments: list[torch.Tensor] = field(default_factory=list)  # per group [2, m]: sums of mean_d(h), mean_d(h^2)
-    curves: list[torch.Tensor] = field(default_factory=list)  # per group [3, m]: information curves, on the device
+    curves: list[torch.Tensor] = field(default_factory=list)  # per group [len(CURVES), m]: information curves, on the device
     probe: dict[int, dict[str, list]] = field(default_factory=lambda: {1: {}, 2: {}})  # split -> label arrays
     filled: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})  # split -> words written so far
     act_count: int = 0
@@ -179,6 +175,7 @@ def _new_accumulator(lo: int, hi: int, L: int, cka_keys: list[str], js_keys: lis
         out[f"js_sum_{v}"] = np.zeros((ng, L))
         out[f"js_first_{v}"] = np.zeros(ng)
         out[f"js_count_{v}"] = np.zeros(ng, dtype=np.int64)
+    out["info_ntok"] = np.zeros(ng, dtype=np.int64)  # tokens that entered each group's information kernels
     return _ChunkAccumulator(lo=lo, out=out, hsic={v: [] for v in cka_keys}, feat=feat)
 
 
@@ -195,7 +192,7 @@ def _padded_batch(enc: list[EncodedSentence], pad: int, device: torch.device) ->
 
 
 def _add_group_terms(acc: _ChunkAccumulator, tokens: torch.Tensor, starts: np.ndarray, lengths: list[int],
-                     groups: np.ndarray, cka_keys: list[str], info: tuple[float, int] | None) -> None:
+                     groups: np.ndarray, cka_keys: list[str], info: InformationSettings | None) -> None:
     """Per group of the batch: the unbiased HSIC of every pair of states per CKA variant, the activation
     moments and the information curves. `tokens` [m, N, d] the batch's real tokens, sentence after sentence."""
     for g in np.unique(groups):
@@ -209,10 +206,12 @@ def _add_group_terms(acc: _ChunkAccumulator, tokens: torch.Tensor, starts: np.nd
             acc.out[f"ntok_{v}"][g - acc.lo] = int(keep.sum()) if CKA_VARIANTS[v][1] else rows.shape[1]
         # activation scale s_l (interventions), from the same kernel
         acc.moments.append(torch.stack([terms.sum_of_means, terms.sum_of_mean_squares]))
-        if info is not None:  # position 0 (attention sink) left out; at most info[1] tokens, evenly spread
+        if info is not None:  # position 0 (attention sink) left out; at most info.max_tokens, evenly spread
             kept = keep.nonzero()[:, 0]  # (n_kept,)
-            kept = kept[_spread(len(kept), info[1])].to(rows.device)
-            acc.curves.append(group_information_tensor(rows[:, kept], info[0]))
+            kept = kept[_spread(len(kept), info.max_tokens)].to(rows.device)
+            perm = null_permutation(len(kept), int(g), info.null_seed)  # the shuffle null's pairing
+            acc.curves.append(group_information_tensor(rows[:, kept], info, perm))
+            acc.out["info_ntok"][g - acc.lo] = len(kept)
         acc.act_count += rows.shape[1]
 
 
@@ -258,7 +257,7 @@ def _finish_chunk(acc: _ChunkAccumulator, cka_keys: list[str], tasks: list[str])
     for v in cka_keys:
         out[f"hsic_{v}"] = torch.stack(acc.hsic[v]).cpu().numpy()  # (groups, m, m)
     if acc.curves:
-        stacked = torch.stack(acc.curves).cpu().numpy()  # (groups, 3, m)
+        stacked = torch.stack(acc.curves).cpu().numpy()  # (groups, len(CURVES), m)
         for i, c in enumerate(CURVES):
             out[f"info_{c}"] = stacked[:, i]  # (groups, m)
     sums = torch.stack(acc.moments).sum(0).cpu().numpy()  # (2, m)
@@ -298,7 +297,7 @@ def _real_tokens(states: list[torch.Tensor | None], real: torch.Tensor, buffer: 
 @torch.no_grad()
 def _chunk_statistics(
     loaded: LoadedModel, corpus: PreparedCorpus, lo: int, hi: int, batch_size: int, sleep_s: float,
-    bar: tqdm | None, cka_keys: list[str], js_keys: list[str], info: tuple[float, int] | None = None,
+    bar: tqdm | None, cka_keys: list[str], js_keys: list[str], info: InformationSettings | None = None,
     feat: dict[int, np.ndarray] | None = None, *, overhead_tokens: int,
 ) -> dict[str, np.ndarray]:
     """Statistics of groups lo..hi-1: each batch run as its decoder calls (decoder_calls, `overhead_tokens`

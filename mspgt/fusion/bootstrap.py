@@ -31,6 +31,19 @@ from mspgt.fusion.peaks import NONE_FOUND, UNDEFINED, BoundaryPick, ResamplePick
 from mspgt.layers import BOUNDARY_NAMES, relative_position
 from mspgt.results import BoundaryCI
 
+QUANTILE_METHOD = "inverted_cdf"  # every bootstrap interval of the project (boundaries, kinks): one rule
+
+
+def percentile_interval(values: np.ndarray, ci_level: float = 0.95) -> tuple[float, float]:
+    """The percentile bootstrap interval of finite `values` (QUANTILE_METHOD); nan, nan when none."""
+    v = np.asarray(values, dtype=float)
+    v = v[np.isfinite(v)]
+    if not len(v):
+        return float("nan"), float("nan")
+    a = 1 - ci_level
+    lo, hi = np.quantile(v, [a / 2, 1 - a / 2], method=QUANTILE_METHOD)
+    return float(lo), float(hi)
+
 
 def resample_counts(n_groups: int, n_resamples: int, rng: np.random.Generator) -> np.ndarray:
     """[B, G] int64 counts: how often each of G groups is drawn in each of B resamples with replacement."""
@@ -61,8 +74,7 @@ def _boundary_ci(
     n_undefined = int(np.sum(chosen == UNDEFINED))
     layers, counts = np.unique(found, return_counts=True)
     if found.size:
-        alpha = 1.0 - ci_level
-        low, high = np.quantile(found, [alpha / 2, 1 - alpha / 2], method="inverted_cdf")
+        low, high = percentile_interval(found, ci_level)
         ci_low, ci_high = int(low), int(high)
         width: int | None = ci_high - ci_low
     else:

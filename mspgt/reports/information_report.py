@@ -1,8 +1,10 @@
 """Information curves of the boundary pass with bootstrap bands, the eq. 28 test at the detected boundaries,
 and their figure (appendix A.4). Curves over the states h_0..h_L (index = l):
-- `entropy`: S_alpha(h_l); `mi_input`: I_alpha(h_0; h_l); `mi_adjacent`: I_alpha(h_{l-1}; h_l) (index 0 empty);
+- `entropy`: S(h_l); `mi_input`: I(h_0; h_l); `mi_adjacent`: I(h_{l-1}; h_l) (index 0 empty);
+- `mi_input_null`, `mi_adjacent_null`: the same MI with h_l's tokens permuted within each group (the shuffle
+  null; the MI curves are tested as their excess over it);
 - `v_info_<task>`: I_V(h_l -> Y_task) from the trained probes, on the held-out groups.
-All bits, all named as our estimators of the paper's mutual information (signals/information.ESTIMATOR).
+All bits, all named as our estimators of the paper's mutual information (InformationSettings.describe).
 """
 
 from __future__ import annotations
@@ -14,12 +16,19 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mspgt.files import json_safe
-from mspgt.fusion.bootstrap import resample_counts
-from mspgt.fusion.phase_transition import RULE, eq28_test
-from mspgt.signals.information import ESTIMATOR, label_marginal_ce, v_information, weighted_curves
+from mspgt.fusion.bootstrap import percentile_interval, resample_counts
+from mspgt.fusion.phase_transition import RULE, combine_verdicts, eq28_test
+from mspgt.signals.information import (
+    NULL_OF,
+    InformationSettings,
+    label_marginal_ce,
+    v_information,
+    weighted_curves,
+)
+from mspgt.statistics import CorpusStatistics
 
 
-def information_curves(stats: Any, probes: Any, weights: np.ndarray | None) -> dict[str, np.ndarray]:
+def information_curves(stats: CorpusStatistics, probes: Any, weights: np.ndarray | None) -> dict[str, np.ndarray]:
     """Every available curve for group weights None, [G] or [B, G] -> [L+1] or [B, L+1] each."""
     out = {c: weighted_curves(v, weights) for c, v in stats.information.items()}
     ce = getattr(probes, "heldout_ce", None) if probes is not None else None
@@ -34,28 +43,38 @@ def information_curves(stats: Any, probes: Any, weights: np.ndarray | None) -> d
     return out
 
 
-def information_result(stats: Any, probes: Any, boundaries: dict[str, int | None], cfg: DictConfig
+def information_result(stats: CorpusStatistics, probes: Any, boundaries: dict[str, int | None], cfg: DictConfig
                        ) -> dict[str, Any] | None:
-    """Curves (point, bootstrap band), the eq. 28 test per curve and boundary; None without stored curves."""
+    """Curves (point, bootstrap band), the eq. 28 test per curve and boundary; None without stored curves.
+    The MI curves are tested against their shuffle null over the same resamples; the null curves themselves
+    are reported, not tested."""
     if not stats.information:
         return None
+    settings = InformationSettings.from_config(cfg.extraction.information) or InformationSettings()
     b, k = cfg.bootstrap, int(cfg.extraction.information.get("kink_window", 3))
     point = information_curves(stats, probes, None)
     counts = resample_counts(stats.n_groups, int(b.n_resamples), np.random.default_rng(b.seed))  # as the CIs
     boot = information_curves(stats, probes, counts)
-    alpha = 1 - float(b.ci_level)
     kink_points = {name: int(layer) - 1 for name, layer in boundaries.items() if layer is not None}
+    nulls = set(NULL_OF.values())
     curves, tests = {}, {}
     for name, curve in point.items():
-        lo, hi = np.nanquantile(boot[name], [alpha / 2, 1 - alpha / 2], axis=0)
-        curves[name] = {"value": curve.tolist(), "ci_low": lo.tolist(), "ci_high": hi.tolist()}
-        tests[name] = eq28_test(curve, boot[name], kink_points, k, float(b.ci_level))
-    verdicts = [t["verdict"] for t in tests.values() if t["verdict"] != "untestable here"]
-    overall = ("untestable here" if not verdicts else "supported" if set(verdicts) == {"supported"}
-               else "refuted" if set(verdicts) == {"refuted"} else "mixed")
-    return json_safe({"estimator": ESTIMATOR, "alpha": float(cfg.extraction.information.alpha), "unit": "bits",
-            "states": "h_0..h_L (index = l)", "curves": curves, "eq28": {"rule": RULE, "k": k, "tests": tests,
-                                                                           "verdict": overall}})
+        band = [percentile_interval(boot[name][:, i], float(b.ci_level)) for i in range(curve.shape[-1])]
+        curves[name] = {"value": curve.tolist(), "ci_low": [lo for lo, _ in band], "ci_high": [hi for _, hi in band]}
+        if name in nulls:
+            continue
+        null = NULL_OF.get(name)
+        if null is not None and null not in point:  # statistics from before the shuffle null: not testable
+            continue
+        tests[name] = eq28_test(curve, boot[name], kink_points, k, float(b.ci_level),
+                                point[null] if null else None, boot[null] if null else None)
+    tokens = stats.information_tokens
+    return json_safe({
+        "estimator": settings.describe(), "settings": settings.key(), "unit": "bits", "states": "h_0..h_L (index = l)",
+        "tokens_per_group": None if tokens is None else {"min": int(tokens.min()), "median": float(np.median(tokens)),
+                                                         "max": int(tokens.max())},
+        "curves": curves,
+        "eq28": {"rule": RULE, "k": k, "tests": tests, "verdict": combine_verdicts(t["verdict"] for t in tests.values())}})
 
 
 def information_figure(result: dict[str, Any], path: str | Path) -> Path:
@@ -75,8 +94,9 @@ def information_figure(result: dict[str, Any], path: str | Path) -> Path:
             c = info["curves"][name]
             x = np.arange(len(c["value"]))
             v = np.asarray(c["value"], dtype=float)
-            verdict = info["eq28"]["tests"][name]["verdict"]
-            ax.plot(x, v, marker="o", ms=3, label=f"{name} (eq. 28: {verdict})")
+            test = info["eq28"]["tests"].get(name)
+            label = f"{name} (eq. 28: {test['verdict']})" if test else f"{name} (shuffle null)"
+            ax.plot(x, v, marker="o", ms=3, ls="-" if test else ":", label=label)
             ax.fill_between(x, np.asarray(c["ci_low"], dtype=float), np.asarray(c["ci_high"], dtype=float), alpha=0.25)
         for bname, b in result["boundaries"].items():
             if b.get("layer"):
@@ -101,13 +121,20 @@ def information_markdown(result: dict[str, Any]) -> str:
     if not info:
         return ""
     e = info["eq28"]
+    tokens = info.get("tokens_per_group")
     lines = ["", f"## Information phase transition (appendix eq. 28): **{e['verdict']}**", "",
-             f"Estimators: {info['estimator']} (alpha = {info['alpha']:g}). Rule: {e['rule']}; k = {e['k']}.", "",
-             "| curve | boundary | kink | 95% CI | null 95th pct of abs | verdict |", "|---|---|---|---|---|---|"]
+             f"Estimators: {info['estimator']}.", "",
+             *([f"Tokens per group in the kernels: {tokens['min']}-{tokens['max']} (median {tokens['median']:g})."]
+               if tokens else []),
+             f"Rule: {e['rule']}; k = {e['k']}.", "",
+             "| curve | tested as | boundary | kink | 95% CI | shuffle null's kink | layer null 95th pct of abs "
+             "| verdict |", "|---|---|---|---|---|---|---|---|"]
     if not any(t["boundaries"] for t in e["tests"].values()):
-        lines.append("| (no boundary was found: nothing to test) | | | | | |")
+        lines.append("| (no boundary was found: nothing to test) | | | | | | | |")
     for name, t in e["tests"].items():
+        tested_as = "excess over shuffle null" if "shuffle" in t.get("null", "") else "curve"
         for bname, b in t["boundaries"].items():
-            lines.append(f"| {name} | {bname} (h_{b['kink_point']}) | {_f(b['kink'])} | [{_f(b['ci_low'])}, "
-                         f"{_f(b['ci_high'])}] | {_f(b['null_threshold'], '.4f')} | {b['verdict']} |")
+            lines.append(f"| {name} | {tested_as} | {bname} (h_{b['kink_point']}) | {_f(b['kink'])} | "
+                         f"[{_f(b['ci_low'])}, {_f(b['ci_high'])}] | {_f(b.get('kink_shuffle_null'))} | "
+                         f"{_f(b['null_threshold'], '.4f')} | {b['verdict']} |")
     return "\n".join(lines) + "\n"

@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from mspgt.fusion.phase_transition import combine_verdicts
 from mspgt.layers import BOUNDARY_NAMES
 from mspgt.reports.store import write_json_atomic
 from mspgt.results import BoundaryCI, BoundaryResult, FisherResult, InterventionResult
@@ -153,16 +154,10 @@ def _fisher_row(r: FisherResult, path: Path) -> FisherTest:
     )
 
 
-def collect(folders: Iterable[str | Path]) -> tuple[list[ModelBoundaries], list[ScaleIntervention]]:
-    """Every boundary and intervention result under `folders` (each JSON file read once, oldest first, so the
-    newest per model and data, and scale and sigma, wins). Unreadable files are skipped."""
-    rows, interventions, _ = collect_all(folders)
-    return rows, interventions
-
-
 def collect_all(folders: Iterable[str | Path]) -> tuple[list[ModelBoundaries], list[ScaleIntervention],
                                                        list[FisherTest]]:
-    """collect(), and the Fisher results (newest per model and data)."""
+    """Every boundary, intervention and Fisher result under `folders` (each JSON file read once, oldest first,
+    so the newest per model and data, scale and sigma, wins). Unreadable files are skipped."""
     paths = {p for f in map(Path, folders) for p in (f.rglob("*.json") if f.is_dir() else [f])}
     boundary: dict[tuple[str, str], ModelBoundaries] = {}
     interventions: dict[tuple[str, str, str, float], ScaleIntervention] = {}
@@ -316,8 +311,7 @@ def information_verdict(rows: list[ModelBoundaries]) -> dict[str, Any]:
         "prediction": "an information phase transition at the boundaries (appendix eq. 28): the layer-wise rate of "
                       "change of the information curves kinks at each boundary",
         "evidence": evidence,
-        "verdict": (UNTESTABLE if not holds else SUPPORTED if set(holds) == {SUPPORTED}
-                    else REFUTED if set(holds) == {REFUTED} else MIXED),
+        "verdict": combine_verdicts(holds),
         "needs": "boundary results with information curves (extraction.information.enabled=true), both boundaries "
                  "found",
     }
