@@ -8,14 +8,60 @@ import torch
 
 from mspgt.errors import MspgtError
 from mspgt.signals.cka import (
+    _check_min_tokens,
     gram_linear,
-    group_hsic,
-    hsic_unbiased,
     hsic_unbiased_matrix,
     linear_cka,
     minibatch_cka,
     representation_change,
+    standardise_dimensions,
 )
+
+
+def hsic_unbiased(k: torch.Tensor, l: torch.Tensor) -> float:  # noqa: E741 (the kernels are K and L in the paper)
+    """Unbiased HSIC of two n x n Gram matrices, n >= 4 (Song et al. 2012; Nguyen et al. 2021, eq. 3).
+
+    HSIC_1 = [tr(K~ L~) + (1'K~1)(1'L~1) / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3)), K~ = K with zero
+    diagonal. The direct formula, in float64: the test oracle for `hsic_unbiased_matrix`.
+    """
+    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape != l.shape:
+        raise MspgtError(
+            f"hsic_unbiased needs two square Gram matrices of one shape, got {tuple(k.shape)} and {tuple(l.shape)}",
+            "pass gram_linear(x) and gram_linear(y) of the same n tokens",
+        )
+    n = k.shape[0]
+    _check_min_tokens(n)
+    k_t = k.to(torch.float64).clone()  # [n, n]
+    l_t = l.to(torch.float64).clone()  # [n, n]
+    k_t.fill_diagonal_(0.0)
+    l_t.fill_diagonal_(0.0)
+    ones = torch.ones(n, 1, dtype=torch.float64, device=k.device)  # [n, 1]
+    trace_kl = torch.trace(k_t @ l_t)
+    sums = (ones.T @ k_t @ ones) * (ones.T @ l_t @ ones) / ((n - 1) * (n - 2))
+    cross = (ones.T @ k_t @ l_t @ ones) * 2.0 / (n - 2)
+    return float((trace_kl + sums - cross).squeeze() / (n * (n - 3)))
+
+
+def group_hsic(states: torch.Tensor, standardise: bool = False) -> torch.Tensor:
+    """(The per-group step, written out for the tests.) Unbiased HSIC of linear kernels between every pair of states of one group: [m, n, d] -> [m, m] float64.
+
+    states holds h_0..h_L of the group's n real tokens (padding already removed). Features are centred over
+    the group's tokens first: the unbiased HSIC does not change under feature shifts (it U-centres the
+    kernel), and centring in float64 avoids cancellation. standardise=True z-scores each dimension within
+    the group (`standardise_dimensions`). Computed on the device of `states`.
+    """
+    if states.ndim != 3:
+        raise MspgtError(
+            f"group_hsic needs states [m, n, d] (h_0..h_L of one group's tokens), got {tuple(states.shape)}",
+            "stack the states of one group along a new first axis, with padding removed",
+        )
+    _check_min_tokens(states.shape[1])
+    if standardise:
+        x = standardise_dimensions(states)  # [m, n, d]
+    else:
+        x = states.to(torch.float64)  # [m, n, d]
+        x = x - x.mean(dim=1, keepdim=True)  # [m, n, d]
+    return hsic_unbiased_matrix(gram_linear(x))  # [m, m]
 
 torch.set_num_threads(1)
 
@@ -214,8 +260,8 @@ def test_representation_change_reads_adjacent_states() -> None:
 
 
 def test_group_hsic_variants_match_the_reference_estimator():
-    """The fast four-variant path used by extraction equals group_hsic on the same rows (float64 reference)."""
-    from mspgt.signals.cka import group_hsic, group_hsic_variants
+    """The fast four-variant path used by extraction equals group_hsic (above, the float64 reference) on the same rows."""
+    from mspgt.signals.cka import group_hsic_variants
 
     g = torch.Generator().manual_seed(3)
     states = torch.randn(5, 40, 24, generator=g) * torch.linspace(0.1, 30, 24)  # uneven dimension scales

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 import torch
 
+from mspgt.errors import MspgtError
 from mspgt.interventions.fisher import (
+    EXACT_MAX_VOCAB,
+    _forward_logprobs,
+    _row_sq_norms,
     differentiable_states,
-    fisher_trace_exact,
     fisher_trace_sampled,
     fit_against_sigma_squared,
     noised_divergences,
@@ -21,6 +24,28 @@ from mspgt.interventions.fisher import (
 )
 from mspgt.model.loading import LoadedModel, decoder_blocks
 from tests.conftest import TINY, run_mspgt
+
+
+def fisher_trace_exact(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The test oracle: (B, L+1) Tr F_l per sentence with every y enumerated at every predicted position (one backward pass
+    per position and vocabulary entry; rows of the batch share them): the reference for small vocabularies."""
+    logp, states = _forward_logprobs(loaded, ids, mask)  # (B, T, V)
+    B, T, V = logp.shape
+    if V > EXACT_MAX_VOCAB:
+        raise MspgtError(f"exact Fisher traces enumerate the vocabulary ({V} entries)",
+                         f"use fisher_trace_sampled, or a model with at most {EXACT_MAX_VOCAB} tokens")
+    keep = predicted_positions(mask).to(logp.dtype)  # (B, T)
+    probs = logp.detach().exp()  # (B, T, V)
+    total = torch.zeros(B, len(states), dtype=torch.float64, device=ids.device)  # (B, L+1)
+    for u in range(T):
+        if not keep[:, u].any():
+            continue
+        for y in range(V):
+            picked = (keep[:, u] * logp[:, u, y]).sum()  # rows do not interact: each row's own log p_u(y)
+            grads = torch.autograd.grad(picked, states, retain_graph=True)
+            weight = (keep[:, u] * probs[:, u, y]).double()[:, None]  # (B, 1)
+            total += weight * _row_sq_norms(grads).double()
+    return total
 
 VOCAB = 11
 

@@ -15,7 +15,7 @@ from mspgt.reports.robustness import (
     REFUTED,
     SUPPORTED,
     UNTESTABLE,
-    collect,
+    collect_all,
     robustness,
     write_robustness,
 )
@@ -123,10 +123,10 @@ def test_the_newest_result_of_a_model_and_corpus_wins(tmp_path):
     old = boundary_result(tmp_path / "old", "m1", "llama", 30, 2, 11)
     new = boundary_result(tmp_path / "new", "m1", "llama", 30, 5, 15)
     os.utime(old, (1_000_000, 1_000_000))
-    rows, _ = collect([tmp_path])
+    rows, _, _ = collect_all([tmp_path])
     assert len(rows) == 1 and rows[0].layer == {"L-I": 5, "I-G": 15} and rows[0].source == str(new)
     boundary_result(tmp_path / "other", "m1", "llama", 30, 3, 12, data="conllu-99")  # another corpus: kept
-    assert len(collect([tmp_path])[0]) == 2
+    assert len(collect_all([tmp_path])[0]) == 2
 
 
 def test_report_files_and_nothing_found(tmp_path):

@@ -14,8 +14,8 @@ this is our reading of its text):
 Estimator of Tr F_l (our definition): y_u ~ p_u drawn independently at every predicted position, one
 backward pass of sum_u log p_u(y_u) gives g_l = sum_u grad_{h_l} log p_u(y_u); by the score identity the cross
 terms E[g_u . g_v] (u != v) vanish, so ||g_l||^2 is an unbiased estimate of Tr F_l for every block at once
-(one forward, `samples` backward passes per batch, no per-position loop). `fisher_trace_exact` enumerates
-every y (small vocabularies only: the tests' reference).
+(one forward, `samples` backward passes per batch, no per-position loop). The tests' reference,
+`fisher_trace_exact` in tests/test_fisher.py, enumerates every y (small vocabularies only).
 
 Predicted positions: every real token that has a next token in its sentence (the data NLL needs it);
 padding and each sentence's last token are excluded. Rows of a batch never interact, so one backward pass
@@ -119,28 +119,6 @@ def fisher_trace_sampled(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Ten
         grads = torch.autograd.grad(picked, states, retain_graph=k < samples - 1)
         total += _row_sq_norms(grads).double()
     return total / samples
-
-
-def fisher_trace_exact(loaded: LoadedModel, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """(B, L+1) Tr F_l per sentence with every y enumerated at every predicted position (one backward pass
-    per position and vocabulary entry; rows of the batch share them): the reference for small vocabularies."""
-    logp, states = _forward_logprobs(loaded, ids, mask)  # (B, T, V)
-    B, T, V = logp.shape
-    if V > EXACT_MAX_VOCAB:
-        raise MspgtError(f"exact Fisher traces enumerate the vocabulary ({V} entries)",
-                         f"use fisher_trace_sampled, or a model with at most {EXACT_MAX_VOCAB} tokens")
-    keep = predicted_positions(mask).to(logp.dtype)  # (B, T)
-    probs = logp.detach().exp()  # (B, T, V)
-    total = torch.zeros(B, len(states), dtype=torch.float64, device=ids.device)  # (B, L+1)
-    for u in range(T):
-        if not keep[:, u].any():
-            continue
-        for y in range(V):
-            picked = (keep[:, u] * logp[:, u, y]).sum()  # rows do not interact: each row's own log p_u(y)
-            grads = torch.autograd.grad(picked, states, retain_graph=True)
-            weight = (keep[:, u] * probs[:, u, y]).double()[:, None]  # (B, 1)
-            total += weight * _row_sq_norms(grads).double()
-    return total
 
 
 @dataclass

@@ -46,34 +46,10 @@ def _check_min_tokens(n: int) -> None:
         )
 
 
-def hsic_unbiased(k: Tensor, l: Tensor) -> float:  # noqa: E741 (the kernels are K and L in the paper)
-    """Unbiased HSIC of two n x n Gram matrices, n >= 4 (Song et al. 2012; Nguyen et al. 2021, eq. 3).
-
-    HSIC_1 = [tr(K~ L~) + (1'K~1)(1'L~1) / ((n-1)(n-2)) - 2/(n-2) 1'K~L~1] / (n(n-3)), K~ = K with zero
-    diagonal. The direct formula, in float64; the reference for `hsic_unbiased_matrix`.
-    """
-    if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape != l.shape:
-        raise MspgtError(
-            f"hsic_unbiased needs two square Gram matrices of one shape, got {tuple(k.shape)} and {tuple(l.shape)}",
-            "pass gram_linear(x) and gram_linear(y) of the same n tokens",
-        )
-    n = k.shape[0]
-    _check_min_tokens(n)
-    k_t = k.to(torch.float64).clone()  # [n, n]
-    l_t = l.to(torch.float64).clone()  # [n, n]
-    k_t.fill_diagonal_(0.0)
-    l_t.fill_diagonal_(0.0)
-    ones = torch.ones(n, 1, dtype=torch.float64, device=k.device)  # [n, 1]
-    trace_kl = torch.trace(k_t @ l_t)
-    sums = (ones.T @ k_t @ ones) * (ones.T @ l_t @ ones) / ((n - 1) * (n - 2))
-    cross = (ones.T @ k_t @ l_t @ ones) * 2.0 / (n - 2)
-    return float((trace_kl + sums - cross).squeeze() / (n * (n - 3)))
-
-
 def hsic_unbiased_matrix(grams: Tensor) -> Tensor:
     """All pairs of unbiased HSIC at once: grams [m, n, n] -> [m, m] float64.
 
-    The same formula as `hsic_unbiased`, through tr(K~L~) = sum(K~ * L~) (Gram matrices are symmetric),
+    The same formula as the direct `hsic_unbiased` (tests/test_cka.py), through tr(K~L~) = sum(K~ * L~) (Gram matrices are symmetric),
     1'K~1 = sum(K~) and 1'K~L~1 = (K~1).(L~1).
     """
     if grams.ndim != 3 or grams.shape[1] != grams.shape[2]:
@@ -107,28 +83,6 @@ def standardise_dimensions(states: Tensor, dtype: torch.dtype = torch.float64) -
     scale = torch.maximum(x.amax(dim=1, keepdim=True), -x.amin(dim=1, keepdim=True))  # [m, 1, d] max |x|
     inv_std = torch.where(std > _CONSTANT_DIM_RTOL * scale, 1.0 / std, 0.0)  # [m, 1, d]
     return centred * inv_std  # [m, n, d]
-
-
-def group_hsic(states: Tensor, standardise: bool = False) -> Tensor:
-    """Unbiased HSIC of linear kernels between every pair of states of one group: [m, n, d] -> [m, m] float64.
-
-    states holds h_0..h_L of the group's n real tokens (padding already removed). Features are centred over
-    the group's tokens first: the unbiased HSIC does not change under feature shifts (it U-centres the
-    kernel), and centring in float64 avoids cancellation. standardise=True z-scores each dimension within
-    the group (`standardise_dimensions`). Computed on the device of `states`.
-    """
-    if states.ndim != 3:
-        raise MspgtError(
-            f"group_hsic needs states [m, n, d] (h_0..h_L of one group's tokens), got {tuple(states.shape)}",
-            "stack the states of one group along a new first axis, with padding removed",
-        )
-    _check_min_tokens(states.shape[1])
-    if standardise:
-        x = standardise_dimensions(states)  # [m, n, d]
-    else:
-        x = states.to(torch.float64)  # [m, n, d]
-        x = x - x.mean(dim=1, keepdim=True)  # [m, n, d]
-    return hsic_unbiased_matrix(gram_linear(x))  # [m, m]
 
 
 @functools.lru_cache(maxsize=512)  # one entry per group size and device seen
