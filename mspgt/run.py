@@ -46,9 +46,11 @@ def sweep_name() -> str | None:
     return None
 
 
-def run_experiment(cfg: DictConfig) -> dict[str, Any]:
-    """Run the experiment `cfg.experiment.name` and return its summary."""
-    out = run_dir()
+def run_experiment(cfg: DictConfig, out: Path | None = None, sweep: str | None = None) -> dict[str, Any]:
+    """Run the experiment `cfg.experiment.name` in `out` (default: Hydra's run folder) and return its summary.
+    `sweep` names the W&B group (default: the multirun folder's name, None for a single run)."""
+    if out is None:
+        out, sweep = run_dir(), sweep_name()
     out.mkdir(parents=True, exist_ok=True)
     (out / "error.txt").unlink(missing_ok=True)  # a stale error from an earlier attempt (requeue, rerun)
     try:
@@ -56,14 +58,14 @@ def run_experiment(cfg: DictConfig) -> dict[str, Any]:
         if cfg.experiment.name == "boundary":
             from mspgt.experiments.boundary import run_boundary
 
-            return run_boundary(cfg, out, sweep=sweep_name())
+            return run_boundary(cfg, out, sweep=sweep)
         if cfg.experiment.name == "fisher":
             from mspgt.experiments.fisher import run_fisher
 
-            return run_fisher(cfg, out, sweep=sweep_name())
+            return run_fisher(cfg, out, sweep=sweep)
         from mspgt.experiments.intervention import run_intervention
 
-        return run_intervention(cfg, out, sweep=sweep_name())
+        return run_intervention(cfg, out, sweep=sweep)
     except OSError as err:
         if err.errno not in DISK_ERRORS:
             (out / "error.txt").write_text(traceback.format_exc())

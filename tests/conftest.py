@@ -1,12 +1,19 @@
-"""Shared fixtures: run the real entry point (`python -m mspgt.run`) in a subprocess, in temp folders."""
+"""Shared fixtures: run an experiment in temp folders, in-process through Hydra's compose API (`run_mspgt`,
+the same config and `mspgt.run.run_experiment` as the command line, without a new Python per run), or as the
+real command `python -m mspgt.run` in a subprocess (`run_cli`: where the command line itself is tested:
+exit codes, signals, sweeps, Slurm)."""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -29,9 +36,101 @@ TINY = [
 ]
 
 
-def run_mspgt(args: list[str], tmp: Path, cache: Path | None = None, timeout: float = 900,
-              check: bool = True, env_extra: dict | None = None) -> subprocess.CompletedProcess:
-    """Run `python -m mspgt.run ARGS` with outputs and caches under `tmp`."""
+CONF = REPO / "conf"
+LOG_FORMAT = "[%(asctime)s][%(name)s][%(levelname)s] - %(message)s"  # Hydra's job log format
+
+
+@contextlib.contextmanager
+def _environment(tmp: Path, env: dict[str, str]) -> Iterator[None]:
+    """Run inside `tmp` (outputs go to tmp/outputs, as for a command started there) with `env` set."""
+    before = {k: os.environ.get(k) for k in env}
+    cwd = os.getcwd()
+    os.environ.update(env)
+    os.chdir(tmp)
+    try:
+        yield
+    finally:
+        os.chdir(cwd)
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextlib.contextmanager
+def _captured_log(run_log: Path | None) -> Iterator[io.StringIO]:
+    """The run's log lines (INFO and up), as the command line prints them; also into run.log, as Hydra does."""
+    text = io.StringIO()
+    handlers: list[logging.Handler] = [logging.StreamHandler(text)]
+    if run_log is not None:
+        run_log.parent.mkdir(parents=True, exist_ok=True)
+        handlers.append(logging.FileHandler(run_log))
+    root = logging.getLogger()
+    level = root.level
+    for h in handlers:
+        h.setFormatter(logging.Formatter(LOG_FORMAT))
+        root.addHandler(h)
+    root.setLevel(logging.INFO)
+    try:
+        yield text
+    finally:
+        root.setLevel(level)
+        for h in handlers:
+            root.removeHandler(h)
+            h.close()
+
+
+def run_mspgt(args: list[str], tmp: Path, cache: Path | None = None, check: bool = True,
+              env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """`python -m mspgt.run ARGS` in-process: the config composed from conf/ with Hydra's compose API, run by
+    `mspgt.run.run_experiment` in hydra.run.dir; outputs and caches under `tmp`. Returns what the command
+    would: exit status 0, 2 (an MspgtError, logged) or 130 (Ctrl-C), the log as stdout."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import open_dict
+
+    from mspgt.cluster.callbacks import OutputFolderCheck
+    from mspgt.errors import MspgtError
+    from mspgt.run import run_experiment
+
+    env = {"MSPGT_CACHE_DIR": str(cache or tmp / "cache"), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
+           **(env_extra or {})}
+    code, out = 0, None
+    with _environment(tmp, env):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(CONF), version_base=None):
+            cfg = compose("config", overrides=list(args), return_hydra_config=True)
+        HydraConfig.instance().set_config(cfg)  # `${hydra:...}` and the folder check resolve as in a run
+        err = io.StringIO()
+        try:
+            with contextlib.redirect_stderr(err):
+                OutputFolderCheck().on_run_start(config=cfg)
+            out = Path(str(cfg.hydra.run.dir)).resolve()
+        except SystemExit as stop:
+            code = int(stop.code)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        with _captured_log(out / "run.log" if out is not None else None) as text:
+            if out is not None:
+                try:
+                    run_experiment(cfg, out)
+                except MspgtError:
+                    code = 2  # logged by run_experiment, as on the command line
+                except KeyboardInterrupt:
+                    code = 130
+        GlobalHydra.instance().clear()
+        HydraConfig.instance().cfg = None  # the next run (or a test's own compose) starts clean
+    proc = subprocess.CompletedProcess(["mspgt.run", *args], code, text.getvalue(), err.getvalue())
+    if check and code != 0:
+        raise AssertionError(f"mspgt.run failed ({code}):\n{proc.stdout[-6000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def run_cli(args: list[str], tmp: Path, cache: Path | None = None, timeout: float = 900,
+            check: bool = True, env_extra: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the command `python -m mspgt.run ARGS` in a subprocess with outputs and caches under `tmp`."""
     env = dict(os.environ)
     env.update({"MSPGT_CACHE_DIR": str(cache or tmp / "cache"), "OMP_NUM_THREADS": env.get("OMP_NUM_THREADS", "2"),
                 "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
@@ -42,6 +141,14 @@ def run_mspgt(args: list[str], tmp: Path, cache: Path | None = None, timeout: fl
     if check and proc.returncode != 0:
         raise AssertionError(f"mspgt.run failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-6000:]}")
     return proc
+
+
+MODEL_LOADED = "loaded tiny_llama"  # the model-load log line (mspgt/model/loading.py)
+
+
+def log_text(proc: subprocess.CompletedProcess) -> str:
+    """Everything a run printed (its log)."""
+    return proc.stdout + proc.stderr
 
 
 def read_results(folder: Path) -> dict:

@@ -16,7 +16,7 @@ from omegaconf import OmegaConf
 from mspgt.extraction.hooks import residual_stream
 from mspgt.model.loading import load_model
 from mspgt.model.tiny import TINY_ARCHITECTURES
-from tests.conftest import TINY, run_mspgt
+from tests.conftest import TINY, run_cli
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 FINAL_NORMS = ("norm", "ln_f", "final_layer_norm")  # Llama-style, GPT-2, GPT-NeoX
@@ -72,7 +72,7 @@ def test_hooked_states_are_h0_and_h_l_before_the_final_norm(architecture, shared
 
 def test_boundary_runs_on_every_architecture_through_the_entry_point(tmp_path, shared_cache) -> None:
     """One local multirun over all tiny architectures (one process: a few seconds per architecture)."""
-    run_mspgt(["-m", "model=tiny", f"model.architecture={','.join(TINY_ARCHITECTURES)}", *TINY,
+    run_cli(["-m", "model=tiny", f"model.architecture={','.join(TINY_ARCHITECTURES)}", *TINY,
                "tracking.mode=disabled"], tmp_path, cache=shared_cache)
     sweep = next((tmp_path / "outputs" / "multirun").iterdir())
     results = {json.loads(p.read_text())["model"]["name"]: json.loads(p.read_text())

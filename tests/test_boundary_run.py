@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import SHARED_DATA, TINY, read_results, run_mspgt, wandb_run_state
+from tests.conftest import SHARED_DATA, TINY, read_results, run_cli, run_mspgt, wandb_run_state
 
 
 def _same_science(a: dict, b: dict) -> None:
@@ -61,7 +61,7 @@ def test_single_run_writes_results_figure_and_wandb(model, tmp_path, shared_cach
 
 def test_local_multirun_gives_each_job_its_own_folder(tmp_path, shared_cache):
     # the README's command as typed: the sweep folder comes from the shipped config (outputs/multirun/<time>)
-    run_mspgt(["-m", "model=tiny_llama,tiny_qwen2", "experiment=boundary", *TINY], tmp_path, cache=shared_cache)
+    run_cli(["-m", "model=tiny_llama,tiny_qwen2", "experiment=boundary", *TINY], tmp_path, cache=shared_cache)
     sweeps = list((tmp_path / "outputs" / "multirun").iterdir())
     assert len(sweeps) == 1, sweeps
     sweep = sweeps[0]

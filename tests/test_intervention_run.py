@@ -18,7 +18,7 @@ from mspgt.model.loading import load_model
 from mspgt.reports.store import boundary_path, data_key, save_boundary
 from mspgt.results import BoundaryResult
 from tests.conftest import TINY as BOUNDARY_TINY
-from tests.conftest import run_mspgt
+from tests.conftest import run_cli, run_mspgt
 
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
@@ -333,7 +333,7 @@ def test_multirun_sweep_over_scales_and_sigmas_writes_one_table(tmp_path, cache_
     """`python -m mspgt.run -m experiment=intervention ... sigma=a,b`: one job per setting, each in its own
     folder, and the sweep ends with one Table 2 over all of them (written by the sweep callback)."""
     sweep = tmp_path / "sweep"
-    run_mspgt(
+    run_cli(
         ["-m", "experiment=intervention", *TINY, "scale=local,global", "scale.layers=[1,3]", "sigma=0,2",
          f"paths.outputs={tmp_path}/outputs", f"hydra.sweep.dir={sweep}"],
         tmp_path, cache=Path(cache_dir), env_extra={"OMP_NUM_THREADS": "1"},

@@ -17,7 +17,7 @@ from omegaconf import OmegaConf
 
 from mspgt.errors import MspgtError
 from mspgt.model.loading import _tiny_tokenizer, load_model
-from tests.conftest import TINY, read_results, run_mspgt
+from tests.conftest import TINY, read_results, run_cli, run_mspgt
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
@@ -181,7 +181,7 @@ def test_a_hub_id_offline_fails_with_the_fix(tmp_path, shared_cache):
 
 def test_intervention_runs_on_several_architectures(tmp_path, shared_cache):
     """experiment=intervention (SDPA where it exists, eager for Gemma2) on three architectures, one process."""
-    run_mspgt(["-m", "experiment=intervention", "model=tiny", "model.architecture=gemma2,gpt2,qwen2_moe",
+    run_cli(["-m", "experiment=intervention", "model=tiny", "model.architecture=gemma2,gpt2,qwen2_moe",
                "scale=global", "scale.layers=[5,6]", "sigma=1", "data.n_sentences=120", "generation.n_prompts=4",
                "generation.samples_per_prompt=2", "generation.prompt_words=8", "generation.max_new_tokens=8",
                "experiment.activation_std.n_sentences=16", "extraction.progress=false", "tracking.mode=disabled"],

@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 
 from mspgt.cluster.watchdog import SweepWatchdog
-from tests.conftest import REPO, TINY, read_results, run_mspgt
+from tests.conftest import REPO, TINY, read_results, run_cli
 from tests.test_cluster_config import dev_cluster, needs_dev_cluster  # noqa: F401 (dev_cluster: a fixture)
 
 pytestmark = [pytest.mark.slurm, needs_dev_cluster]
@@ -133,7 +133,7 @@ def two_model_sweep(tmp_path_factory) -> Path:
     tmp = tmp_path_factory.mktemp("slurm-sweep")
     sweep = tmp / "sweep"
     try:
-        run_mspgt(["-m", "model=tiny_llama,tiny_qwen2", *SLURM_SWEEP, f"hydra.sweep.dir={sweep}"], tmp,
+        run_cli(["-m", "model=tiny_llama,tiny_qwen2", *SLURM_SWEEP, f"hydra.sweep.dir={sweep}"], tmp,
                   cache=tmp / "cache", timeout=600, env_extra=ENV)
     except BaseException:
         cancel_jobs(sweep)
@@ -207,7 +207,7 @@ def test_preempted_job_is_requeued_and_resumes_from_the_cached_chunks(two_model_
 def test_two_jobs_needing_the_same_cache_build_it_once_and_agree(two_model_sweep, tmp_path):
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
     try:  # sigma is read only by experiment=intervention: same model and data, two jobs
-        run_mspgt(["-m", "model=tiny_llama", "sigma=0.5,0.6", *SLURM_SWEEP, "extraction.sleep_per_batch_s=0.5",
+        run_cli(["-m", "model=tiny_llama", "sigma=0.5,0.6", *SLURM_SWEEP, "extraction.sleep_per_batch_s=0.5",
                    f"hydra.sweep.dir={sweep}"], tmp_path, cache=cache, timeout=600, env_extra=ENV)
     except BaseException:
         cancel_jobs(sweep)
@@ -258,13 +258,13 @@ def test_preflight_stops_a_sweep_before_anything_is_submitted(tmp_path):
     sweep = tmp_path / "sweep"
     for bad, message in [(["hydra.launcher.partition=no_such_partition"], "unknown Slurm partition"),
                          (["hydra.launcher.cpus_per_task=4096"], "4096 CPUs per node")]:
-        proc = run_mspgt(["-m", "model=tiny_llama", *SLURM_SWEEP, *bad, f"hydra.sweep.dir={sweep}"], tmp_path,
+        proc = run_cli(["-m", "model=tiny_llama", *SLURM_SWEEP, *bad, f"hydra.sweep.dir={sweep}"], tmp_path,
                          timeout=120, check=False, env_extra=ENV)
         assert proc.returncode == 1
         assert "Slurm pre-flight check failed, nothing was submitted" in proc.stderr and message in proc.stderr
         assert "fix:" in proc.stderr
         assert job_ids(sweep) == []
-    proc = run_mspgt(["-m", "model=tiny_llama", *SLURM_SWEEP, f"hydra.sweep.dir={sweep}"], tmp_path, timeout=120,
+    proc = run_cli(["-m", "model=tiny_llama", *SLURM_SWEEP, f"hydra.sweep.dir={sweep}"], tmp_path, timeout=120,
                      check=False, env_extra={**ENV, "SLURM_CONF": str(tmp_path / "missing.conf")})
     assert proc.returncode == 1 and "missing.conf is not a readable file" in proc.stderr
     assert job_ids(sweep) == []
@@ -272,7 +272,7 @@ def test_preflight_stops_a_sweep_before_anything_is_submitted(tmp_path):
 
 def test_without_preflight_slurm_refuses_an_oversized_request_at_submission(tmp_path):
     sweep = tmp_path / "sweep"
-    proc = run_mspgt(["-m", "model=tiny_llama", *SLURM_SWEEP, "hydra.callbacks.slurm_preflight.enabled=false",
+    proc = run_cli(["-m", "model=tiny_llama", *SLURM_SWEEP, "hydra.callbacks.slurm_preflight.enabled=false",
                       "hydra.launcher.cpus_per_task=4096", f"hydra.sweep.dir={sweep}"], tmp_path, timeout=120,
                      check=False, env_extra=ENV)
     assert proc.returncode != 0

@@ -5,14 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.conftest import read_results, run_mspgt, wandb_run_state
+from tests.conftest import read_results, run_cli, wandb_run_state
 
 pytestmark = pytest.mark.slow
 
 
 def test_smollm2_boundary_run(tmp_path, shared_cache):
     out = tmp_path / "run"
-    run_mspgt(["data.n_sentences=240", "probes.epochs=10", "bootstrap.n_resamples=300", "extraction.progress=false",
+    run_cli(["data.n_sentences=240", "probes.epochs=10", "bootstrap.n_resamples=300", "extraction.progress=false",
                f"hydra.run.dir={out}"], tmp_path, cache=shared_cache, timeout=1800)
     res = read_results(out)
     L = res["model"]["n_blocks"]

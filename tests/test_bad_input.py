@@ -1,0 +1,100 @@
+"""Every bad setting, corpus or folder fails with exit status 2 and a message naming the fix, before any
+data or model is touched (mspgt/config_schema.py, mspgt/config_validation.py); settings that run but
+probably not as meant are warnings."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+
+from tests.conftest import MODEL_LOADED, TINY, log_text, run_mspgt
+
+BAD = [
+    (["probes.epochs=0"], "probes.epochs"),
+    (["probes.epochs=-3"], "probes.epochs"),
+    (["fusion.attention.first_block=bogus"], "fusion.attention.first_block"),
+    (["data.max_tokens=0"], "data.max_tokens"),
+    (["extraction.chunk_groups=0"], "extraction.chunk_groups"),
+    (["experiment=intervention", "experiment.activation_std.n_sentences=0"], "experiment.activation_std.n_sentences"),
+    (["fusion.prominence=abc"], "fusion.prominence"),
+    (["bootstrap.n_resamples=1.5"], "bootstrap.n_resamples"),
+    (["extraction.cache=maybe"], "extraction.cache"),
+    (["probes.f1_average=bogus"], "probes.f1_average"),
+    (["probes.precision=float8"], "probes.precision"),
+    (["probes.schedule=linear"], "probes.schedule"),
+    (["experiment.name=bogus"], "experiment"),
+    (["tracking.mode=bogus"], "tracking.mode"),
+    (["data=text"], "data.path"),
+    (["data=text", "data.path={binary}"], "byte 3"),
+    (["data=conllu", "data.path={notconllu}"], "line 2"),
+    (["paths.store_dir={file}"], "paths.store_dir"),
+    (["paths.cache_dir={file}"], "paths.cache_dir"),
+    (["hydra.run.dir={file}"], "hydra.run.dir"),
+    (["model=llama2", "model.local_path={modeldir}"], "missing weights"),
+]
+
+
+@pytest.mark.parametrize(("override", "names"), BAD, ids=[" ".join(o) for o, _ in BAD])
+def test_bad_input_fails_before_the_model_loads(override, names, tmp_path):
+    (tmp_path / "binary.txt").write_bytes(b"abc\xff\xfe\x00\x01 binary")
+    (tmp_path / "notconllu.conllu").write_text("# a comment\nThis is prose, not CoNLL-U.\n")
+    (tmp_path / "file").write_text("a file in the way")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text('{"model_type": "llama"}')  # no weights, no tokenizer
+    files = {"binary": tmp_path / "binary.txt", "notconllu": tmp_path / "notconllu.conllu", "file": tmp_path / "file",
+             "modeldir": tmp_path / "model"}
+    override = [o.format(**files) for o in override]
+    run = tmp_path / "r"
+    args = ["model=tiny_llama", *TINY, *override]  # a later model= wins
+    if not any(o.startswith("hydra.run.dir=") for o in override):
+        args.append(f"hydra.run.dir={run}")
+    proc = run_mspgt(args, tmp_path, check=False)
+    text = log_text(proc)
+    assert proc.returncode == 2, text[-3000:]
+    assert names in text and "fix:" in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert MODEL_LOADED not in text and "sentences in" not in text, "must fail before any data or model"
+    assert not (run / "results.json").exists()
+    if (run / "run.log").exists():
+        assert names in (run / "run.log").read_text(), "the message belongs in run.log too"
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message where CUDA is missing")
+def test_probe_device_without_cuda_names_probes_device(tmp_path):
+    proc = run_mspgt(["model=tiny_llama", *TINY, "probes.device=cuda", f"hydra.run.dir={tmp_path / 'r'}"],
+                     tmp_path, check=False)
+    text = log_text(proc)
+    assert proc.returncode == 2 and "probes.device=cuda" in text and "model.device" not in text, text[-3000:]
+    assert MODEL_LOADED not in text and not (tmp_path / "r" / "results.json").exists()
+
+
+def test_warnings_for_a_corpus_that_is_not_words_and_too_short(tmp_path):
+    junk = tmp_path / "numbers.txt"
+    rng = random.Random(0)
+    junk.write_text("\n".join(" ".join(f"{rng.randint(0, 99999)}.{rng.randint(0, 99)}" for _ in range(8))
+                              for _ in range(44)) + "\n")
+    proc = run_mspgt(["model=tiny_llama", *TINY, "data=text", f"data.path={junk}", "data.one_per_line=true",
+                      f"hydra.run.dir={tmp_path / 'r'}"], tmp_path, check=False)
+    text = log_text(proc)
+    assert "44 of 44 sentences are mostly not words" in text, text[-3000:]
+    assert "data.n_sentences=48 but the corpus gave only 44" in text
+
+
+def test_identical_sentences_warn(caplog):
+    from omegaconf import OmegaConf
+
+    from mspgt.data.corpus import Sentence, check_sentences
+
+    cfg = OmegaConf.create({"n_sentences": 3, "min_words": 1, "max_words": 40})
+    check_sentences([Sentence("The same words again.", "d")] * 3, cfg)
+    assert "all 3 sentences are identical" in caplog.text
+
+
+def test_sigma_that_dwarfs_the_activations_warns(tmp_path):
+    # the warning comes from the validation step; the missing data.path then stops the run before any work
+    proc = run_mspgt(["model=tiny_llama", "experiment=intervention", "scale=local", "scale.layers=[1,2]",
+                      "sigma=1e9", "data=text", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path, check=False)
+    text = log_text(proc)
+    assert "dwarfs the activations" in text and proc.returncode == 2, text[-3000:]

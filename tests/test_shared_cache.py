@@ -1,0 +1,75 @@
+"""One cache shared by many jobs: two jobs at once train the probes once (the other waits and says who
+holds the lock), a corrupt manifest drops what was built on it, a complete cache on a read-only mount is read."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import MODEL_LOADED, TINY, log_text, read_results, run_mspgt
+
+
+def _unshare_works() -> bool:
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
+    return probe.returncode == 0
+
+
+def test_two_jobs_train_the_probes_once(tmp_path):
+    env = dict(os.environ, MSPGT_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1", WANDB_MODE="offline",
+               HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MSPGT_LOCK_LOG_S="1")
+    args = ["model=tiny_llama", *TINY, "probes.epochs=20", "tracking.mode=disabled"]
+    procs = [subprocess.Popen([sys.executable, "-m", "mspgt.run", *args, f"hydra.run.dir={tmp_path / f'j{i}'}"],
+                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs
+    trained = ["probes_s" in read_results(tmp_path / f"j{i}")["timings"] for i in range(2)]
+    assert sorted(trained) == [False, True], "exactly one job trains the probes; the other reuses them"
+    both = "".join(outputs)
+    assert both.count("probes trained in") == 1, both[-4000:]
+    assert both.count("probes loaded from the cache") == 1
+    assert "is held by pid" in both, "a waiting job says who holds the lock"
+    assert read_results(tmp_path / "j0")["signals"] == read_results(tmp_path / "j1")["signals"]
+
+
+def test_clearing_a_corrupt_manifest_drops_the_probe_artifact(tmp_path):
+    from mspgt.extraction.cache import StatisticsCache
+
+    cache = StatisticsCache(tmp_path, {"what": 1})
+    cache.check_manifest(1, {"n_blocks": 2})
+    cache.save_artifact("probes", {"epochs": 3}, {"trained": "on the old statistics"})
+    assert cache.load_artifact("probes", {"epochs": 3}) is not None
+    (cache.dir / "manifest.json").write_text("{not json")
+    cache.check_manifest(1, {"n_blocks": 2})
+    assert cache.load_artifact("probes", {"epochs": 3}) is None
+    assert not list(cache.dir.glob("probes-*"))
+
+
+@pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -rm` for a read-only bind mount")
+def test_complete_cache_on_a_read_only_mount_is_read(tmp_path):
+    cache = tmp_path / "cache"
+    args = ["model=tiny_llama", *TINY, "tracking.mode=disabled"]
+    first = tmp_path / "first"
+    run_mspgt([*args, f"hydra.run.dir={first}"], tmp_path, cache=cache)
+
+    def read_only_run(extra: list[str], out: Path) -> subprocess.CompletedProcess:
+        command = " ".join([sys.executable, "-m", "mspgt.run", *args, *extra, f"hydra.run.dir={out}"])
+        env = dict(os.environ, MSPGT_CACHE_DIR=str(cache), WANDB_MODE="offline", HF_HUB_OFFLINE="1")
+        return subprocess.run(["unshare", "-rm", "sh", "-c", f"mount --bind -o ro {cache} {cache} && exec {command}"],
+                              cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+    second = tmp_path / "second"
+    proc = read_only_run([], second)
+    assert proc.returncode == 0, log_text(proc)[-3000:]
+    assert "read-only cache" in log_text(proc)
+    assert read_results(first)["boundaries"] == read_results(second)["boundaries"]
+    missing = read_only_run(["data.n_sentences=52"], tmp_path / "third")  # no such entry in the cache
+    assert missing.returncode == 2 and "cannot be written" in log_text(missing), log_text(missing)[-3000:]
+    assert MODEL_LOADED not in log_text(missing)
