@@ -245,6 +245,14 @@ class MetricSettings:
 
 
 @dataclass(frozen=True)
+class ControlSettings:
+    """conf/control/*.yaml: the control a run applies (mspgt/controls.py, docs/controls.md)."""
+
+    name: Choice = setting(choices="mspgt.controls:CONTROLS")
+    seed: int = _nonneg("0")
+
+
+@dataclass(frozen=True)
 class TrackingSettings:
     """conf/tracking/wandb.yaml."""
 
@@ -257,7 +265,7 @@ GROUPS: dict[str, type] = {
     "": RootSettings, "data": DataSettings, "model": ModelSettings, "extraction": ExtractionSettings,
     "probes": ProbeSettings, "fusion": FusionSettings, "bootstrap": BootstrapSettings,
     "experiment": ExperimentSettings, "generation": GenerationSettings, "metrics": MetricSettings,
-    "tracking": TrackingSettings,
+    "tracking": TrackingSettings, "control": ControlSettings,
 }
 
 

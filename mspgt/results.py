@@ -32,6 +32,7 @@ SCHEMA_VERSION = 2
 LEGACY_VERSION = 1  # files without a `schema_version` key (written before typed records): same layout
 READABLE_VERSIONS = (LEGACY_VERSION, SCHEMA_VERSION)
 
+NO_CONTROL = {"name": "none", "seed": None, "key": "none"}  # a result without controls (mspgt/controls.py)
 BOUNDARY_FIELDS = ("layer", "relative", "ci_low", "ci_high", "width", "accepted", "n_missing", "n_undefined",
                    "n_relabelled")
 
@@ -146,6 +147,7 @@ class BoundaryResult:
     model: dict[str, Any]  # name, family, n_blocks, weights_id
     data: dict[str, Any]  # name, key, the data identity, n_sentences, n_groups, group_size, grouping
     boundaries: dict[str, BoundaryCI]  # "L-I", "I-G"
+    control: dict[str, Any] = field(default_factory=lambda: dict(NO_CONTROL))  # name, seed, key (docs/controls.md)
     found_two_peaks: bool = False
     peaks: dict[str, Any] = field(default_factory=dict)  # layers, prominences
     scales: dict[str, Any] | None = None  # scale -> blocks (None: fewer than two peaks)
@@ -199,7 +201,8 @@ class BoundaryResult:
 
     def flat_summary(self) -> dict[str, Any]:
         """The sweep's return value: model, blocks and every boundary field under `summary_key`."""
-        out: dict[str, Any] = {"model": self.name, "n_blocks": self.model["n_blocks"]}
+        out: dict[str, Any] = {"model": self.name, "n_blocks": self.model["n_blocks"],
+                               "control": self.control.get("key", "none")}
         for name, b in self.boundaries.items():
             out.update({summary_key(name, k): getattr(b, k) for k in BOUNDARY_FIELDS})
         return out
@@ -212,6 +215,7 @@ class InterventionResult:
     model: dict[str, Any]  # name, family, n_blocks, weights_id
     data: dict[str, Any]  # key and the data identity
     scale: dict[str, Any]  # name, blocks, first_last, source, boundary
+    control: dict[str, Any] = field(default_factory=lambda: dict(NO_CONTROL))  # name, seed, key
     sigma: float | None = None  # None for scale=none
     sigma_setting: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)  # metric -> paired comparison
@@ -256,6 +260,7 @@ class FisherResult:
     data: dict[str, Any]
     scales: dict[str, Any]  # scale -> blocks, predicted coefficient, KL per sigma, fits, holds
     verdict: dict[str, Any]  # value, band, sigma, rule
+    control: dict[str, Any] = field(default_factory=lambda: dict(NO_CONTROL))  # name, seed, key
     heldout: dict[str, Any] = field(default_factory=dict)
     fisher: dict[str, Any] = field(default_factory=dict)
     activation_std: dict[str, Any] = field(default_factory=dict)

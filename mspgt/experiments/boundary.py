@@ -18,9 +18,11 @@ import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mspgt.config_schema import BootstrapSettings, FusionSettings, settings
+from mspgt.controls import SHUFFLED_WORDS, control_of
 from mspgt.data.alignment import encode_sentences
 from mspgt.data.corpus import load_sentences
 from mspgt.data.labels import SRL_NOTE, TASKS, label_sentences
+from mspgt.data.shuffle import shuffle_labeled
 from mspgt.errors import MspgtError
 from mspgt.extraction.assemble import load_statistics
 from mspgt.extraction.cache import StatisticsCache
@@ -97,10 +99,14 @@ def obtain_statistics(cfg: DictConfig) -> tuple[CorpusStatistics, StatisticsCach
                 f.unlink()
         t = time.perf_counter()
         sentences = load_sentences(cfg.data, minimum=minimum_sentences(cfg))
-        loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=True, probe_tokens=cfg.data.max_tokens)
+        control = control_of(cfg)
+        loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=True, probe_tokens=cfg.data.max_tokens,
+                            control=control)
         timings["load_s"] = time.perf_counter() - t
         t = time.perf_counter()
         labeled = label_sentences(sentences, cfg.data.labels, tasks=list(cfg.probes.tasks))
+        if control.name == SHUFFLED_WORDS:  # labels of the real sentence, then the words move with them
+            labeled = [shuffle_labeled(s, control.seed) for s in labeled]
         encoded = encode_sentences(loaded.tokenizer, labeled, cfg.data.max_tokens)
         corpus = prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes,
                             cfg.bootstrap.grouping, cfg.bootstrap.grouping_seed)
@@ -223,6 +229,7 @@ def boundary_record(cfg: DictConfig, stats: CorpusStatistics, probes: ProbeResul
     return BoundaryResult(
         model={"name": cfg.model.name, "family": cfg.model.family, "n_blocks": L,
                "weights_id": stats.meta.get("weights_id")},
+        control=control_of(cfg).record(),
         data={"name": cfg.data.name, "key": data_key(cfg.data), **data_identity(cfg.data),
               "n_sentences": stats.meta.get("n_sentences"), "n_groups": stats.n_groups,
               "group_size": cfg.bootstrap.group_size, "grouping": cfg.bootstrap.grouping,
@@ -273,7 +280,7 @@ def write_boundary_outputs(cfg: DictConfig, out_dir: Path, record: BoundaryResul
     if record.information is not None:
         information_figure(result, out_dir / "information.png")
     (out_dir / "summary.md").write_text(boundary_markdown(record) + information_markdown(result))
-    store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, record)
+    store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, record, control_of(cfg))
     write_json_atomic(out_dir / "results.json", result)
     log.info("\n%s", boundary_markdown(record) + information_markdown(result))
     log.info("results: %s (stored for interventions at %s)", out_dir / "results.json", store_path)

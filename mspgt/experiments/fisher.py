@@ -25,7 +25,9 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
+from mspgt.controls import control_of
 from mspgt.data.corpus import load_sentences
+from mspgt.data.shuffle import controlled_sentences
 from mspgt.errors import MspgtError
 from mspgt.experiments.intervention import stored_boundary
 from mspgt.files import json_safe
@@ -117,7 +119,7 @@ def heldout_sentences(cfg: DictConfig) -> tuple[list[str], int]:
     data = cfg.data.copy()
     with open_dict(data):
         data.n_sentences = first + n
-    sentences = load_sentences(data)
+    sentences = controlled_sentences(load_sentences(data), control_of(cfg))
     if len(sentences) < first + n:
         raise MspgtError(
             f"the corpus has {len(sentences)} sentences; the Fisher test holds out {n} after the first {first}",
@@ -193,13 +195,13 @@ def run_fisher(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> dict
     needs_boundary = not e.get("scale_layers") and (cfg.scale.name == "none" or cfg.scale.get("layers") is None)
     boundary = stored_boundary(cfg, out_dir) if needs_boundary else None
     texts, first = heldout_sentences(cfg)
-    loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=False)
+    loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=False, control=control_of(cfg))
     scales = resolve_scales(cfg, loaded, boundary)
     timing: dict[str, float] = {}
 
     t = time.perf_counter()
     std_cfg = e.activation_std
-    std_texts = [x.text for x in load_sentences(cfg.data)[: int(std_cfg.n_sentences)]]
+    std_texts = [x.text for x in controlled_sentences(load_sentences(cfg.data), control_of(cfg))[: int(std_cfg.n_sentences)]]
     s = measure_activation_std(loaded, std_texts, max_tokens=int(cfg.data.max_tokens),
                                batch_size=int(std_cfg.batch_size), kind=std_cfg.kind,
                                exclude_first_token=bool(std_cfg.exclude_first_token))
@@ -231,6 +233,7 @@ def run_fisher(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> dict
     result = json_safe(FisherResult(
         model={"name": loaded.name, "family": loaded.family, "n_blocks": loaded.n_blocks,
                "weights_id": loaded.weights_id},
+        control=control_of(cfg).record(),
         data={"key": data_key(cfg.data), **data_identity(cfg.data)},
         heldout={"first_sentence": first, "n_sentences": len(texts), "kl_sentences": int(e.kl_sentences),
                  "n_positions": int(fisher.n_positions.sum()), "kl_positions": int(kl.n_positions.sum())},
@@ -257,7 +260,8 @@ def run_fisher(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> dict
 
 
 def summary_metrics(result: dict) -> dict[str, Any]:
-    out: dict[str, Any] = {"verdict": result["verdict"]["value"], "fisher_s": result["timing"]["fisher_s"]}
+    out: dict[str, Any] = {"verdict": result["verdict"]["value"], "fisher_s": result["timing"]["fisher_s"],
+                           "control": result.get("control", {}).get("key", "none")}
     for name, r in result["scales"].items():
         out[f"{name}/ratio_smallest_sigma"] = r["ratio_at_smallest_sigma"]
         out[f"{name}/slope_over_predicted"] = r["fit_kl"]["slope_over_predicted"]

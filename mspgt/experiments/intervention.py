@@ -19,7 +19,9 @@ import numpy as np
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mspgt.controls import control_of
 from mspgt.data.corpus import Sentence, load_sentences
+from mspgt.data.shuffle import controlled_sentences
 from mspgt.errors import MspgtError
 from mspgt.experiments.boundary import run_boundary
 from mspgt.interventions.activation_scale import measure_activation_std
@@ -70,16 +72,17 @@ def choose_prompts(sentences: list[Sentence], n_prompts: int, prompt_words: int)
 
 def stored_boundary(cfg: DictConfig, out_dir: Path) -> BoundaryResult:
     """The stored boundary result for this model and data; runs the boundary experiment first if allowed."""
-    weights_id = model_identity(cfg.model, cfg.paths.cache_dir)  # the stored result must be for these weights
+    control = control_of(cfg)  # a control's scales come from the control's own boundary result
+    weights_id = model_identity(cfg.model, cfg.paths.cache_dir, control)  # the stored result must be for these weights
     if cfg.experiment.run_boundary_first and not boundary_path(cfg.paths.store_dir, cfg.model.name, weights_id,
-                                                               cfg.data).exists():
+                                                               cfg.data, control).exists():
         boundary_cfg = cfg.copy()
         with open_dict(boundary_cfg):
             boundary_cfg.experiment = OmegaConf.create({"name": "boundary"})  # all conf/experiment/boundary.yaml sets
         log.info("no stored boundary result: running the boundary experiment first (%s)", out_dir / "boundary")
         (out_dir / "boundary").mkdir(parents=True, exist_ok=True)
         run_boundary(boundary_cfg, out_dir / "boundary")
-    return load_boundary(cfg.paths.store_dir, cfg.model.name, weights_id, cfg.data)  # a clear error if none
+    return load_boundary(cfg.paths.store_dir, cfg.model.name, weights_id, cfg.data, control)  # a clear error if none
 
 
 @dataclass
@@ -138,9 +141,9 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
     scale, gen, std_cfg = cfg.scale.name, cfg.generation, cfg.experiment.activation_std
     needs_boundary = scale != "none" and cfg.scale.get("layers") is None
     boundary = stored_boundary(cfg, out_dir) if needs_boundary else None
-    sentences = load_sentences(cfg.data)  # the corpus first: its errors come before the model loads
+    sentences = controlled_sentences(load_sentences(cfg.data), control_of(cfg))  # before the model: its errors first
     prompts = choose_prompts(sentences, int(gen.n_prompts), int(gen.prompt_words))
-    loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=False)
+    loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=False, control=control_of(cfg))
     blocks, blocks_source = noise_blocks(cfg.scale, loaded, boundary)
     sbert = load_sbert(str(cfg.metrics.sbert), device="cuda" if loaded.device.type == "cuda" else "cpu")
     timing: dict[str, float] = {}
@@ -217,6 +220,7 @@ def result_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
     record = InterventionResult(
         model={"name": loaded.name, "family": loaded.family, "n_blocks": loaded.n_blocks,
                "weights_id": loaded.weights_id},
+        control=control_of(cfg).record(),
         data={"key": data_key(cfg.data), **data_identity(cfg.data)},
         scale=_scale_record(cfg, m),
         sigma=sigma if scale != "none" else None,
@@ -255,7 +259,8 @@ def _scale_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
     boundary = None
     if m.boundary is not None:
         boundary = {
-            "path": str(boundary_path(cfg.paths.store_dir, cfg.model.name, m.loaded.weights_id, cfg.data)),
+            "path": str(boundary_path(cfg.paths.store_dir, cfg.model.name, m.loaded.weights_id, cfg.data,
+                                      control_of(cfg))),
             "boundaries": m.boundary.to_json()["boundaries"],
             "scales": m.boundary.scales,
         }
@@ -303,7 +308,8 @@ def _span(blocks: list[int]) -> str:
 
 def summary_metrics(result: dict) -> dict[str, Any]:
     """Flat numbers a Hydra sweep collects (and W&B summarises)."""
-    out: dict[str, Any] = {"brittleness": result["brittleness"]["value"]}
+    out: dict[str, Any] = {"brittleness": result["brittleness"]["value"],
+                           "control": result.get("control", {}).get("key", "none")}
     for m, c in result["metrics"].items():
         out[f"{m}/relative_change_pct"] = c["relative_change_pct"]
         out[f"{m}/p"] = c["p"]

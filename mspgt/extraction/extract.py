@@ -19,6 +19,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from mspgt.controls import control_of
 from mspgt.data.alignment import EncodedSentence
 from mspgt.errors import MspgtError
 from mspgt.extraction.cache import StatisticsCache
@@ -57,10 +58,12 @@ def cache_material(cfg: DictConfig, data_identity: dict) -> dict:
     model = OmegaConf.to_container(cfg.model, resolve=True)
     for k in ("device", "device_map"):
         model.pop(k, None)
+    control = control_of(cfg)  # docs/controls.md; `none` adds no key, so entries made before controls stay valid
     return {
         "version": STATS_VERSION,
         "model": model,
-        "weights_id": model_identity(cfg.model, cfg.paths.cache_dir),  # content, not the path (identity.py)
+        "weights_id": model_identity(cfg.model, cfg.paths.cache_dir, control),  # content, not the path (identity.py)
+        **({"control": control.key} if control.active else {}),
         "data": data_identity,
         "group_size": cfg.bootstrap.group_size,
         "grouping": [cfg.bootstrap.grouping, cfg.bootstrap.grouping_seed],

@@ -11,6 +11,9 @@ the boundary store, so a replaced checkpoint never reuses another checkpoint's r
   exact id, or download once and use model.local_path).
 - A packaged GGUF: its configured sha256 (checked against the file when it loads). A tiny random model: its
   architecture and seed (its sizes are part of the cache key through the config).
+- Under `control=random_init` (docs/controls.md): the source's id + `+control:random_init-seed<seed>`: the
+  weights are the initialiser's, not the file's, so they never share a cache entry or stored boundary with
+  the checkpoint (nor with another seed). Other controls leave the weights, and so this id, unchanged.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from pathlib import Path
 
 from omegaconf import DictConfig
 
+from mspgt.controls import RANDOM_INIT, Control
 from mspgt.errors import MspgtError
 from mspgt.identity import file_sha256, memo_dir_for
 from mspgt.model.checkpoint import check_local_folder
@@ -42,8 +46,16 @@ def folder_identity(folder: str | Path, cache_dir: str | Path) -> str:
     return "sha256:" + hashlib.sha256(json.dumps(listing).encode()).hexdigest()
 
 
-def model_identity(cfg: DictConfig, cache_dir: str | Path) -> str:
-    """The weights id of the model `cfg` (conf/model/*.yaml) describes, without loading it."""
+def model_identity(cfg: DictConfig, cache_dir: str | Path, control: Control | None = None) -> str:
+    """The weights id of the model `cfg` (conf/model/*.yaml) describes under `control`, without loading it."""
+    weights = source_identity(cfg, cache_dir)
+    if control is not None and control.name == RANDOM_INIT:
+        weights += f"+control:{control.key}"
+    return weights
+
+
+def source_identity(cfg: DictConfig, cache_dir: str | Path) -> str:
+    """The weights id of the model source itself (its file, folder, hub id or tiny seed)."""
     source = cfg.source
     if source == "tiny_random":
         tiny_config_fields(cfg.architecture, dict(cfg.tiny), vocab_size=0)  # an unknown architecture fails here

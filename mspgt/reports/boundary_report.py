@@ -18,6 +18,11 @@ SIGNAL_LABELS = {
     "attention_drift": "JS(A_l, A_{l-1})",
 }
 BOUNDARY_COLOURS = {"L-I": "tab:red", "I-G": "tab:purple"}
+CONTROL_MEANING = {
+    "none": "none (the model's own weights, sentences as written)",
+    "random_init": "random_init (the same architecture, config and tokenizer; weights from its own initialiser)",
+    "shuffled_words": "shuffled_words (each sentence's words in a seeded random order; each word keeps its labels)",
+}
 
 
 def boundary_figure(result: BoundaryResult, path: Path) -> Path:
@@ -42,8 +47,9 @@ def boundary_figure(result: BoundaryResult, path: Path) -> Path:
                        label=f"{name} = {b.layer} ({b.relative:.1%}), 95% CI [{b.ci_low}, {b.ci_high}]"
                        + ("" if b.accepted else " not accepted"))
     m = result.model
+    control = result.control.get("key", "none")
     ax.set_title(f"{m['name']} ({m['n_blocks']} blocks): boundary detection, {result.data['name']} "
-                 f"({result.data['n_sentences']} sentences)")
+                 f"({result.data['n_sentences']} sentences)" + ("" if control == "none" else f", control={control}"))
     ax.set_xlabel("block l")
     ax.set_ylabel("normalised signal")
     ax.set_xlim(layers[0] - 0.5, layers[-1] + 0.5)
@@ -64,7 +70,9 @@ def boundary_markdown(result: BoundaryResult) -> str:
     m, d = result.model, result.data
     lines = [
         f"## Boundaries: {m['name']} ({m['n_blocks']} blocks) on {d['name']} ({d['n_sentences']} sentences, "
-        f"{d['n_groups']} groups of {d['group_size']})",
+        f"{d['n_groups']} groups of {d['group_size']}), control={result.control.get('key', 'none')}",
+        "",
+        f"Control: {CONTROL_MEANING.get(result.control.get('name', 'none'), '')} (docs/controls.md)",
         "",
         "| boundary | block | relative | 95% CI | width | accepted | resamples without it | undefined | "
         "relabelled by matching | most selected |",
@@ -106,10 +114,12 @@ def log_boundary_to_wandb(cfg: DictConfig, out_dir: Path, result: BoundaryResult
 
     tracker = Tracker(
         cfg.tracking, out_dir, job_type="boundary", name=f"boundary-{cfg.model.name}-{out_dir.name}",
-        group=sweep or f"boundary-{out_dir.name}", tags=[cfg.model.family, cfg.model.name],
+        group=sweep or f"boundary-{out_dir.name}",
+        tags=[cfg.model.family, cfg.model.name, f"control:{result.control.get('key', 'none')}"],
         config=result.config,
     )
-    summary: dict[str, Any] = {"n_blocks": result.model["n_blocks"], "found_two_peaks": result.found_two_peaks}
+    summary: dict[str, Any] = {"n_blocks": result.model["n_blocks"], "found_two_peaks": result.found_two_peaks,
+                               "control": result.control.get("key", "none")}
     for name, b in result.boundaries.items():
         k = name.replace("-", "_")
         for field in ("layer", "relative", "ci_low", "ci_high", "width", "accepted", "n_missing", "n_undefined",

@@ -16,7 +16,8 @@ def _g(x: float | None, spec: str = ".3g") -> str:
 def fisher_markdown(result: dict) -> str:
     v, h = result["verdict"], result["heldout"]
     lines = [
-        f"# A.5: brittleness from the Fisher information ({result['model']['name']})", "",
+        f"# A.5: brittleness from the Fisher information ({result['model']['name']}, "
+        f"control={result.get('control', {}).get('key', 'none')})", "",
         f"Held-out sentences {h['first_sentence']}..{h['first_sentence'] + h['n_sentences'] - 1} of the corpus "
         f"({h['n_positions']} predicted positions; KL on the first {h['kl_sentences']}), "
         f"{result['fisher']['samples_per_position']} draws of y per position, {result['draws']} noise draws per sigma.",

@@ -71,7 +71,8 @@ def detail_markdown(result: dict) -> str:
     m, s = r["model"], r["scale"]
     lines = [
         f"# Scale intervention: {m['name']} ({m['family']}, {m['n_blocks']} blocks), scale={scale_label(r)}, "
-        f"sigma={'-' if r['sigma'] is None else format(r['sigma'], 'g')}",
+        f"sigma={'-' if r['sigma'] is None else format(r['sigma'], 'g')}"
+        + ("" if r.get("control", {}).get("name", "none") == "none" else f", control={r['control']['key']}"),
         "",
         table2_markdown([r]),
         "| Metric | Clean mean | Noised mean | Change % [95% CI] | t | p | Cohen's d_z | pairs (dropped) |",

@@ -5,7 +5,9 @@ A result is stored under `paths.store_dir/boundary/<model name>__<weights>__<dat
 so two checkpoints run under one model name never overwrite each other's result and a replaced checkpoint
 finds none; the data key is a hash of the data settings that change which sentences are read and, for a
 local corpus (data=text, data=conllu), of the corpus files' contents instead of their path: a result from
-another corpus, or from an earlier version of an edited file, is never used.
+another corpus, or from an earlier version of an edited file, is never used. Under a control
+(docs/controls.md) the name ends in `__<control key>` (`__shuffled_words-seed0`), and random_init's weights id
+is its own: a control's boundaries never replace or stand in for the real model's.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from mspgt.controls import Control, control_from_record
 from mspgt.errors import MspgtError
 from mspgt.files import write_json_atomic
 from mspgt.identity import files_sha256
@@ -61,26 +64,33 @@ def data_key(data_cfg: DictConfig) -> str:
     return f"{data_cfg.name}-{hashlib.sha256(blob).hexdigest()[:8]}"
 
 
-def boundary_path(store_dir: str | Path, model_name: str, weights_id: str, data_cfg: DictConfig) -> Path:
-    return Path(store_dir) / "boundary" / f"{model_name}__{short_id(weights_id)}__{data_key(data_cfg)}.json"
+def boundary_path(store_dir: str | Path, model_name: str, weights_id: str, data_cfg: DictConfig,
+                  control: Control | None = None) -> Path:
+    tail = f"__{control.key}" if control is not None and control.active else ""
+    return Path(store_dir) / "boundary" / f"{model_name}__{short_id(weights_id)}__{data_key(data_cfg)}{tail}.json"
 
 
-def save_boundary(store_dir: str | Path, model_name: str, data_cfg: DictConfig, result: BoundaryResult) -> Path:
-    """Store `result` under its model name, its weights id (result.model["weights_id"]) and the data."""
-    path = boundary_path(store_dir, model_name, result.model["weights_id"], data_cfg)
+def save_boundary(store_dir: str | Path, model_name: str, data_cfg: DictConfig, result: BoundaryResult,
+                  control: Control | None = None) -> Path:
+    """Store `result` under its model name, its weights id (result.model["weights_id"]), the data and the control."""
+    path = boundary_path(store_dir, model_name, result.model["weights_id"], data_cfg, control)
     write_json_atomic(path, result.to_json())
     return path
 
 
-def load_boundary(store_dir: str | Path, model_name: str, weights_id: str, data_cfg: DictConfig) -> BoundaryResult:
-    """The stored boundary result for these weights and data, or an error naming the command that makes it."""
-    path = boundary_path(store_dir, model_name, weights_id, data_cfg)
+def load_boundary(store_dir: str | Path, model_name: str, weights_id: str, data_cfg: DictConfig,
+                  control: Control | None = None) -> BoundaryResult:
+    """The stored boundary result for these weights, data and control, or an error naming the command that
+    makes it."""
+    control = control or Control()
+    path = boundary_path(store_dir, model_name, weights_id, data_cfg, control)
     if not path.exists():
         raise MspgtError(
-            f"no stored boundary result for model={model_name} with these weights ({weights_id}) and these "
-            f"data settings ({path})",
-            f"run `python -m mspgt.run experiment=boundary model={model_name} data={data_cfg.name}` with the "
-            "same data settings first, set scale.layers=[first,last], or set experiment.run_boundary_first=true",
+            f"no stored boundary result for model={model_name} with these weights ({weights_id}), these "
+            f"data settings and control={control.key} ({path})",
+            f"run `python -m mspgt.run experiment=boundary model={model_name} data={data_cfg.name} "
+            f"control={control.name}` with the same data settings first, set scale.layers=[first,last], or set "
+            "experiment.run_boundary_first=true",
         )
     try:
         result = json.loads(path.read_text())
@@ -89,9 +99,10 @@ def load_boundary(store_dir: str | Path, model_name: str, weights_id: str, data_
                          "delete it and re-run the boundary experiment") from err
     model = result.get("model", {})
     if (model.get("name") != model_name or model.get("weights_id") != weights_id
-            or result.get("data", {}).get("key") != data_key(data_cfg)):
+            or result.get("data", {}).get("key") != data_key(data_cfg)
+            or control_from_record(result.get("control")) != control):
         raise MspgtError(
-            f"{path} holds a result for another model or corpus",
-            "delete it and re-run the boundary experiment for this model, weights and data",
+            f"{path} holds a result for another model, corpus or control",
+            "delete it and re-run the boundary experiment for this model, weights, data and control",
         )
     return BoundaryResult.from_json(result, str(path))  # an unknown schema version: an error naming it
