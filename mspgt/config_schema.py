@@ -140,6 +140,8 @@ class ProbeSettings:
     precision: Choice = setting(choices="mspgt.signals.probes:PRECISIONS")
     control_task: bool = setting()
     seed: int = setting(example="0")
+    train_seed: int = setting(example="0")
+    n_seeds: int = _positive("1")
     device: Device = setting()
 
 

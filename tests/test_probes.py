@@ -3,6 +3,8 @@ bootstrap-weight identities, selectivity with control tasks, determinism."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -297,3 +299,104 @@ def test_the_first_layer_is_cast_and_concatenated_exactly_as_autograd_would(dtyp
     grads = torch.autograd.grad(fused, parts, upstream)
     for a, b, p in zip(grads, grads_ref, parts, strict=True):
         assert a.dtype == p.dtype and a.shape == p.shape and torch.equal(a, b)
+
+
+def test_the_default_precision_is_float32_on_every_machine():
+    """probes.precision's default names one algorithm (float32), whatever the hardware; auto stays opt-in."""
+    from omegaconf import OmegaConf
+
+    from mspgt.signals.probes import resolve_precision
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "probes" / "default.yaml")
+    assert conf.precision == "float32"
+    for device in ("cpu", "cuda"):
+        assert resolve_precision("float32", device) == "float32"
+        assert resolve_precision("bfloat16", device) == "bfloat16"
+
+
+def test_the_training_seed_needs_no_new_extraction():
+    """probes.train_seed (init, order, control labels) is not in the statistics' cache key; probes.seed (the
+    split and word sample) is."""
+    from hydra import compose, initialize_config_dir
+
+    from mspgt.extraction.extract import cache_material
+
+    def key(*overrides):
+        conf = Path(__file__).resolve().parents[1] / "conf"
+        with initialize_config_dir(str(conf), version_base=None):
+            return cache_material(compose("config", overrides=list(overrides)), {"name": "x"})
+
+    assert key("probes.train_seed=3") == key("probes.train_seed=0") == key("probes.n_seeds=4")
+    assert key("probes.seed=1") != key("probes.seed=0")
+
+
+@pytest.fixture(scope="module")
+def two_seeds(planted):
+    train, held_out, _ = planted
+    kwargs = {"epochs": 2, "hidden": 8}
+    return [train_probes(train, held_out, N_CLASSES, seed=s, **kwargs) for s in (0, 1)]
+
+
+def test_pooled_seeds_are_the_mean_of_the_seeds(two_seeds):
+    """ProbeSeeds: F(l) is the seeds' mean; a draw counting one seed only gives that seed; a draw's counts
+    act as weights (2:1 = 2/3 and 1/3); one seed pooled is that seed, bitwise."""
+    from mspgt.signals.probes import ProbeSeeds
+
+    a, b = two_seeds
+    w = np.random.default_rng(0).multinomial(N_GROUPS, np.full(N_GROUPS, 1 / N_GROUPS), size=7)  # [7, G]
+    fa, fb = probe_f1(a, w, N_GROUPS), probe_f1(b, w, N_GROUPS)  # [7, L+1]
+    assert not np.allclose(fa, fb)  # the seeds differ, or the test proves nothing
+    pooled = ProbeSeeds([a, b])
+    np.testing.assert_allclose(probe_f1(pooled, w, N_GROUPS), (fa + fb) / 2, rtol=1e-12)
+    np.testing.assert_allclose(probe_f1(pooled, w[0], N_GROUPS), (fa[0] + fb[0]) / 2, rtol=1e-12)
+    draw = np.tile([[0, 2], [2, 1]], (4, 1))[:7]  # [7, 2]: b only, then 2/3 a + 1/3 b
+    got = probe_f1(pooled.resampled(draw), w, N_GROUPS)
+    np.testing.assert_array_equal(got[::2], fb[::2])
+    np.testing.assert_allclose(got[1::2], (2 * fa[1::2] + fb[1::2]) / 3, rtol=1e-12)
+    np.testing.assert_array_equal(probe_f1(ProbeSeeds([a]), w, N_GROUPS), fa)
+    np.testing.assert_allclose(pooled.selectivity, (a.selectivity + b.selectivity) / 2)
+    for t in N_CLASSES:
+        np.testing.assert_allclose(pooled.heldout_ce[t], (a.heldout_ce[t] + b.heldout_ce[t]) / 2, rtol=1e-6)
+    with pytest.raises(MspgtError, match="seed"):
+        probe_f1(pooled.resampled(np.zeros((7, 2))), w, N_GROUPS)
+
+
+def test_a_seed_drawn_zero_times_brings_no_nan(two_seeds):
+    """A seed whose F1 is undefined (nan) counts only where the draw picks it."""
+    from dataclasses import replace
+
+    from mspgt.signals.probes import ProbeSeeds
+
+    a, b = two_seeds
+    empty = {t: np.zeros_like(v) for t, v in b.tp.items()}  # no gold word at all: F1 nan everywhere
+    undefined = replace(b, tp=empty, fp=empty, fn=empty)
+    ones = np.ones((2, N_GROUPS))
+    got = probe_f1(ProbeSeeds([a, undefined]).resampled(np.array([[2, 0], [1, 1]])), ones, N_GROUPS)
+    np.testing.assert_array_equal(got[0], probe_f1(a, ones[0], N_GROUPS))
+    assert np.isnan(got[1]).all()
+
+
+def test_the_bootstrap_resamples_probe_seeds_only_when_asked():
+    """n_probe_seeds=1: evidence_fn sees group counts alone (today's resamples, bit for bit); P > 1: it also gets
+    seed counts [b, P] that sum to P per resample, drawn apart from the group counts (these stay the same)."""
+    from mspgt.fusion.bootstrap import bootstrap_boundaries
+    from mspgt.fusion.peaks import detect_boundaries
+
+    evidence = np.array([0.0, 1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0])  # [L]: peaks at blocks 2 and 6
+    seen: dict[str, list] = {"groups": [], "seeds": []}
+
+    def evidence_fn(counts, seed_counts=None):
+        seen["groups"].append(counts.copy())
+        if seed_counts is not None:
+            seen["seeds"].append(seed_counts.copy())
+        return np.tile(evidence, (counts.shape[0], 1))
+
+    pick = detect_boundaries(evidence, 0.3)
+    one = bootstrap_boundaries(evidence_fn, 12, 8, pick, n_resamples=40, seed=5, chunk=16)
+    groups_one, seen["groups"] = np.concatenate(seen["groups"]), []
+    assert not seen["seeds"]
+    three = bootstrap_boundaries(evidence_fn, 12, 8, pick, n_resamples=40, seed=5, chunk=16, n_probe_seeds=3)
+    np.testing.assert_array_equal(np.concatenate(seen["groups"]), groups_one)
+    seeds = np.concatenate(seen["seeds"])  # [B, 3]
+    assert seeds.shape == (40, 3) and (seeds.sum(1) == 3).all() and len({tuple(r) for r in seeds}) > 1
+    assert one == three  # the evidence ignores the seeds here: the same intervals

@@ -40,7 +40,14 @@ from mspgt.reports.store import data_identity, data_key, save_boundary, write_js
 from mspgt.results import BoundaryCI, BoundaryResult
 from mspgt.signals.cka import CKA_ESTIMANDS, ESTIMATOR
 from mspgt.signals.layerwise import layer_signals
-from mspgt.signals.probes import ProbeResult, probe_f1, resolve_precision, train_probes
+from mspgt.signals.probes import (
+    ProbeResult,
+    ProbeSeeds,
+    probe_f1,
+    probe_note,
+    resolve_precision,
+    train_probes,
+)
 from mspgt.statistics import CorpusStatistics, variant_keys
 
 log = logging.getLogger(__name__)
@@ -126,16 +133,32 @@ def obtain_statistics(cfg: DictConfig) -> tuple[CorpusStatistics, StatisticsCach
     return stats, cache, timings
 
 
-def obtain_probes(cfg: DictConfig, stats: CorpusStatistics, cache: StatisticsCache) -> tuple[ProbeResult, bool]:
-    """Probes trained once per statistics and probe settings, kept beside the statistics (so changing fusion
-    or bootstrap settings never retrains them), trained under their own lock: of two jobs needing them, one
-    trains and the other waits and reuses them. Returns the result and whether it came from the cache."""
+def obtain_probes(cfg: DictConfig, stats: CorpusStatistics, cache: StatisticsCache
+                  ) -> tuple[ProbeResult | ProbeSeeds, bool]:
+    """Probes trained once per statistics, probe settings and training seed, kept beside the statistics (so
+    changing fusion or bootstrap settings never retrains them), trained under their own lock: of two jobs
+    needing them, one trains and the other waits and reuses them. probes.n_seeds > 1: the training seeds
+    probes.train_seed, +1, ... (each kept on its own), combined as ProbeSeeds. Returns the result and
+    whether every seed came from the cache."""
     p = cfg.probes
     device = str(resolve_device(p.device))
-    settings = {k: p[k] for k in ("hidden", "epochs", "batch_size", "lr", "weight_decay", "schedule", "precision",
-                                  "seed", "control_task")}
-    settings["device"] = device.split(":")[0]
-    settings["precision"] = resolve_precision(str(p.precision), device)  # what ran (auto is hardware-dependent)
+    runs, all_cached = [], True
+    for train_seed in range(p.train_seed, p.train_seed + p.n_seeds):
+        settings = {k: p[k] for k in ("hidden", "epochs", "batch_size", "lr", "weight_decay", "schedule",
+                                      "control_task")}
+        settings["seed"] = train_seed  # the training seed (init, order, control labels); probes.seed: the split
+        settings["device"] = device.split(":")[0]
+        settings["precision"] = resolve_precision(str(p.precision), device)  # what ran (auto: hardware-dependent)
+        result, cached = _trained_probes(cfg, stats, cache, settings, device)
+        runs.append(result)
+        all_cached &= cached
+    return (runs[0] if len(runs) == 1 else ProbeSeeds(runs)), all_cached
+
+
+def _trained_probes(cfg: DictConfig, stats: CorpusStatistics, cache: StatisticsCache, settings: dict[str, Any],
+                    device: str) -> tuple[ProbeResult, bool]:
+    """One training seed's probes, from the cache or trained (obtain_probes)."""
+    p = cfg.probes
     writable = writable_folder(cache.dir) is None
     lock = cache.artifact_lock("probes", settings, cfg.extraction.lock_timeout_s) if writable else nullcontext()
     with lock:
@@ -146,9 +169,10 @@ def obtain_probes(cfg: DictConfig, stats: CorpusStatistics, cache: StatisticsCac
         result = train_probes(
             stats.probe_train, stats.probe_eval, {k: len(v) for k, v in stats.label_names.items()},
             hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
-            schedule=p.schedule, precision=settings["precision"], seed=p.seed, control_task=p.control_task, device=device, progress=cfg.extraction.progress,
+            schedule=p.schedule, precision=settings["precision"], seed=settings["seed"],
+            control_task=p.control_task, device=device, progress=cfg.extraction.progress,
         )
-        log.info("probes trained in %.1f s", result.seconds)
+        log.info("probes (training seed %d) trained in %.1f s", settings["seed"], result.seconds)
         if writable:
             cache.save_artifact("probes", settings, result)
         else:
@@ -161,7 +185,7 @@ def run_boundary(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> di
     validate_boundary_config(cfg)
     t_all = time.perf_counter()
     stats, cache, timings = obtain_statistics(cfg)
-    probes: ProbeResult | None = None
+    probes: ProbeResult | ProbeSeeds | None = None
     if cfg.fusion.signals.probe_jump:
         t = time.perf_counter()
         probes, from_cache = obtain_probes(cfg, stats, cache)
@@ -190,7 +214,7 @@ class Found:
 
 
 def detect_with_bootstrap(fusion: FusionSettings, bootstrap: BootstrapSettings, f1_average: str,
-                          stats: CorpusStatistics, probes: ProbeResult | None, timings: dict[str, float]) -> Found:
+                          stats: CorpusStatistics, probes: ProbeResult | ProbeSeeds | None, timings: dict[str, float]) -> Found:
     """Signals (paper eqs. 3-5), fusion (eq. 6), peaks, and the bootstrap over groups of all three."""
     weights, enabled = asdict(fusion.weights), asdict(fusion.signals)
     cka_v, js_v = variant_keys(fusion)
@@ -200,8 +224,10 @@ def detect_with_bootstrap(fusion: FusionSettings, bootstrap: BootstrapSettings, 
     replicated_first = fusion.signals.attention_drift and first_block == "replicate"
     pick = detect_boundaries(evidence, fusion.prominence, replicated_first)
 
-    def evidence_fn(counts: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-        resampled = layer_signals(stats, probes, enabled, cka_v, js_v, first_block, counts, f1_average)
+    def evidence_fn(counts: np.ndarray, seed_counts: np.ndarray | None = None
+                    ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        drawn = probes if seed_counts is None else probes.resampled(seed_counts)  # type: ignore[union-attr]
+        resampled = layer_signals(stats, drawn, enabled, cka_v, js_v, first_block, counts, f1_average)
         return fuse(resampled, weights, enabled), resampled
 
     t = time.perf_counter()
@@ -210,6 +236,7 @@ def detect_with_bootstrap(fusion: FusionSettings, bootstrap: BootstrapSettings, 
         evidence_fn, stats.n_groups, stats.n_blocks, pick, n_resamples=b.n_resamples, seed=b.seed,
         ci_level=b.ci_level, acceptance_width=b.acceptance_width, max_missing_fraction=b.max_missing_fraction,
         prominence=fusion.prominence, replicated_first=replicated_first,
+        n_probe_seeds=len(probes.runs) if isinstance(probes, ProbeSeeds) else 1,
     )
     timings["bootstrap_s"] = time.perf_counter() - t
     for ci in cis.values():
@@ -217,7 +244,7 @@ def detect_with_bootstrap(fusion: FusionSettings, bootstrap: BootstrapSettings, 
     return Found(signals, evidence, pick, cis, cka_v, js_v)
 
 
-def boundary_record(cfg: DictConfig, stats: CorpusStatistics, probes: ProbeResult | None, found: Found,
+def boundary_record(cfg: DictConfig, stats: CorpusStatistics, probes: ProbeResult | ProbeSeeds | None, found: Found,
                     information: dict[str, Any] | None, timings: dict[str, float]) -> BoundaryResult:
     """The typed result (mspgt/results.py) of one boundary run."""
     L, pick = stats.n_blocks, found.pick
@@ -245,7 +272,8 @@ def boundary_record(cfg: DictConfig, stats: CorpusStatistics, probes: ProbeResul
         probe_f1_by_state=None if f_point is None else f_point.tolist(),  # F(l) for h_0..h_L
         probe_selectivity_pos=None if probes is None else np.asarray(probes.selectivity).tolist(),
         probe_tasks=list(cfg.probes.tasks),
-        notes=boundary_notes(cfg, found.cka_variant, found.js_variant),
+        notes={**boundary_notes(cfg, found.cka_variant, found.js_variant),
+               **({} if probes is None else {"probes": probe_note(probes, cfg.probes.seed)})},
         information=information,  # curves with bootstrap bands, the eq. 28 test (None: not stored)
         activation_std_all_tokens=stats.activation_std().tolist(),  # h_0..h_L, position 0 included
         timings=timings,

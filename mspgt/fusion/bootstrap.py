@@ -155,6 +155,7 @@ def bootstrap_boundaries(
     prominence: float = 0.3,
     chunk: int = 250,
     replicated_first: bool = False,
+    n_probe_seeds: int = 1,
 ) -> dict[str, BoundaryCI]:
     """Bootstrap CIs of the L-I and I-G boundaries over resamples of sentence groups.
 
@@ -165,17 +166,22 @@ def bootstrap_boundaries(
     width is below `acceptance_width` layers (the paper: 5) and at most `max_missing_fraction` of the
     resamples found no such peak or were undefined (that last condition is our definition).
     replicated_first: E(1) copies block 2's attention drift (peaks.find_evidence_peaks). Deterministic for a seed.
+    n_probe_seeds: P > 1 probe training seeds are resampled too (probes.n_seeds): each resample also draws
+    seed counts [P] ~ multinomial(P, 1/P) from its own stream (the group counts stay those of `seed`), and
+    evidence_fn is called as evidence_fn(group_counts [b, G], seed_counts [b, P]).
     """
     check_bootstrap_settings(n_resamples, ci_level, acceptance_width, max_missing_fraction)
     if chunk < 1:
         raise MspgtError(f"bootstrap chunk={chunk}", "use a chunk of at least 1 resample")
     counts = resample_counts(n_groups, n_resamples, np.random.default_rng(seed))  # [B, G]
+    seed_counts = (resample_counts(n_probe_seeds, n_resamples, np.random.default_rng([seed, 1]))
+                   if n_probe_seeds > 1 else None)  # [B, P]
     pair = (point.li, point.ig) if point.li is not None and point.ig is not None else None
     parts: list[ResamplePicks] = []
     undefined: dict[str, int] = {}
     for start in range(0, n_resamples, chunk):
         part = counts[start : start + chunk]  # [b, G]
-        returned = evidence_fn(part)
+        returned = evidence_fn(part) if seed_counts is None else evidence_fn(part, seed_counts[start : start + chunk])
         evidence, signals = returned if isinstance(returned, tuple) else (returned, None)
         evidence = np.asarray(evidence)  # [b, L]
         if evidence.shape != (part.shape[0], n_blocks):

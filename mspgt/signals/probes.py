@@ -73,6 +73,73 @@ class ProbeResult:
         return int(next(iter(self.tp.values())).shape[1])
 
 
+@dataclass
+class ProbeSeeds:
+    """The probes trained with `probes.n_seeds` training seeds on one sample (the same split, words and
+    features; docs/method.md "Signal 2"): the probe statistic is the mean over the seeds.
+
+    F(l) is the mean over seeds of each seed's F(l) (task_f1, probe_f1); a bootstrap resample can also resample
+    the seeds (`draw` [B, P]: how often each seed is drawn in each resample, multinomial(P, 1/P), so the CI
+    holds the training randomness of a P-seed mean; set by `resampled`). Held-out cross-entropy, accuracy
+    and selectivity are the seed means (the V-information curves read `heldout_ce` as one probe's)."""
+
+    runs: list[ProbeResult]  # one per training seed, in seed order
+    draw: np.ndarray | None = None  # [B, P] seed counts of the resamples being evaluated, or None (all once)
+
+    def __post_init__(self) -> None:
+        if not self.runs:
+            raise MspgtError("no probe runs to combine", "train at least one seed (probes.n_seeds >= 1)")
+        first = self.runs[0]
+        for r in self.runs[1:]:
+            if r.tasks != first.tasks or not np.array_equal(r.eval_groups, first.eval_groups):
+                raise MspgtError("probe runs of different tasks or held-out groups", "combine runs of one sample")
+
+    def resampled(self, draw: np.ndarray) -> ProbeSeeds:
+        """The same runs, evaluated under seed counts `draw` [B, P] (one row per resample)."""
+        return ProbeSeeds(self.runs, np.asarray(draw))
+
+    tasks = property(lambda self: self.runs[0].tasks)
+    n_classes = property(lambda self: self.runs[0].n_classes)
+    eval_groups = property(lambda self: self.runs[0].eval_groups)
+    present = property(lambda self: self.runs[0].present)
+    n_layers = property(lambda self: self.runs[0].n_layers)
+    seconds = property(lambda self: float(sum(r.seconds for r in self.runs)))
+
+    @property
+    def settings(self) -> dict:
+        return {**self.runs[0].settings, "seeds": [r.settings.get("seed") for r in self.runs]}
+
+    @property
+    def accuracy(self) -> dict[str, np.ndarray]:
+        return {t: np.mean([r.accuracy[t] for r in self.runs], axis=0) for t in self.tasks}
+
+    @property
+    def selectivity(self) -> np.ndarray | None:
+        s = [r.selectivity for r in self.runs]
+        return None if s[0] is None else np.mean(s, axis=0)
+
+    @property
+    def heldout_ce(self) -> dict[str, np.ndarray] | None:
+        ce = [r.heldout_ce for r in self.runs]
+        return None if ce[0] is None else {t: np.mean([c[t] for c in ce], axis=0) for t in ce[0]}
+
+
+def probe_note(result: ProbeResult | ProbeSeeds, split_seed: int) -> str:
+    """What the outputs say about the probes: precision, training seeds and what the CIs resample."""
+    st = result.settings
+    seeds = st.get("seeds", [st.get("seed")])
+    text = (f"{st.get('precision')} first-layer matmuls (probes.precision), {st.get('epochs')} epochs, batch "
+            f"{st.get('batch_size')}, lr {st.get('lr')} {st.get('schedule')}; split and word sample seed "
+            f"{split_seed} (probes.seed); ")
+    if len(seeds) == 1:
+        return text + (f"training seed {seeds[0]} (probes.train_seed; probes.n_seeds=1): the CIs resample "
+                       "sentence groups with this one probe set, the training seed is not resampled "
+                       "(docs/results_probe_seeds.md: its measured effect)")
+    return text + (f"training seeds {seeds} (probes.n_seeds={len(seeds)}): F(l) is the mean over them, and each "
+                   "boundary resample also resamples the seeds (multinomial); the V-information curves use "
+                   "the seeds' mean held-out cross-entropy, seeds not resampled")
+
+
 def _check_sample(name: str, sample: ProbeSample, tasks: list[str], n_classes: dict[str, int]) -> None:
     feats = sample.features
     if feats.ndim != 3 or feats.shape[0] == 0:
@@ -146,13 +213,15 @@ def _standardiser(features: np.ndarray) -> tuple[Tensor, Tensor]:
     return mean.float(), std.float()
 
 
-PRECISIONS = ("auto", "float32", "bfloat16")  # probes.precision: the dtype of the first layer's matmuls
+PRECISIONS = ("float32", "bfloat16", "auto")  # probes.precision: the dtype of the first layer's matmuls
 SCHEDULES = ("constant", "cosine")  # probes.schedule: the learning rate over the epochs
 
 
 def resolve_precision(precision: str, device: str) -> str:
-    """`auto` -> bfloat16 where the hardware multiplies it natively (a CUDA GPU with bf16; a CPU with
-    AVX512-BF16 or AMX tiles), else float32 (emulated bf16 would be slower than float32 there)."""
+    """`float32` (the default: the same statistic on every machine) and `bfloat16` are what they say; `auto`
+    (opt-in, hardware-dependent, so the same command computes different probes on different machines) ->
+    bfloat16 where the hardware multiplies it natively (a CUDA GPU with bf16; a CPU with AVX512-BF16 or AMX
+    tiles), else float32 (emulated bf16 runs at ~2 against ~59 GFLOP/s for float32 on an AVX2 CPU)."""
     if precision != "auto":
         return precision
     if device.startswith("cuda"):
@@ -191,7 +260,7 @@ class ProbeTraining:
                 f"lr={self.lr} weight_decay={self.weight_decay}",
                 "use positive probes.hidden/epochs/batch_size/lr and a non-negative weight_decay",
             )
-        if self.schedule not in SCHEDULES or self.precision not in PRECISIONS[1:]:
+        if self.schedule not in SCHEDULES or self.precision not in PRECISIONS[:2]:
             raise MspgtError(
                 f"probes.schedule={self.schedule!r} / probes.precision={self.precision!r}",
                 f"use a schedule in {list(SCHEDULES)} and a precision in {list(PRECISIONS)}",
@@ -493,14 +562,30 @@ def average_f1(tp: np.ndarray, fp: np.ndarray, fn: np.ndarray, average: str = "m
 
 
 def task_f1(
-    result: ProbeResult, group_weights: np.ndarray, n_groups: int, average: str = "macro"
+    result: ProbeResult | ProbeSeeds, group_weights: np.ndarray, n_groups: int, average: str = "macro"
 ) -> dict[str, np.ndarray]:
     """Per task, held-out F1 per layer under group weights: [B, G_all] -> [B, L+1] ([G_all] -> [L+1]).
 
     Weighted sums of the per-group tp/fp/fn (a matrix product), then their `average` F1 over the classes
     with gold support under these weights (weighted tp + fn > 0: the classes present in the resample's gold
-    labels, module docstring; average_f1); no class left -> nan.
+    labels, module docstring; average_f1); no class left -> nan. ProbeSeeds: the mean over its seeds, each
+    seed counted as often as `result.draw` says (once each without a draw).
     """
+    if isinstance(result, ProbeSeeds):
+        per_seed = [task_f1(r, group_weights, n_groups, average) for r in result.runs]  # P x {task: [B?, L+1]}
+        p = len(result.runs)
+        draw = np.ones((1, p)) if result.draw is None else np.asarray(result.draw, dtype=np.float64)  # [B|1, P]
+        rows = np.atleast_2d(group_weights).shape[0]
+        if draw.shape[1] != p or draw.shape[0] not in (1, rows) or (draw < 0).any() or (draw.sum(1) <= 0).any():
+            raise MspgtError(f"seed draw of shape {draw.shape} for {rows} resamples of {p} seeds",
+                             "pass non-negative seed counts [B, P] with a positive sum per resample")
+        frac = (draw / draw.sum(1, keepdims=True)).T[:, :, None]  # [P, B|1, 1]
+        out = {}
+        for t in result.tasks:
+            f = np.stack([np.atleast_2d(s[t]) for s in per_seed])  # [P, B, L+1]
+            mean = (np.where(frac > 0, f, 0.0) * frac).sum(0)  # [B, L+1]; a seed drawn 0 times adds no nan
+            out[t] = mean[0] if np.ndim(group_weights) == 1 else mean
+        return out
     w = np.asarray(group_weights, dtype=np.float64)
     single = w.ndim == 1
     w = np.atleast_2d(w)  # [B, G_all]
@@ -532,7 +617,7 @@ def task_f1(
     return out
 
 
-def probe_f1(result: ProbeResult, group_weights: np.ndarray, n_groups: int, average: str = "macro") -> np.ndarray:
+def probe_f1(result: ProbeResult | ProbeSeeds, group_weights: np.ndarray, n_groups: int, average: str = "macro") -> np.ndarray:
     """F(l): the mean over tasks of the held-out `average` F1 (see task_f1): [B, G_all] -> [B, L+1]."""
     per_task = task_f1(result, group_weights, n_groups, average)
     return np.mean(np.stack([per_task[t] for t in result.tasks]), axis=0)
