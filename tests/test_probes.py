@@ -285,20 +285,26 @@ def test_unknown_precision_or_schedule_names_the_choices(planted):
 
 
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_the_first_layer_is_cast_and_concatenated_exactly_as_autograd_would(dtype):
-    """_CastConcat (one pass) against torch.cat of the cast parts: bitwise the same values and gradients."""
-    from mspgt.signals.probes import _CastConcat
+def test_the_first_layer_gives_what_autograd_gives(dtype):
+    """_FirstLayer (the weight gradient written into one kept buffer) against autograd's baddbmm of the cast
+    weights: bitwise the same output and gradients, over two steps (the buffer is overwritten, not summed)."""
+    from mspgt.signals.probes import _FirstLayer
 
     g = torch.Generator().manual_seed(3)
-    parts = [torch.randn(4, 9, w, generator=g, requires_grad=True) for w in (5, 3, 5)]
-    upstream = torch.randn(4, 9, 13, generator=g).to(dtype)
-    reference = torch.cat([p.to(dtype) for p in parts], dim=-1)
-    fused = _CastConcat.apply(dtype, *parts)
-    assert fused.dtype == reference.dtype and torch.equal(fused, reference)
-    grads_ref = torch.autograd.grad(reference, parts, upstream)
-    grads = torch.autograd.grad(fused, parts, upstream)
-    for a, b, p in zip(grads, grads_ref, parts, strict=True):
-        assert a.dtype == p.dtype and a.shape == p.shape and torch.equal(a, b)
+    w = torch.randn(4, 9, 13, generator=g, requires_grad=True)
+    b = torch.randn(4, 1, 13, generator=g, requires_grad=True)
+    w_ref, b_ref = w.detach().clone().requires_grad_(), b.detach().clone().requires_grad_()
+    for _ in range(2):
+        x = torch.randn(4, 6, 9, generator=g).to(dtype)
+        upstream = torch.randn(4, 6, 13, generator=g).to(dtype)
+        ours = _FirstLayer.apply(x, w, b, dtype)
+        reference = torch.baddbmm(b_ref.to(dtype), x, w_ref.to(dtype))
+        assert ours.dtype == dtype and torch.equal(ours, reference)
+        b.grad = w_ref.grad = b_ref.grad = None
+        ours.backward(upstream)
+        reference.backward(upstream)
+        assert w.grad.dtype == torch.float32 and torch.equal(w.grad, w_ref.grad)
+        assert torch.equal(b.grad, b_ref.grad)
 
 
 def test_the_default_precision_is_float32_on_every_machine():

@@ -271,26 +271,32 @@ class ProbeTraining:
         return torch.bfloat16 if self.precision == "bfloat16" else torch.float32
 
 
-class _CastConcat(torch.autograd.Function):
-    """torch.cat([w.to(dtype) for w in ws], -1) in one pass: each part is cast while it is copied into its
-    columns (measured 2.4 ms against 6.3 ms a step for the main job's first layer, [31, 576, 5 x 128], on
-    2 threads; README "Speed and memory"). The same values, and the same gradients as autograd gives the
-    cast-then-concatenate: the incoming gradient split by part and cast back to each part's dtype."""
+class _FirstLayer(torch.autograd.Function):
+    """x @ w + b for every state at once (x [L+1, b, d] in `dtype`, w [L+1, d, T*H] float32, b [L+1, 1, T*H]),
+    with w's gradient written into one buffer kept across steps, `w.grad` (torch.bmm out=), instead of a fresh
+    tensor: at the main job's shape it is 46 MB, above the C allocator's 32 MiB mmap threshold, so a fresh one
+    is new, page-faulted memory every step (README "Speed and memory"). The same values as autograd gives
+    for torch.baddbmm(b.to(dtype), x, w.to(dtype)) (a test checks them bitwise); in bfloat16 the gradient is
+    computed in bfloat16 and stored in float32, as autograd's cast back does. w's gradient goes to w.grad
+    directly (the optimiser reads it there), so backward returns none for w and `_fit` never sets it to None."""
 
     @staticmethod
-    def forward(ctx, dtype: torch.dtype, *ws: Tensor) -> Tensor:  # type: ignore[override]
-        ctx.widths, ctx.dtypes = [w.shape[-1] for w in ws], [w.dtype for w in ws]
-        out = torch.empty(*ws[0].shape[:-1], sum(ctx.widths), dtype=dtype, device=ws[0].device)
-        at = 0
-        for w in ws:
-            out[..., at : at + w.shape[-1]].copy_(w)
-            at += w.shape[-1]
-        return out
+    def forward(ctx, x: Tensor, w: Tensor, b: Tensor, dtype: torch.dtype) -> Tensor:  # type: ignore[override]
+        ctx.w = w
+        ctx.save_for_backward(x)
+        return torch.baddbmm(b.to(dtype), x, w.to(dtype))  # [L+1, b, T*H]
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        parts = grad.split(ctx.widths, dim=-1)
-        return (None, *(g.to(dt) for g, dt in zip(parts, ctx.dtypes, strict=True)))
+        (x,) = ctx.saved_tensors
+        w = ctx.w
+        if w.grad is None:
+            w.grad = torch.empty_like(w)
+        if grad.dtype == w.dtype:
+            torch.bmm(x.transpose(1, 2), grad, out=w.grad)  # [L+1, d, T*H]
+        else:
+            w.grad.copy_(torch.bmm(x.transpose(1, 2), grad))
+        return None, None, grad.sum(1, keepdim=True).to(w.dtype), None
 
 
 class _BatchedProbes(torch.nn.Module):
@@ -307,11 +313,7 @@ class _BatchedProbes(torch.nn.Module):
         self.hidden = hidden
         self.dtype = dtype  # of the first layer's matmul; parameters stay float32
         t = len(classes)
-        # the first layer, [L+1, d, T*H] drawn at once, kept as one parameter per task [L+1, d, H]: a single
-        # one is ~46 MB at d = 576 and 31 states, and so is its gradient every step, which the C allocator
-        # gives fresh (mmapped, page-faulted) memory above 32 MB; the values are the same either way
-        self.w1 = torch.nn.ParameterList(
-            torch.nn.Parameter(w.clone()) for w in uniform((n_layers, d, t * hidden), d).detach().split(hidden, -1))
+        self.w1 = uniform((n_layers, d, t * hidden), d)  # [L+1, d, T*H]: every task's first layer, one matmul
         self.b1 = uniform((n_layers, 1, t * hidden), d)  # [L+1, 1, T*H]
         self.w2 = torch.nn.ParameterList(
             [uniform((n_layers, hidden, c), hidden) for c in classes]
@@ -320,9 +322,7 @@ class _BatchedProbes(torch.nn.Module):
 
     def forward(self, x: Tensor) -> list[Tensor]:
         """x [L+1, b, d] (in self.dtype) -> per task logits [L+1, b, C_t] (float32)."""
-        w1 = _CastConcat.apply(self.dtype, *self.w1)  # [L+1, d, T*H]: one matmul for every task
-        b1 = self.b1.to(self.dtype)
-        h = torch.relu(torch.baddbmm(b1, x, w1)).float()  # [L+1, b, T*H]
+        h = torch.relu(_FirstLayer.apply(x, self.w1, self.b1, self.dtype)).float()  # [L+1, b, T*H]
         per_task = h.split(self.hidden, dim=-1)  # T x [L+1, b, H] (split: one cheap backward)
         return [
             torch.baddbmm(b2, h_t, w2)  # [L+1, b, C_t]
@@ -405,6 +405,7 @@ def _fit(probes: _BatchedProbes, x: Tensor, y: Tensor, cfg: ProbeTraining, gener
     """Minibatch training of every probe at once: x [L+1, N, d], y [T, N] (train_probes)."""
     n = x.shape[1]
     optimiser = torch.optim.Adam(probes.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=True)
+    others = [param for param in probes.parameters() if param is not probes.w1]
     steps = cfg.epochs * -(-n // cfg.batch_size)
     scheduler = (torch.optim.lr_scheduler.CosineAnnealingLR(optimiser, T_max=steps)
                  if cfg.schedule == "cosine" else None)
@@ -419,7 +420,8 @@ def _fit(probes: _BatchedProbes, x: Tensor, y: Tensor, cfg: ProbeTraining, gener
         for a in range(0, n, cfg.batch_size):
             idx = order[a : a + cfg.batch_size]  # [b]
             loss = _head_losses(probes(x[:, idx]), y[:, idx]).sum()  # sum over heads and layers of means
-            optimiser.zero_grad(set_to_none=True)
+            for param in others:  # w1's gradient buffer is overwritten by the next backward (_FirstLayer)
+                param.grad = None
             loss.backward()
             optimiser.step()
             if scheduler is not None:
