@@ -126,9 +126,12 @@ class BoundaryCI:
     n_undefined: int = 0  # resamples whose evidence was NaN/inf (no peak could be looked for)
     undefined_signals: dict[str, int] = field(default_factory=dict)  # signal -> resamples where it was NaN/inf
     n_relabelled: int = 0  # resamples where matching to the point estimate changed this boundary's layer
+    # [B] the layer chosen in each resample (<= 0: none), in resample order: what the rival curves' distances
+    # to this boundary pair with (fusion/rival_transitions.py); not written to results.json
+    chosen: Any = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict:
-        return asdict(self)
+        return {k: v for k, v in asdict(self).items() if k != "chosen"}
 
     @classmethod
     def from_json(cls, d: dict[str, Any]) -> BoundaryCI:
@@ -160,6 +163,7 @@ class BoundaryResult:
     probe_tasks: list[str] = field(default_factory=list)
     notes: dict[str, Any] = field(default_factory=dict)
     information: dict[str, Any] | None = None  # curves with bootstrap bands, the eq. 28 test
+    rivals: dict[str, Any] | None = None  # rival layer curves, transitions, agreement (fusion/rival_transitions.py)
     activation_std_all_tokens: list[float | None] | None = None  # h_0..h_L, position 0 included
     timings: dict[str, float] = field(default_factory=dict)
     cache_dir: str | None = None

@@ -86,6 +86,9 @@ class CorpusStatistics:
     meta: dict = field(default_factory=dict)
     information: dict[str, np.ndarray] = field(default_factory=dict)  # curve -> [G, L+1] (signals/information.py)
     information_tokens: np.ndarray | None = None  # [G] tokens that entered each group's information kernels
+    # rival curves stored by the pass (signals/rivals.py): bi_sum [G, L] and bi_count [G] (block influence),
+    # lens_sum [G, 2, m] (logit-lens KL and entropy sums, bits) and lens_count [G]
+    rivals: dict[str, np.ndarray] = field(default_factory=dict)
 
     @property
     def n_groups(self) -> int:

@@ -29,16 +29,19 @@ from mspgt.extraction.cache import StatisticsCache
 from mspgt.extraction.extract import build_statistics, cache_material
 from mspgt.extraction.groups import prepare_corpus
 from mspgt.files import writable_folder
-from mspgt.fusion.bootstrap import bootstrap_boundaries, check_bootstrap_settings
+from mspgt.fusion.bootstrap import bootstrap_boundaries, check_bootstrap_settings, resample_counts
 from mspgt.fusion.fuse import fuse, validate_fusion
 from mspgt.fusion.peaks import MATCHING_RULE, BoundaryPick, detect_boundaries
+from mspgt.fusion.rival_transitions import rival_result
 from mspgt.layers import relative_position, scales_from_boundaries
 from mspgt.model.loading import load_model, resolve_device
 from mspgt.reports.boundary_report import boundary_figure, boundary_markdown, log_boundary_to_wandb
 from mspgt.reports.information_report import information_figure, information_markdown, information_result
+from mspgt.reports.rivals_report import rivals_markdown
 from mspgt.reports.store import data_identity, data_key, save_boundary, write_json_atomic
 from mspgt.results import BoundaryCI, BoundaryResult
 from mspgt.signals.cka import CKA_ESTIMANDS, ESTIMATOR
+from mspgt.signals.intrinsic_dimension import group_intrinsic_dimension
 from mspgt.signals.layerwise import layer_signals
 from mspgt.signals.probes import (
     ProbeResult,
@@ -48,6 +51,7 @@ from mspgt.signals.probes import (
     resolve_precision,
     train_probes,
 )
+from mspgt.signals.rivals import RivalSettings
 from mspgt.statistics import CorpusStatistics, variant_keys
 
 log = logging.getLogger(__name__)
@@ -195,10 +199,35 @@ def run_boundary(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> di
     t = time.perf_counter()
     information = information_result(stats, probes, {name: ci.layer for name, ci in found.cis.items()}, cfg)
     timings["information_s"] = time.perf_counter() - t
+    t = time.perf_counter()
+    rivals = rivals_record(cfg, stats, found)
+    timings["rivals_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
     record = boundary_record(cfg, stats, probes, found, information, timings)
+    record.rivals = rivals
     write_boundary_outputs(cfg, out_dir, record, sweep)
     return record.flat_summary()
+
+
+def rivals_record(cfg: DictConfig, stats: CorpusStatistics, found: Found) -> dict[str, Any] | None:
+    """The rival layer curves over the boundary bootstrap's own resamples (fusion/rival_transitions.py): the
+    pass's block-influence and logit-lens sums, and the intrinsic dimension per group of the probe sample."""
+    settings = RivalSettings.from_config(cfg.get("rivals"))
+    if settings is None:
+        return None
+    ids = None
+    if settings.intrinsic_dimension:
+        sample = [s for s in (stats.probe_train, stats.probe_eval) if s.group.size]
+        if sample:
+            ids = group_intrinsic_dimension(np.concatenate([s.features for s in sample]),
+                                            np.concatenate([s.group for s in sample]), stats.n_groups,
+                                            settings.gride_range_max, settings.id_min_points)
+    if not stats.rivals and ids is None:
+        return None
+    b = cfg.bootstrap
+    counts = resample_counts(stats.n_groups, int(b.n_resamples), np.random.default_rng(b.seed))  # as the CIs
+    boundaries = {name: (ci.layer, ci.chosen) for name, ci in found.cis.items()}
+    return rival_result(stats.rivals, ids, counts, boundaries, settings, float(b.ci_level)).to_json()
 
 
 @dataclass
@@ -307,10 +336,11 @@ def write_boundary_outputs(cfg: DictConfig, out_dir: Path, record: BoundaryResul
     fig = boundary_figure(record, out_dir / "boundaries.png")
     if record.information is not None:
         information_figure(result, out_dir / "information.png")
-    (out_dir / "summary.md").write_text(boundary_markdown(record) + information_markdown(result))
+    (out_dir / "summary.md").write_text(boundary_markdown(record) + information_markdown(result)
+                                        + rivals_markdown(result))
     store_path = save_boundary(cfg.paths.store_dir, cfg.model.name, cfg.data, record, control_of(cfg))
     write_json_atomic(out_dir / "results.json", result)
-    log.info("\n%s", boundary_markdown(record) + information_markdown(result))
+    log.info("\n%s", boundary_markdown(record) + information_markdown(result) + rivals_markdown(result))
     log.info("results: %s (stored for interventions at %s)", out_dir / "results.json", store_path)
     log_boundary_to_wandb(cfg, out_dir, record, fig, sweep)
 

@@ -87,5 +87,7 @@ def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
         group_is_eval=cat("group_is_eval"),
         information={c: cat(f"info_{c}") for c in CURVES if f"info_{c}" in chunks[0]},
         information_tokens=cat("info_ntok") if "info_ntok" in chunks[0] else None,
+        rivals={k: cat(k) for k in ("bi_sum", "bi_count", "lens_sum", "lens_count") if k in chunks[0]
+                and (not k.endswith("_count") or k.replace("_count", "_sum") in chunks[0])},
         meta={"cache_dir": str(cache.dir), "n_chunks": cache.n_chunks, **info},
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,8 +31,11 @@ from mspgt.model.identity import model_identity
 from mspgt.model.loading import LoadedModel
 from mspgt.model.sizing import auto_batch_size, auto_call_overhead_tokens
 from mspgt.signals.attention_drift import attention_js_sums_variants
+from mspgt.signals.block_influence import group_block_influence
 from mspgt.signals.cka import group_hsic_variants
 from mspgt.signals.information import CURVES, InformationSettings, group_information_tensor, null_permutation
+from mspgt.signals.logit_lens import group_logit_lens, lens_reader
+from mspgt.signals.rivals import RivalSettings
 from mspgt.statistics import CKA_VARIANTS, JS_VARIANTS, variant_keys
 
 log = logging.getLogger(__name__)
@@ -72,6 +76,7 @@ def cache_material(cfg: DictConfig, data_identity: dict) -> dict:
         "variants": stored_variants(cfg),
         "probes": {k: cfg.probes[k] for k in ("tasks", "eval_fraction", "max_train_words", "max_eval_words", "seed")},
         "information": None if (info := information_settings(cfg)) is None else info.key(),
+        "rivals": None if (rivals := RivalSettings.from_config(cfg.get("rivals"))) is None else rivals.pass_key(),
     }
 
 
@@ -143,6 +148,8 @@ class _ChunkAccumulator:
     feat: dict[int, np.ndarray]  # split -> [words, m, d] float16, this chunk's sampled words, filled in order
     moments: list[torch.Tensor] = field(default_factory=list)  # per group [2, m]: sums of mean_d(h), mean_d(h^2)
     curves: list[torch.Tensor] = field(default_factory=list)  # per group [len(CURVES), m]: information curves, on the device
+    influence: list[torch.Tensor] = field(default_factory=list)  # per group [L]: sums of 1 - cos(h_{l-1}, h_l)
+    lens: list[torch.Tensor] = field(default_factory=list)  # per group [2, m]: logit-lens KL and entropy sums
     probe: dict[int, dict[str, list]] = field(default_factory=lambda: {1: {}, 2: {}})  # split -> label arrays
     filled: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})  # split -> words written so far
     act_count: int = 0
@@ -179,6 +186,8 @@ def _new_accumulator(lo: int, hi: int, L: int, cka_keys: list[str], js_keys: lis
         out[f"js_first_{v}"] = np.zeros(ng)
         out[f"js_count_{v}"] = np.zeros(ng, dtype=np.int64)
     out["info_ntok"] = np.zeros(ng, dtype=np.int64)  # tokens that entered each group's information kernels
+    out["bi_count"] = np.zeros(ng, dtype=np.int64)  # tokens in each group's block-influence sums
+    out["lens_count"] = np.zeros(ng, dtype=np.int64)  # tokens read through the logit lens
     return _ChunkAccumulator(lo=lo, out=out, hsic={v: [] for v in cka_keys}, feat=feat)
 
 
@@ -195,9 +204,12 @@ def _padded_batch(enc: list[EncodedSentence], pad: int, device: torch.device) ->
 
 
 def _add_group_terms(acc: _ChunkAccumulator, tokens: torch.Tensor, starts: np.ndarray, lengths: list[int],
-                     groups: np.ndarray, cka_keys: list[str], info: InformationSettings | None) -> None:
+                     groups: np.ndarray, cka_keys: list[str], info: InformationSettings | None,
+                     rivals: RivalSettings | None = None, lens: Callable[[torch.Tensor], torch.Tensor] | None = None,
+                     ) -> None:
     """Per group of the batch: the unbiased HSIC of every pair of states per CKA variant, the activation
-    moments and the information curves. `tokens` [m, N, d] the batch's real tokens, sentence after sentence."""
+    moments, the information curves and the rival curves that live in the pass (block influence, logit lens).
+    `tokens` [m, N, d] the batch's real tokens, sentence after sentence."""
     for g in np.unique(groups):
         members = np.nonzero(groups == g)[0]  # consecutive rows of the batch
         rows = tokens[:, starts[members[0]] : starts[members[-1] + 1]].float()  # (m, n, d) h_0..h_L
@@ -215,6 +227,14 @@ def _add_group_terms(acc: _ChunkAccumulator, tokens: torch.Tensor, starts: np.nd
             perm = null_permutation(len(kept), int(g), info.null_seed)  # the shuffle null's pairing
             acc.curves.append(group_information_tensor(rows[:, kept], info, perm))
             acc.out["info_ntok"][g - acc.lo] = len(kept)
+        if rivals is not None and rivals.block_influence:  # position 0 left out, every other token
+            acc.influence.append(group_block_influence(rows[:, keep.to(rows.device)]))
+            acc.out["bi_count"][g - acc.lo] = int(keep.sum())
+        if lens is not None and rivals is not None:  # a few tokens, evenly spread, position 0 left out
+            kept = keep.nonzero()[:, 0]
+            kept = kept[_spread(len(kept), rivals.logit_lens_tokens)].to(rows.device)
+            acc.lens.append(group_logit_lens(rows[:, kept], lens))
+            acc.out["lens_count"][g - acc.lo] = len(kept)
         acc.act_count += rows.shape[1]
 
 
@@ -263,6 +283,10 @@ def _finish_chunk(acc: _ChunkAccumulator, cka_keys: list[str], tasks: list[str])
         stacked = torch.stack(acc.curves).cpu().numpy()  # (groups, len(CURVES), m)
         for i, c in enumerate(CURVES):
             out[f"info_{c}"] = stacked[:, i]  # (groups, m)
+    if acc.influence:
+        out["bi_sum"] = torch.stack(acc.influence).cpu().numpy()  # (groups, L)
+    if acc.lens:
+        out["lens_sum"] = torch.stack(acc.lens).cpu().numpy()  # (groups, 2, m)
     sums = torch.stack(acc.moments).sum(0).cpu().numpy()  # (2, m)
     out["act_sum"], out["act_sq"], out["act_count"] = sums[0], sums[1], np.array(acc.act_count)
     for split, name in ((1, "train"), (2, "eval")):
@@ -301,7 +325,8 @@ def _real_tokens(states: list[torch.Tensor | None], real: torch.Tensor, buffer: 
 def _chunk_statistics(
     loaded: LoadedModel, corpus: PreparedCorpus, lo: int, hi: int, batch_size: int, sleep_s: float,
     bar: tqdm | None, cka_keys: list[str], js_keys: list[str], info: InformationSettings | None = None,
-    feat: dict[int, np.ndarray] | None = None, *, overhead_tokens: int,
+    feat: dict[int, np.ndarray] | None = None, *, overhead_tokens: int, rivals: RivalSettings | None = None,
+    lens: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, np.ndarray]:
     """Statistics of groups lo..hi-1: each batch run as its decoder calls (decoder_calls, `overhead_tokens`
     per call), nothing kept beyond the chunk.
@@ -340,7 +365,7 @@ def _chunk_statistics(
             del states, res
         assert gather is not None
         tokens = gather[:, : int(starts[-1])]  # (m, N, d)
-        _add_group_terms(acc, tokens, starts, lengths, groups, cka_keys, info)
+        _add_group_terms(acc, tokens, starts, lengths, groups, cka_keys, info, rivals, lens)
         _add_probe_sample(acc, corpus, batch, enc, tokens, starts)
         del tokens
         if bar is not None:
@@ -380,6 +405,8 @@ def build_statistics(
         batch_size = auto_batch_size(loaded, cfg.data.max_tokens, cfg.bootstrap.group_size)
     overhead_tokens = call_overhead_tokens(cfg, loaded.device)
     cka_keys, js_keys = stored_variants(cfg)
+    rivals = RivalSettings.from_config(cfg.get("rivals"))
+    lens = lens_reader(loaded.model) if rivals is not None and rivals.logit_lens else None
     cache.check_manifest(n_chunks, {
         "label_names": corpus.label_names, "n_blocks": loaded.n_blocks, "n_sentences": len(corpus.encoded),
         "n_groups": corpus.n_groups, "cka_variants": cka_keys, "js_variants": js_keys,
@@ -405,7 +432,7 @@ def build_statistics(
             arrays = _chunk_statistics(loaded, corpus, lo, hi, int(batch_size),
                                        cfg.extraction.sleep_per_batch_s, bar, cka_keys, js_keys,
                                        information_settings(cfg), buffers.for_chunk(k, words[i]),
-                                       overhead_tokens=overhead_tokens)
+                                       overhead_tokens=overhead_tokens, rivals=rivals, lens=lens)
             arrays["group_range"] = np.array([lo, hi])
             arrays["group_is_eval"] = corpus.group_is_eval[lo:hi]
             writes.submit(i, arrays)

@@ -99,6 +99,7 @@ def _boundary_ci(
         n_undefined=n_undefined,
         undefined_signals=dict(undefined_signals) if n_undefined else {},
         n_relabelled=int(relabelled.sum()),
+        chosen=chosen,
     )
 
 

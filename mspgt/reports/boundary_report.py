@@ -9,6 +9,7 @@ import numpy as np
 from omegaconf import DictConfig
 
 from mspgt.fusion.fuse import minmax_normalise
+from mspgt.reports.rivals_report import rivals_panel
 from mspgt.reports.tracking import Tracker
 from mspgt.results import BoundaryResult
 
@@ -33,7 +34,12 @@ def boundary_figure(result: BoundaryResult, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     layers = np.array(result.layers)
-    fig, ax = plt.subplots(figsize=(8, 4.2), dpi=130)
+    if result.rivals and result.rivals.get("curves"):  # the rival curves in a panel under the fused curve
+        fig, (ax, ax_rivals) = plt.subplots(2, 1, figsize=(8, 7.4), dpi=130, sharex=True,
+                                            gridspec_kw={"height_ratios": [1.3, 1]})
+        rivals_panel(ax_rivals, result.rivals, result.boundaries, BOUNDARY_COLOURS)
+    else:
+        fig, ax = plt.subplots(figsize=(8, 4.2), dpi=130)
     for name, values in result.signals.items():
         ax.plot(layers, minmax_normalise(np.asarray(values, dtype=float)), marker="o", ms=3, lw=1.2, alpha=0.8,
                 label=SIGNAL_LABELS.get(name, name))
@@ -138,4 +144,9 @@ def log_boundary_to_wandb(cfg: DictConfig, out_dir: Path, result: BoundaryResult
                       [[c, n, b["kink"], b["ci_low"], b["ci_high"], b["null_threshold"], b["verdict"]]
                        for c, t in tests.items() for n, b in t["boundaries"].items()])
         tracker.image("information", figure.parent / "information.png")
+    if result.rivals:  # rival transitions and their distance to the boundaries
+        tracker.table("rival_agreement", ["transition", "boundary", "distance", "ci_low", "ci_high", "coincides"],
+                      [[a["transition"], a["boundary"], a["distance"], a["ci_low"], a["ci_high"], a["coincides"]]
+                       for a in result.rivals["agreement"]])
+        tracker.summary({f"rivals/{t['name']}": t["block"] for t in result.rivals["transitions"]})
     tracker.finish()

@@ -1,0 +1,70 @@
+"""The logit lens (nostalgebraist 2020; Belrose et al. 2023, arXiv 2303.08112): what each state already
+predicts when read through the model's OWN final norm and unembedding (the real Hugging Face modules, never a
+copy). Per state h_l and token: KL(p_L || p_l) in bits, p_L the model's next-token distribution (the lens at
+h_L, which is exactly the model's output, so KL = 0 there), and the entropy H(p_l) of the read-out (the entropy
+lens). Computed in the pass on a bounded sample of tokens per sentence group (`rivals.logit_lens_tokens`,
+evenly spread, position 0 left out): the unembedding (d x vocabulary per token and state) runs on the sample
+only. Sums per group, so a bootstrap resample of groups is a ratio of weighted sums."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from mspgt.errors import MspgtError
+
+LN2 = math.log(2.0)
+
+
+def final_norm_of(model: nn.Module) -> nn.Module:
+    """The decoder's final norm (the module the model applies to h_L before its unembedding)."""
+    decoder = model.get_decoder()
+    for name in ("norm", "final_layer_norm", "ln_f", "final_layernorm"):
+        module = getattr(decoder, name, None)
+        if isinstance(module, nn.Module):
+            return module
+    raise MspgtError(f"{type(model).__name__}: no final norm found on its decoder",
+                     "disable the logit lens (rivals.logit_lens=false) for this architecture")
+
+
+def lens_reader(model: nn.Module) -> Callable[[Tensor], Tensor]:
+    """states [..., d] -> log-probabilities [..., V] float32 through the model's final norm and unembedding
+    (with the config's final logit soft-capping where it has one)."""
+    norm, unembed = final_norm_of(model), model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+
+    def read(states: Tensor) -> Tensor:
+        weight = unembed.weight
+        logits = unembed(norm(states.to(weight.dtype))).float()
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return torch.log_softmax(logits, dim=-1)
+
+    return read
+
+
+def group_logit_lens(states: Tensor, read: Callable[[Tensor], Tensor]) -> Tensor:
+    """[m, t, d] states of t sampled tokens -> [2, m] float64: sums over the tokens of KL(p_L || p_l) and of
+    H(p_l), in bits. One state at a time, so memory holds one [t, V] read-out pair."""
+    final = read(states[-1])  # [t, V] log p_L
+    p_final = final.exp()
+    rows = []
+    for i, state in enumerate(states):  # [t, d]
+        logp = final if i == len(states) - 1 else read(state)  # [t, V]: at h_L the model's own output
+        kl = (p_final * (final - logp)).sum(-1).clamp_min(0.0)  # [t] nats
+        entropy = -(logp.exp() * logp).sum(-1)  # [t] nats
+        rows.append(torch.stack([kl.sum(), entropy.sum()]).double() / LN2)
+    return torch.stack(rows, 1)  # [2, m]
+
+
+def lens_curves(sums: np.ndarray, counts: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """sums [G, 2, m] (KL, entropy), counts [G] tokens, weights None, [G] or [B, G] -> [2, m] or [B, 2, m]."""
+    if weights is None:
+        return sums.sum(0) / counts.sum()
+    w = np.asarray(weights, dtype=float)
+    return np.einsum("bg,gkm->bkm", np.atleast_2d(w), sums).reshape(*w.shape[:-1], *sums.shape[1:]) / (
+        w @ counts)[..., None, None]

@@ -1,0 +1,48 @@
+"""Rival accounts of layer structure, computed beside the three MSPGT signals in the same pass (issue: "Evidence
+that a boundary means something"): block influence (signals/block_influence.py), the logit lens
+(signals/logit_lens.py) and the intrinsic dimension of the states (signals/intrinsic_dimension.py). Their
+transitions and their agreement with the MSPGT boundaries: fusion/rival_transitions.py. Settings: conf/rivals/."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mspgt.errors import MspgtError
+
+
+@dataclass(frozen=True)
+class RivalSettings:
+    """`rivals.*`, checked. The first three change what the pass stores (they are in the cache key)."""
+
+    block_influence: bool = True
+    logit_lens: bool = True
+    logit_lens_tokens: int = 4  # sampled tokens per group read through the unembedding (evenly spread)
+    intrinsic_dimension: bool = True
+    gride_range_max: int = 8  # GRIDE's largest neighbour rank n2 (the estimate at n1 = n2 / 2 is used)
+    id_min_points: int = 32  # a group with fewer distinct sampled words gives no ID (left out of the mean)
+    agreement_max_width: int = 5  # "coincides" needs a distance CI narrower than this (the paper's acceptance)
+
+    def __post_init__(self) -> None:
+        if self.logit_lens_tokens < 1:
+            raise MspgtError(f"rivals.logit_lens_tokens={self.logit_lens_tokens}", "use at least 1 token per group")
+        if self.gride_range_max < 2 or self.gride_range_max & (self.gride_range_max - 1):
+            raise MspgtError(f"rivals.gride_range_max={self.gride_range_max}", "use a power of two >= 2 (e.g. 8)")
+        if self.id_min_points < max(3, self.gride_range_max + 1):
+            raise MspgtError(f"rivals.id_min_points={self.id_min_points}",
+                             f"use at least gride_range_max + 1 = {self.gride_range_max + 1}")
+        if self.agreement_max_width < 1:
+            raise MspgtError(f"rivals.agreement_max_width={self.agreement_max_width}", "use at least 1")
+
+    @classmethod
+    def from_config(cls, rivals: Any) -> RivalSettings | None:
+        """cfg.rivals -> settings (None: the group is absent or every rival is off)."""
+        if rivals is None:
+            return None
+        s = cls(**{k: rivals[k] for k in cls.__dataclass_fields__ if k in rivals})
+        return s if (s.block_influence or s.logit_lens or s.intrinsic_dimension) else None
+
+    def pass_key(self) -> dict[str, Any]:
+        """What the pass stores for the rivals (part of the statistics cache key)."""
+        return {"block_influence": self.block_influence, "logit_lens": self.logit_lens,
+                "logit_lens_tokens": self.logit_lens_tokens if self.logit_lens else None}
