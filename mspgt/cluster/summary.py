@@ -4,7 +4,8 @@
 After a multirun, each job folder `<sweep dir>/<num>-<overrides>/` holds a results.json (or an error.txt).
 This module gathers them into `sweep_summary.json` and `sweep_summary.md` in the sweep folder, and logs
 the table to W&B in a run of its own (job_type `sweep_summary`, in the sweep's group, tagged with the
-model families), beside the jobs' runs. Runs at the end of a sweep (mspgt/cluster/callbacks.py), or by
+model families), beside the jobs' runs; where the sweep ran controls (control=none and another), the controls
+comparison `controls.{md,json,png}` and its W&B run (mspgt/reports/controls.py). Runs at the end of a sweep (mspgt/cluster/callbacks.py), or by
 hand for a sweep that ended with a failed job:
 
     python -m mspgt.cluster.summary <sweep dir> [--wandb-mode offline|online|disabled]
@@ -21,6 +22,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from mspgt.errors import MspgtError
+from mspgt.reports.controls import write_controls
 from mspgt.reports.robustness import write_robustness
 from mspgt.reports.store import write_json_atomic
 from mspgt.reports.tracking import Tracker
@@ -57,7 +59,7 @@ def job_overrides(folder: Path) -> dict[str, str]:
     return out
 
 
-SHOWN_GROUPS = ("model", "data")  # config groups the summary shows in their own columns
+SHOWN_GROUPS = ("model", "data", "control")  # config groups the summary shows in their own columns
 
 
 def swept_keys(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
@@ -102,6 +104,7 @@ def job_row(folder: Path) -> dict[str, Any]:
         "family": result.model.get("family"),
         "n_blocks": result.model.get("n_blocks"),
         "data": result.data.get("key"),
+        "control": result.control.get("key", "none"),
         "boundaries": {name: {k: getattr(b, k) for k in BOUNDARY_FIELDS} for name, b in result.boundaries.items()},
     }
 
@@ -118,7 +121,7 @@ def summary_markdown(sweep_name: str, rows: list[dict[str, Any]], swept: list[st
     width, accepted."""
     names = boundary_names(rows)
     swept = swept or []
-    head = ["job", *swept, "model", "family", "blocks", "data"]
+    head = ["job", *swept, "model", "family", "blocks", "data", "control"]
     for n in names:
         head += [f"{n} layer (rel.)", f"{n} CI", f"{n} width", f"{n} accepted", f"{n} missing"]
     lines = [f"# Sweep {sweep_name}: boundaries side by side", "",
@@ -131,7 +134,7 @@ def summary_markdown(sweep_name: str, rows: list[dict[str, Any]], swept: list[st
             lines.append("| " + " | ".join(cells) + " |")
             continue
         cells = [row["job"], *_swept_cells(row, swept), str(row["model"]), str(row["family"]), str(row["n_blocks"]),
-                 str(row["data"])]
+                 str(row["data"]), str(row.get("control", "none"))]
         for n in names:
             b = row["boundaries"].get(n)
             if b is None or b["layer"] is None:
@@ -156,12 +159,12 @@ def table_rows(rows: list[dict[str, Any]], swept: list[str] | None = None) -> tu
     """Flat columns and rows for a W&B table."""
     names = boundary_names(rows)
     swept = swept or []
-    columns = ["job", "folder", "status", *swept, "model", "family", "n_blocks", "data"]
+    columns = ["job", "folder", "status", *swept, "model", "family", "n_blocks", "data", "control"]
     columns += [f"{n}_{f}" for n in names for f in BOUNDARY_FIELDS]
     data = []
     for row in rows:
         values = [row["job"], row["folder"], row["status"], *_swept_cells(row, swept), row.get("model"),
-                  row.get("family"), row.get("n_blocks"), row.get("data")]
+                  row.get("family"), row.get("n_blocks"), row.get("data"), row.get("control", "none")]
         for n in names:
             b = row["boundaries"].get(n, {})
             values += [b.get(f) for f in BOUNDARY_FIELDS]
@@ -180,8 +183,10 @@ def write_sweep_summary(sweep_dir: str | Path, tracking: DictConfig | None) -> d
     rows = [job_row(f) for f in job_folders(sweep_dir)]
     if not rows:
         return None
+    controls = write_controls([sweep_dir], sweep_dir, tracking, group=sweep_dir.name)  # per boundary, per control
     swept = swept_keys(sweep_dir, rows)
-    summary = {"sweep": sweep_dir.name, "sweep_dir": str(sweep_dir), "swept": swept, "jobs": rows}
+    summary = {"sweep": sweep_dir.name, "sweep_dir": str(sweep_dir), "swept": swept, "jobs": rows,
+               "controls": str(sweep_dir / "controls.md") if controls else None}
     write_json_atomic(sweep_dir / "sweep_summary.json", summary)
     (sweep_dir / "sweep_summary.md").write_text(summary_markdown(sweep_dir.name, rows, swept))
     log.info("sweep summary: %s", sweep_dir / "sweep_summary.md")

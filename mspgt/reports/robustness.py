@@ -157,7 +157,8 @@ def _fisher_row(r: FisherResult, path: Path) -> FisherTest:
 def collect_all(folders: Iterable[str | Path]) -> tuple[list[ModelBoundaries], list[ScaleIntervention],
                                                        list[FisherTest]]:
     """Every boundary, intervention and Fisher result under `folders` (each JSON file read once, oldest first,
-    so the newest per model and data, scale and sigma, wins). Unreadable files are skipped."""
+    so the newest per model and data, scale and sigma, wins). Unreadable files and the results of a control
+    (control != none: docs/controls.md, compared in controls.md) are skipped."""
     paths = {p for f in map(Path, folders) for p in (f.rglob("*.json") if f.is_dir() else [f])}
     boundary: dict[tuple[str, str], ModelBoundaries] = {}
     interventions: dict[tuple[str, str, str, float], ScaleIntervention] = {}
@@ -169,6 +170,8 @@ def collect_all(folders: Iterable[str | Path]) -> tuple[list[ModelBoundaries], l
             continue
         if not isinstance(r, dict):
             continue
+        if (r.get("control") or {}).get("name", "none") != "none":
+            continue  # a control run is evidence about a model, not a model (mspgt/reports/controls.py)
         if r.get("experiment") == "boundary" and "boundaries" in r:
             b = _boundary_row(BoundaryResult.from_json(r, str(path)), path)
             boundary[b.model, b.data] = b
