@@ -74,6 +74,7 @@ class Table:
     rows: list[list[str]]
     sources: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    spec: str = ""  # LaTeX column spec ("" : one l per column); p{...} columns wrap long text
 
     def markdown(self, command: str) -> str:
         lines = [f"### {self.title}", "", f"Made by `{command}` from:"]
@@ -85,7 +86,7 @@ class Table:
     def latex(self, command: str) -> str:
         lines = [f"% {self.title}", f"% made by: {command}"] + [f"% from: {s}" for s in self.sources]
         lines += ["\\begin{table}[t]", "\\centering", f"\\caption{{{_tex(self.title)}}}",
-                  "\\begin{tabular}{" + "l" * len(self.columns) + "}", "\\toprule",
+                  "\\begin{tabular}{" + (self.spec or "l" * len(self.columns)) + "}", "\\toprule",
                   " & ".join(_tex(c) for c in self.columns) + " \\\\", "\\midrule"]
         lines += [" & ".join(_tex(c) for c in row) + " \\\\" for row in self.rows]
         lines += ["\\bottomrule", "\\end{tabular}"]
@@ -109,7 +110,7 @@ def _quote(override: str) -> str:
 
 TEX_ESCAPES = {"\\": "\\textbackslash{}", "&": "\\&", "%": "\\%", "$": "\\$", "#": "\\#", "_": "\\_",
                "{": "\\{", "}": "\\}", "~": "\\textasciitilde{}", "^": "\\^{}", "`": "", "±": "$\\pm$",
-               "σ": "$\\sigma$", "*": "*"}
+               "σ": "$\\sigma$", "|": "\\textbar{}", "<": "\\textless{}", ">": "\\textgreater{}"}
 
 
 def _tex(text: str) -> str:
@@ -280,7 +281,7 @@ def robustness_table(runs: list[Run]) -> Table | None:
         rows.append([str(v["tier"]), v["prediction"], v["verdict"], evidence or "needs " + v["needs"]])
     return Table("The paper's predictions over these results (mspgt/reports/robustness.py)",
                  ["tier", "prediction", "verdict", "evidence"], rows, [r.provenance for r in runs],
-                 [record["caveat"]])
+                 [record["caveat"]], spec="lp{0.38\\linewidth}lp{0.38\\linewidth}")
 
 
 def build_tables(folders: list[Path]) -> list[Table]:
