@@ -278,8 +278,8 @@ def test_sweep_summary_lists_every_job_side_by_side(tmp_path):
     md = (sweep / "sweep_summary.md").read_text()
     rows = [line for line in md.splitlines() if line.startswith("| ")]
     assert len(rows) == 1 + 3  # header and one row per job
-    assert "| 0 | tiny_llama | llama | 6 | bbc-12345678 | 2 (0.33) | [1, 3] | 2 | yes | 0/50 | 4 (0.67) |" in md
-    assert "| 1 | tiny_qwen2 | qwen | 6 | bbc-12345678 | none |  |  | false | 50/50 | 5 (0.83) |" in md
+    assert "| 0 | tiny_llama | llama | 6 | bbc-12345678 | none | 2 (0.33) | [1, 3] | 2 | yes | 0/50 | 4 (0.67) |" in md
+    assert "| 1 | tiny_qwen2 | qwen | 6 | bbc-12345678 | none | none |  |  | false | 50/50 | 5 (0.83) |" in md
     assert "failed: MspgtError: out of memory \\| try less" in md
     assert summary_markdown(sweep.name, summary["jobs"]) == md
     columns, data = table_rows(summary["jobs"])
