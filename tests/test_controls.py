@@ -289,3 +289,21 @@ def test_write_controls_reads_a_sweep_and_writes_md_json_png(tmp_path):
     assert "| L-I | 3 [2, 4] (not accepted)" not in (tmp_path / "controls.md").read_text()
     assert "| L-I | 3 [2, 4] | 20 [20, 20] | 3 [3, 3] | no | yes (its L-I) | learnt | survives shuffling |" in (
         tmp_path / "controls.md").read_text()
+
+
+def test_the_store_never_hands_a_controls_boundaries_to_the_real_model(tmp_path):
+    from mspgt.errors import MspgtError
+    from mspgt.reports.store import data_key, load_boundary, save_boundary
+
+    data = OmegaConf.create({"name": "bbc", "source": "bbc", "n_sentences": 10, "seed": 0})
+    shuffled = Control("shuffled_words", 0)
+    stored = _result("shuffled_words-seed0", 3, 12)
+    stored.data["key"] = data_key(data)
+    path = save_boundary(tmp_path, "m", data, stored, shuffled)
+    assert path.name.endswith("__shuffled_words-seed0.json")
+    assert load_boundary(tmp_path, "m", "w", data, shuffled).layer("L-I") == 3
+    with pytest.raises(MspgtError, match="control=none"):  # the real model finds no stored result ...
+        load_boundary(tmp_path, "m", "w", data)
+    path.rename(path.with_name(path.name.replace("__shuffled_words-seed0", "")))  # ... nor a renamed one
+    with pytest.raises(MspgtError, match="another model, corpus or control"):
+        load_boundary(tmp_path, "m", "w", data)
