@@ -283,10 +283,12 @@ def _finish_chunk(acc: _ChunkAccumulator, cka_keys: list[str], tasks: list[str])
         stacked = torch.stack(acc.curves).cpu().numpy()  # (groups, len(CURVES), m)
         for i, c in enumerate(CURVES):
             out[f"info_{c}"] = stacked[:, i]  # (groups, m)
-    if acc.influence:
-        out["bi_sum"] = torch.stack(acc.influence).cpu().numpy()  # (groups, L)
-    if acc.lens:
-        out["lens_sum"] = torch.stack(acc.lens).cpu().numpy()  # (groups, 2, m)
+    for items, key, count in ((acc.curves, None, "info_ntok"), (acc.influence, "bi_sum", "bi_count"),
+                              (acc.lens, "lens_sum", "lens_count")):
+        if not items:  # not computed in this pass: no counts either
+            out.pop(count)
+        elif key is not None:
+            out[key] = torch.stack(items).cpu().numpy()  # (groups, L) / (groups, 2, m)
     sums = torch.stack(acc.moments).sum(0).cpu().numpy()  # (2, m)
     out["act_sum"], out["act_sq"], out["act_count"] = sums[0], sums[1], np.array(acc.act_count)
     for split, name in ((1, "train"), (2, "eval")):

@@ -1,0 +1,104 @@
+"""Benchmark: what the rival layer curves (conf/rivals, mspgt/signals/rivals.py) add to the boundary pass on the
+default model (SmolLM2-135M; target: extraction with every rival at most 1.2x the extraction without).
+
+Prints, for one pass with the rivals on and one with them off (alternated over --repeats, fastest of each):
+the wall times, the time inside each rival's per-group function (block influence, logit lens) and inside the
+information curves, the intrinsic-dimension step after the pass (dadapy over the stored probe sample), the
+ratio (pass with rivals + ID step) / pass without, and the process's peak RSS (run once at 500 and once at
+2,000 sentences to see that memory stays flat in corpus size).
+
+Usage: python benchmarks/bench_rivals.py [--sentences 500] [--repeats 1] [HYDRA_OVERRIDE ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import resource
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[1]
+TIMED = ("group_block_influence", "group_logit_lens", "group_information_tensor")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sentences", type=int, default=500)
+    parser.add_argument("--repeats", type=int, default=1)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    import numpy as np
+    from hydra import compose, initialize_config_dir
+
+    import mspgt.extraction.extract as extract
+    from mspgt.data.alignment import encode_sentences
+    from mspgt.data.corpus import load_sentences
+    from mspgt.data.labels import label_sentences
+    from mspgt.extraction.assemble import load_statistics
+    from mspgt.extraction.cache import StatisticsCache
+    from mspgt.extraction.groups import prepare_corpus
+    from mspgt.model.loading import load_model
+    from mspgt.reports.store import data_identity
+    from mspgt.signals.intrinsic_dimension import group_intrinsic_dimension
+
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"data.n_sentences={args.sentences}", "extraction.progress=false",
+                                           *args.overrides])
+    work = tempfile.mkdtemp(prefix="mspgt-bench-rivals-")
+    sentences = load_sentences(cfg.data)
+    loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=True)
+    labeled = label_sentences(sentences, cfg.data.labels, tasks=list(cfg.probes.tasks))
+    encoded = encode_sentences(loaded.tokenizer, labeled, cfg.data.max_tokens)
+    corpus = prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes)
+
+    inside: dict[str, float] = defaultdict(float)
+    for name in TIMED:
+        original = getattr(extract, name)
+
+        def timed(*a, _f=original, _n=name, **k):
+            t = time.perf_counter()
+            try:
+                return _f(*a, **k)
+            finally:
+                inside[_n] += time.perf_counter() - t
+
+        setattr(extract, name, timed)
+    times: dict[bool, list[float]] = {True: [], False: []}
+    split: list[dict[str, float]] = []
+    for rep in range(args.repeats):
+        for on in (False, True):
+            for key in ("block_influence", "logit_lens"):
+                OmegaConf.update(cfg, f"rivals.{key}", on)
+            cache = StatisticsCache(Path(work) / f"{rep}-{on}", extract.cache_material(cfg, data_identity(cfg.data)))
+            inside.clear()
+            t = time.perf_counter()
+            extract.build_statistics(loaded, corpus, cache, cfg)
+            times[on].append(time.perf_counter() - t)
+            if on:
+                stats = load_statistics(cache)
+                t = time.perf_counter()
+                sample = [s for s in (stats.probe_train, stats.probe_eval) if s.group.size]
+                group_intrinsic_dimension(np.concatenate([s.features for s in sample]),
+                                          np.concatenate([s.group for s in sample]), stats.n_groups,
+                                          int(cfg.rivals.gride_range_max), int(cfg.rivals.id_min_points))
+                split.append({**inside, "intrinsic_dimension (after the pass)": time.perf_counter() - t})
+            print(f"repeat {rep}: rivals {'on ' if on else 'off'} {times[on][-1]:.1f} s", flush=True)
+    on, off = min(times[True]), min(times[False])
+    best = split[int(np.argmin(times[True]))]
+    print(f"\n{loaded.name}, {len(sentences)} sentences, {corpus.n_groups} groups, "
+          f"logit lens {cfg.rivals.logit_lens_tokens} tokens per group")
+    for name, seconds in best.items():
+        print(f"  inside {name}: {seconds:.2f} s")
+    total = on + best["intrinsic_dimension (after the pass)"]
+    print(f"extraction with rivals (+ ID step) / without: {total:.1f} / {off:.1f} s = {total / off:.3f} "
+          f"(target <= 1.2)")
+    print(f"peak RSS of this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20:.2f} GiB")
+
+
+if __name__ == "__main__":
+    main()
