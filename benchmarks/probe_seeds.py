@@ -59,7 +59,7 @@ def one_row(cfg: DictConfig, stats, probes, label: str, seconds: float, referenc
                 verdicts[f"{curve} {name}"] = b["verdict"]
     cells = [label, f"{seconds:.1f}"]
     for ci in found.cis.values():
-        cells += [str(ci.layer), _freq(ci)]
+        cells += [f"{ci.layer} [{ci.ci_low}, {ci.ci_high}]", _freq(ci)]
     cells += [diff, f"{np.nanmean(f):.4f}"]
     return cells, f, verdicts
 
@@ -77,7 +77,7 @@ def main() -> None:
     print(f"{platform.processor() or platform.machine()}, torch {torch.__version__}, {torch.get_num_threads()} "
           f"threads, CPU capability {torch.backends.cpu.get_cpu_capability()}; model={cfg.model.name}, "
           f"probes.precision={cfg.probes.precision}, B={cfg.bootstrap.n_resamples}")
-    stats, cache, _ = obtain_statistics(cfg)
+    stats, cache = obtain_statistics(cfg)[:2] if args.seeds > 0 else (None, None)
     rows, verdict_rows, runs = [], [], []
     reference = None
     for s in range(args.seeds):
@@ -111,7 +111,7 @@ def main() -> None:
         rows.append(cells)
         verdict_rows.append((f"split seed {split}", verdicts))
 
-    print("\n| probes | seconds | L-I | L-I selection frequency | I-G | I-G selection frequency | "
+    print("\n| probes | seconds | L-I [95% CI] | L-I selection frequency | I-G [95% CI] | I-G selection frequency | "
           "max abs F(l) diff vs seed 0 | mean F |")
     print("|---|---|---|---|---|---|---|---|")
     for cells in rows:
