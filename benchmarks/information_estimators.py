@@ -10,7 +10,8 @@ the independent-state MI from 32 to 256 tokens per group (0: no dependence on th
 the same on SmolLM2 states from the probe sample of a cached pass (words with a massive norm left out, as the
 pass leaves position 0 out), and I(h_14; h_15) beside its shuffle null.
 
-Usage: python benchmarks/information_estimators.py [--real CACHE_CHUNK.npz]   (~30 s on 2 cores)
+Usage: python benchmarks/information_estimators.py [--real CACHE_CHUNK.npz] [--out docs/information_estimators.md]
+(~30 s on 2 cores; --out writes the table under a header naming the command, the date and the machine)
 """
 
 from __future__ import annotations
@@ -107,15 +108,32 @@ def real_states(path: str | None) -> torch.Tensor | None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--real", help="a cached chunk_*.npz of a boundary pass (default: the first one found)")
+    ap.add_argument("--out", help="also write the table, with a header, to this markdown file")
     args = ap.parse_args()
     real = real_states(args.real)
     table = {name: properties(s, real) for name, s in CANDIDATES.items()}
     rows = list(next(iter(table.values())))
-    print("| property | " + " | ".join(table) + " |")
-    print("|---|" + "---|" * len(table))
+    lines = ["| property | " + " | ".join(table) + " |", "|---|" + "---|" * len(table)]
     for r in rows:
         cells = [v if isinstance(v, str) else f"{v:+.3f}" for v in (t[r] for t in table.values())]
-        print(f"| {r} | " + " | ".join(cells) + " |")
+        lines.append(f"| {r} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    if args.out:
+        import datetime
+        import sys
+
+        from mspgt.results import machine_info
+
+        m = machine_info()
+        header = [
+            "# Which information estimator: properties on planted cases and SmolLM2 states", "",
+            f"Made by `python benchmarks/{' '.join([os.path.basename(sys.argv[0]), *sys.argv[1:]])}` on "
+            f"{datetime.date.today().isoformat()}, {m.get('cpu', '?')} ({m.get('platform', '')}); the rows are "
+            "defined in the script's docstring, the choice in docs/method.md (\"Information curves and the eq. 28 "
+            "test\"). Real states: " + ("none found" if real is None else f"{len(real)} words of a cached pass"),
+            "", ""]
+        with open(args.out, "w") as f:
+            f.write("\n".join(header + lines) + "\n")
 
 
 if __name__ == "__main__":
