@@ -30,6 +30,7 @@ from mspgt.extraction.writer import BackgroundWrites
 from mspgt.model.identity import model_identity
 from mspgt.model.loading import LoadedModel
 from mspgt.model.sizing import auto_batch_size, auto_call_overhead_tokens
+from mspgt.progress import LiveProgress
 from mspgt.signals.attention_drift import attention_js_sums_variants
 from mspgt.signals.block_influence import group_block_influence
 from mspgt.signals.cka import group_hsic_variants
@@ -421,8 +422,8 @@ def build_statistics(
     n_sent = len(corpus.encoded)
     done_sent = sum(int(np.sum((corpus.group_of >= i * cg) & (corpus.group_of < (i + 1) * cg)))
                     for i in range(n_chunks) if i not in todo)
-    bar = tqdm(total=n_sent, initial=done_sent, desc=f"extracting {loaded.name}", unit="sent",
-               disable=not cfg.extraction.progress, mininterval=2.0)
+    bar = LiveProgress(total=n_sent, initial=done_sent, desc=f"extracting {loaded.name}", unit="sent",
+                       disable=not cfg.extraction.progress, mininterval=2.0)  # also to the job's W&B run
     ranges = {i: (i * cg, min((i + 1) * cg, corpus.n_groups)) for i in todo}
     words = {i: probe_word_counts(corpus, *ranges[i]) for i in todo}
     buffers = FeatureBuffers({s: max((w[s] for w in words.values()), default=0) for s in (1, 2)},
