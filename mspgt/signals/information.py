@@ -36,6 +36,7 @@ H_V(Y) the cross-entropy of the add-one smoothed training-label marginal (the be
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -76,16 +77,42 @@ class InformationSettings:
                              "the U-statistic estimator is the collision entropy: set alpha=2, or "
                              "extraction.information.estimator=plugin for another order")
         if self.max_tokens < 2:
-            raise MspgtError(f"extraction.information.max_tokens={self.max_tokens}", "use at least 2 tokens")
+            raise MspgtError(f"extraction.information.max_tokens={self.max_tokens} is below 2",
+                             "set extraction.information.max_tokens >= 2 (tokens per group), e.g. 128")
+        if not 0 <= self.null_seed < 2**32:
+            raise MspgtError(f"extraction.information.null_seed={self.null_seed} is out of range",
+                             "set extraction.information.null_seed >= 0 and < 2**32, e.g. 0")
 
     @classmethod
     def from_config(cls, info: Any) -> InformationSettings | None:
         """extraction.information -> the settings (None: disabled), checked before any long work."""
-        if info is None or not info.get("enabled", True):
+        if info is None:
             return None
+        enabled = info.get("enabled", True)
+        if not isinstance(enabled, bool):
+            raise MspgtError(f"extraction.information.enabled={enabled!r} is not true or false",
+                             "set extraction.information.enabled=true or extraction.information.enabled=false")
+        if not enabled:
+            return None
+        window = info.get("kink_window", 3)  # read by the eq. 28 test after the pass; checked here, before it
+        if not isinstance(window, int) or isinstance(window, bool) or window < 1:
+            raise MspgtError(f"extraction.information.kink_window={window!r} is not an integer >= 1",
+                             "set extraction.information.kink_window to the blocks on each side of a boundary, "
+                             "e.g. `extraction.information.kink_window=3`")
         fields = {k: info[k] for k in ("kernel", "estimator", "alpha", "max_tokens", "null_seed") if k in info}
         if "alpha" in fields:
-            fields["alpha"] = float(fields["alpha"])
+            try:
+                fields["alpha"] = float(fields["alpha"])
+            except (TypeError, ValueError):
+                fields["alpha"] = math.nan
+            if not math.isfinite(fields["alpha"]):
+                raise MspgtError(f"extraction.information.alpha={info['alpha']!r} is not a finite number",
+                                 "set extraction.information.alpha=2 (the collision entropy; 1: von Neumann)")
+        for k in ("max_tokens", "null_seed"):
+            if k in fields and (not isinstance(fields[k], int) or isinstance(fields[k], bool)):
+                raise MspgtError(f"extraction.information.{k}={fields[k]!r} is not an integer",
+                                 f"set extraction.information.{k} to an integer, e.g. "
+                                 f"`extraction.information.{k}={128 if k == 'max_tokens' else 0}`")
         return cls(**fields)
 
     def key(self) -> dict[str, Any]:
