@@ -89,7 +89,8 @@ def run_mspgt(args: list[str], tmp: Path, cache: Path | None = None, check: bool
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    from hydra.errors import HydraException
+    from omegaconf import OmegaConf, open_dict
 
     from mspgt.cluster.callbacks import OutputFolderCheck
     from mspgt.errors import MspgtError
@@ -97,21 +98,31 @@ def run_mspgt(args: list[str], tmp: Path, cache: Path | None = None, check: bool
 
     env = {"MSPGT_CACHE_DIR": str(cache or tmp / "cache"), "WANDB_MODE": "offline", "WANDB_SILENT": "true",
            **(env_extra or {})}
-    code, out = 0, None
+    code, out, err = 0, None, io.StringIO()
     with _environment(tmp, env):
         GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(CONF), version_base=None):
-            cfg = compose("config", overrides=list(args), return_hydra_config=True)
+        try:
+            with initialize_config_dir(config_dir=str(CONF), version_base=None):
+                cfg = compose("config", overrides=list(args), return_hydra_config=True)
+        except HydraException as bad:  # an unknown group option, a malformed override: Hydra's message, exit 1
+            GlobalHydra.instance().clear()
+            proc = subprocess.CompletedProcess(["mspgt.run", *args], 1, "", f"{bad}\n")
+            if check:
+                raise AssertionError(f"mspgt.run failed (1):\n{bad}") from None
+            return proc
         HydraConfig.instance().set_config(cfg)  # `${hydra:...}` and the folder check resolve as in a run
-        err = io.StringIO()
         try:
             with contextlib.redirect_stderr(err):
                 OutputFolderCheck().on_run_start(config=cfg)
             out = Path(str(cfg.hydra.run.dir)).resolve()
+            (out / ".hydra").mkdir(parents=True, exist_ok=True)  # what Hydra saves in a run folder
+            OmegaConf.save(cfg.hydra.overrides.task, out / ".hydra" / "overrides.yaml")
         except SystemExit as stop:
             code = int(stop.code)
         with open_dict(cfg):
             del cfg["hydra"]
+        if out is not None:
+            OmegaConf.save(cfg, out / ".hydra" / "config.yaml")
         with _captured_log(out / "run.log" if out is not None else None) as text:
             if out is not None:
                 try:
