@@ -70,6 +70,7 @@ def test_hooked_states_are_h0_and_h_l_before_the_final_norm(architecture, shared
         torch.testing.assert_close(states[0], raw * math.sqrt(d), rtol=1e-2, atol=1e-5)
 
 
+@pytest.mark.slow  # processes of their own (a sweep, signals, a mount): CI runs it
 def test_boundary_runs_on_every_architecture_through_the_entry_point(tmp_path, shared_cache) -> None:
     """One local multirun over all tiny architectures (one process: a few seconds per architecture)."""
     run_cli(["-m", "model=tiny", f"model.architecture={','.join(TINY_ARCHITECTURES)}", *TINY,

@@ -59,6 +59,7 @@ def test_single_run_writes_results_figure_and_wandb(model, tmp_path, shared_cach
     assert len(store) == 1
 
 
+@pytest.mark.slow  # processes of their own (a sweep, signals, a mount): CI runs it
 def test_local_multirun_gives_each_job_its_own_folder(tmp_path, shared_cache):
     # the README's command as typed: the sweep folder comes from the shipped config (outputs/multirun/<time>)
     run_cli(["-m", "model=tiny_llama,tiny_qwen2", "experiment=boundary", *TINY], tmp_path, cache=shared_cache)
@@ -97,6 +98,7 @@ def _chunks(cache: Path) -> list[Path]:
     return sorted(cache.glob("stats/*/chunk_*.npz"))
 
 
+@pytest.mark.slow  # processes of their own (a sweep, signals, a mount): CI runs it
 def test_killed_extraction_resumes_to_identical_results(tmp_path):
     args = ["model=tiny_llama", *TINY, "data.n_sentences=64"]
     ref = tmp_path / "ref"

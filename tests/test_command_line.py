@@ -40,6 +40,7 @@ def test_bad_setting_is_exit_2_and_one_message(override, tmp_path):
     assert "Traceback" not in text and MODEL_LOADED not in text
 
 
+@pytest.mark.slow  # processes of their own (a sweep, signals, a mount): CI runs it
 def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     env = dict(os.environ, MSPGT_CACHE_DIR=str(tmp_path / "cache"), WANDB_MODE="offline", HF_HUB_OFFLINE="1")
     out = tmp_path / "r"
@@ -62,6 +63,7 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     assert not (out / "results.json").exists()
 
 
+@pytest.mark.slow  # processes of their own (a sweep, signals, a mount): CI runs it
 @pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -rm` for a small tmpfs")
 def test_full_disk_is_one_message_naming_the_fix(tmp_path):
     from omegaconf import OmegaConf

@@ -329,6 +329,7 @@ def test_report_gathers_a_sweep(tmp_path, cache_dir):
     assert table.count("| tiny_llama |") == 2 and "local (1-2)" in table
 
 
+@pytest.mark.slow  # processes of their own (a sweep, signals, a mount): CI runs it
 def test_multirun_sweep_over_scales_and_sigmas_writes_one_table(tmp_path, cache_dir):
     """`python -m mspgt.run -m experiment=intervention ... sigma=a,b`: one job per setting, each in its own
     folder, and the sweep ends with one Table 2 over all of them (written by the sweep callback)."""

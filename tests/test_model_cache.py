@@ -8,6 +8,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from mspgt.files import build_lock
@@ -26,6 +27,7 @@ def _build_tokenizer(cache_dir: str, start: float) -> int:
     return len(_tiny_tokenizer(_tiny_cfg(), Path(cache_dir)))
 
 
+@pytest.mark.slow  # processes of their own (a sweep, signals, a mount): CI runs it
 def test_processes_racing_for_an_empty_tokenizer_cache_all_succeed(tmp_path):
     ctx = mp.get_context("spawn")
     with ctx.Pool(4) as pool:

@@ -179,6 +179,7 @@ def test_a_hub_id_offline_fails_with_the_fix(tmp_path, shared_cache):
     assert "Traceback" not in log
 
 
+@pytest.mark.slow  # processes of their own (a sweep, signals, a mount): CI runs it
 def test_intervention_runs_on_several_architectures(tmp_path, shared_cache):
     """experiment=intervention (SDPA where it exists, eager for Gemma2) on three architectures, one process."""
     run_cli(["-m", "experiment=intervention", "model=tiny", "model.architecture=gemma2,gpt2,qwen2_moe",

@@ -21,6 +21,7 @@ def _unshare_works() -> bool:
     return probe.returncode == 0
 
 
+@pytest.mark.slow  # processes of their own (a sweep, signals, a mount): CI runs it
 def test_two_jobs_train_the_probes_once(tmp_path):
     env = dict(os.environ, MSPGT_CACHE_DIR=str(tmp_path / "cache"), OMP_NUM_THREADS="1", WANDB_MODE="offline",
                HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", MSPGT_LOCK_LOG_S="1")
@@ -52,6 +53,7 @@ def test_clearing_a_corrupt_manifest_drops_the_probe_artifact(tmp_path):
     assert not list(cache.dir.glob("probes-*"))
 
 
+@pytest.mark.slow  # processes of their own (a sweep, signals, a mount): CI runs it
 @pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -rm` for a read-only bind mount")
 def test_complete_cache_on_a_read_only_mount_is_read(tmp_path):
     cache = tmp_path / "cache"
