@@ -189,6 +189,7 @@ def _new_accumulator(lo: int, hi: int, L: int, cka_keys: list[str], js_keys: lis
     out["info_ntok"] = np.zeros(ng, dtype=np.int64)  # tokens that entered each group's information kernels
     out["bi_count"] = np.zeros(ng, dtype=np.int64)  # tokens in each group's block-influence sums
     out["lens_count"] = np.zeros(ng, dtype=np.int64)  # tokens read through the logit lens
+    out["group_range"] = np.array([lo, hi], dtype=np.int64)  # checked on read-back (StatisticsCache.load_chunk)
     return _ChunkAccumulator(lo=lo, out=out, hsic={v: [] for v in cka_keys}, feat=feat)
 
 
@@ -416,7 +417,8 @@ def build_statistics(
         "weights_id": loaded.weights_id, "hidden_size": loaded.model.config.hidden_size,
         "attention_layout": [str(b) for b in loaded.attention_layout],
     })
-    todo = [i for i in range(n_chunks) if cache.load_chunk(i) is None]
+    todo = [i for i in range(n_chunks)
+            if cache.load_chunk(i, groups=(i * cg, min((i + 1) * cg, corpus.n_groups))) is None]
     if len(todo) < n_chunks:
         log.info("resuming extraction: %d of %d chunks already in the cache", n_chunks - len(todo), n_chunks)
     n_sent = len(corpus.encoded)
