@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from mspgt.extraction.cache import StatisticsCache
+from mspgt.extraction.cache import StatisticsCache, chunk_range_problem
 from mspgt.signals.information import CURVES
 from mspgt.statistics import CorpusStatistics, ProbeSample
 
@@ -52,11 +52,18 @@ def load_statistics(cache: StatisticsCache) -> CorpusStatistics | None:
         for i in range(n_chunks):
             slices[i][f"{split}_feat"] = features[split][ends[i] : ends[i + 1]]
     chunks = []
+    lo = 0
     for i in range(n_chunks):
         c = cache.load_chunk(i, into=slices[i])
         if c is None:
             return None
+        hi = lo + len(c["info_ntok"]) if "info_ntok" in c else None
+        problem = chunk_range_problem(c, lo, hi) if hi is not None else None
+        if problem:  # chunks moved or swapped together with their checksums: rebuilt, never used
+            cache.discard_chunk(i, ValueError(problem))
+            return None
         chunks.append(c)
+        lo = hi if hi is not None else lo
 
     def cat(key: str) -> np.ndarray:
         return np.concatenate([c[key] for c in chunks])

@@ -92,8 +92,10 @@ class StatisticsCache:
     def chunk_path(self, i: int) -> Path:
         return self.dir / f"chunk_{i:05d}.npz"
 
-    def load_chunk(self, i: int, into: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
-        """A verified chunk, or None (missing; or corrupt, and then deleted so it is rebuilt).
+    def load_chunk(self, i: int, into: dict[str, np.ndarray] | None = None,
+                   groups: tuple[int, int] | None = None) -> dict[str, np.ndarray] | None:
+        """A verified chunk, or None (missing; or corrupt, or holding other groups than `groups` = (lo, hi):
+        then deleted so it is rebuilt).
 
         `into`: arrays (by name) to read those members straight into, e.g. slices of the assembled corpus
         arrays (assemble.py), so the largest members are copied once, not parsed and then concatenated;
@@ -106,7 +108,10 @@ class StatisticsCache:
                 if sha256_of_stream(f, _READ_BYTES) != digest.read_text().strip():
                     raise ValueError("checksum mismatch")
                 f.seek(0)
-                return read_npz(f, into or {})
+                chunk = read_npz(f, into or {})
+            if groups is not None and (problem := chunk_range_problem(chunk, *groups)):
+                raise ValueError(problem)
+            return chunk
         except Exception as err:
             self._discard(path, err)
             return None
@@ -183,6 +188,20 @@ class StatisticsCache:
     def done_chunks(self) -> list[int]:
         n = self.n_chunks or 0
         return [i for i in range(n) if self.chunk_path(i).with_suffix(".sha256").exists()]
+
+
+def chunk_range_problem(chunk: dict[str, np.ndarray], lo: int, hi: int) -> str | None:
+    """Why `chunk` does not hold groups lo..hi-1 (a chunk moved with its checksum), or None. Read from its
+    `group_range` member, and from the group numbers of its probe words (chunks written before the member)."""
+    if "group_range" in chunk and [int(x) for x in chunk["group_range"]] != [lo, hi]:
+        return f"holds groups {chunk['group_range'].tolist()}, expected [{lo}, {hi}]"
+    for name, values in chunk.items():
+        if name.endswith("_group") and values.size and not (lo <= int(values.min()) and int(values.max()) < hi):
+            return f"{name} holds groups {int(values.min())}..{int(values.max())}, expected {lo}..{hi - 1}"
+    for name in ("info_ntok", "bi_count", "lens_count"):
+        if name in chunk and len(chunk[name]) != hi - lo:
+            return f"{name} has {len(chunk[name])} groups, expected {hi - lo}"
+    return None
 
 
 def _npy_header(f: IO[bytes]) -> tuple[tuple[int, ...], bool, np.dtype]:
