@@ -406,3 +406,16 @@ def test_the_bootstrap_resamples_probe_seeds_only_when_asked():
     seeds = np.concatenate(seen["seeds"])  # [B, 3]
     assert seeds.shape == (40, 3) and (seeds.sum(1) == 3).all() and len({tuple(r) for r in seeds}) > 1
     assert one == three  # the evidence ignores the seeds here: the same intervals
+
+
+def test_probe_seed_settings_are_checked():
+    """probes.n_seeds is at least 1 and probes.train_seed an integer (mspgt/config_schema.py)."""
+    from omegaconf import OmegaConf
+
+    from mspgt.config_schema import ProbeSettings, settings
+
+    conf = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "probes" / "default.yaml")
+    assert settings(conf, ProbeSettings).n_seeds == 1
+    for key, bad in (("n_seeds", 0), ("train_seed", "x")):
+        with pytest.raises(MspgtError, match=key):
+            settings(OmegaConf.merge(conf, {key: bad}), ProbeSettings)
