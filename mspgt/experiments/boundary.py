@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import logging
 import math
+import os
+import shutil
 import time
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass
@@ -35,6 +37,7 @@ from mspgt.fusion.peaks import MATCHING_RULE, BoundaryPick, detect_boundaries
 from mspgt.fusion.rival_transitions import rival_result
 from mspgt.layers import relative_position, scales_from_boundaries
 from mspgt.model.loading import load_model, resolve_device
+from mspgt.progress import report
 from mspgt.reports.boundary_report import boundary_figure, boundary_markdown, log_boundary_to_wandb
 from mspgt.reports.information_report import information_figure, information_markdown, information_result
 from mspgt.reports.rivals_report import rivals_markdown
@@ -105,9 +108,11 @@ def obtain_statistics(cfg: DictConfig) -> tuple[CorpusStatistics, StatisticsCach
             timings["read_s"] = time.perf_counter() - t
             log.info("statistics loaded from the cache %s (no model needed)", cache.dir)
             return stats, cache, timings
-        if not cfg.extraction.cache:
-            for f in cache.dir.glob("chunk_*"):
-                f.unlink()
+        entry = cache
+        if not cfg.extraction.cache:  # recompute into a scratch entry: the finished one is neither read nor deleted
+            entry = StatisticsCache(Path(cfg.paths.cache_dir) / "recompute" / f"{cache.key}-{os.getpid()}",
+                                    cache.material)
+            log.info("extraction.cache=false: recomputing in %s (the cache entry %s is kept)", entry.dir, cache.dir)
         t = time.perf_counter()
         sentences = load_sentences(cfg.data, minimum=minimum_sentences(cfg))
         control = control_of(cfg)
@@ -125,12 +130,14 @@ def obtain_statistics(cfg: DictConfig) -> tuple[CorpusStatistics, StatisticsCach
         log.info("%d sentences in %d groups of %d; %s, %d blocks", len(sentences), corpus.n_groups,
                  cfg.bootstrap.group_size, loaded.name, loaded.n_blocks)
         t = time.perf_counter()
-        build_statistics(loaded, corpus, cache, cfg)
+        build_statistics(loaded, corpus, entry, cfg)
         timings["extract_s"] = time.perf_counter() - t
         del loaded
         t = time.perf_counter()
-        stats = load_statistics(cache)
+        stats = load_statistics(entry)
         timings["read_s"] = time.perf_counter() - t
+        if entry is not cache:
+            shutil.rmtree(entry.dir.parent.parent, ignore_errors=True)
         if stats is None:
             raise MspgtError(f"the statistics cache {cache.dir} could not be read back after writing it",
                              "check the disk (space, permissions) under paths.cache_dir, then re-run")
@@ -191,11 +198,14 @@ def run_boundary(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> di
     stats, cache, timings = obtain_statistics(cfg)
     probes: ProbeResult | ProbeSeeds | None = None
     if cfg.fusion.signals.probe_jump:
+        report("probes")  # the current step, to the job's W&B run
         t = time.perf_counter()
         probes, from_cache = obtain_probes(cfg, stats, cache)
         timings["probes_cached_s" if from_cache else "probes_s"] = time.perf_counter() - t
     fusion, bootstrap = settings(cfg.fusion, FusionSettings), settings(cfg.bootstrap, BootstrapSettings)
+    report("bootstrap", n_resamples=bootstrap.n_resamples)
     found = detect_with_bootstrap(fusion, bootstrap, str(cfg.probes.f1_average), stats, probes, timings)
+    report("information")
     t = time.perf_counter()
     information = information_result(stats, probes, {name: ci.layer for name, ci in found.cis.items()}, cfg)
     timings["information_s"] = time.perf_counter() - t
@@ -205,6 +215,7 @@ def run_boundary(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> di
     timings["total_s"] = time.perf_counter() - t_all
     record = boundary_record(cfg, stats, probes, found, information, timings)
     record.rivals = rivals
+    report("outputs")
     write_boundary_outputs(cfg, out_dir, record, sweep)
     return record.flat_summary()
 
