@@ -115,7 +115,8 @@ def boundary_markdown(result: BoundaryResult) -> str:
 
 def log_boundary_to_wandb(cfg: DictConfig, out_dir: Path, result: BoundaryResult, figure: Path,
                           sweep: str | None = None) -> None:
-    """One W&B run per job: summary (boundaries, CIs), the per-layer table and the figure; `sweep` (the
+    """One W&B run per job: summary (boundaries, CIs), the per-layer table, the per-layer curves as series over
+    `layer/block` (W&B overlays the jobs of a sweep) and the figure; `sweep` (the
     sweep's folder name, from mspgt/run.py) is the W&B group."""
 
     tracker = Tracker(
@@ -137,6 +138,8 @@ def log_boundary_to_wandb(cfg: DictConfig, out_dir: Path, result: BoundaryResult
     rows = [[layer, *[result.signals[k][i] for k in result.signals], result.evidence[i]]
             for i, layer in enumerate(result.layers)]
     tracker.table("per_layer", cols, rows)
+    tracker.series("layer/block", [{"layer/block": layer, **{f"layer/{k}": result.signals[k][i] for k in result.signals},
+                                    "layer/evidence": result.evidence[i]} for i, layer in enumerate(result.layers)])
     tracker.image("boundaries", figure)
     if result.information and (figure.parent / "information.png").exists():  # the eq. 28 test
         tests = result.information["eq28"]["tests"]
