@@ -6,8 +6,11 @@
   check ends the sweep with SystemExit (exit status 1 and the message), which Hydra does not swallow.
 - `OutputFolderCheck` (in conf/config.yaml): before Hydra creates the run (or sweep) folder, checks that it
   can be written; otherwise one message naming the fix and exit status 2 (not Hydra's mkdir traceback).
-- `SweepSummary` (in conf/config.yaml): at the end of any sweep, the side-by-side table (summary.py).
-  Hydra 1.3 skips on_multirun_end when a job failed: then run `python -m mspgt.cluster.summary <sweep dir>`.
+- `SweepSummary` (in conf/config.yaml): at the end of any sweep, the side-by-side table (summary.py), failed
+  jobs included (each with its one-line error); then, if a job failed, exit status 1 naming them. A failed job
+  returns its failure instead of raising (mspgt/run.py), else Hydra's sweeper would stop at it and skip
+  on_multirun_end; a sweep the watchdog stops writes the summary too. By hand:
+  `python -m mspgt.cluster.summary <sweep dir>`.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig, OmegaConf
 
 from mspgt.cluster.preflight import check_slurm_launcher
-from mspgt.cluster.summary import write_sweep_summary
+from mspgt.cluster.summary import failed_jobs, write_sweep_summary
 from mspgt.cluster.watchdog import SweepWatchdog
 from mspgt.errors import MspgtError
 
@@ -80,11 +83,13 @@ class SlurmPreflight(Callback):
         self.controller_timeout_s = controller_timeout_s
         self._watchdog: SweepWatchdog | None = None
         self._failure: str | None = None
+        self._sweep_dir: Path | None = None
+        self._tracking: DictConfig | None = None
         self._previous_sigint: Any = None
 
     def __getstate__(self) -> dict[str, Any]:
         """The launcher pickles Hydra's callbacks into every job: leave the thread and signal handler behind."""
-        return {**self.__dict__, "_watchdog": None, "_previous_sigint": None, "_failure": None}
+        return {**self.__dict__, "_watchdog": None, "_previous_sigint": None, "_failure": None, "_tracking": None}
 
     def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
         if not self.enabled or not is_slurm_launcher(config):
@@ -96,6 +101,7 @@ class SlurmPreflight(Callback):
             log.info("%s", check_slurm_launcher(launcher, self.timeout_s))
         except MspgtError as err:  # Python prints the message and exits with status 1
             raise SystemExit(f"[mspgt] Slurm pre-flight check failed, nothing was submitted:\n{err}") from err
+        self._sweep_dir, self._tracking = Path(str(config.hydra.sweep.dir)), config.get("tracking")
         if self.use_watchdog:
             self._start_watchdog(str(launcher["submitit_folder"]))
 
@@ -120,6 +126,8 @@ class SlurmPreflight(Callback):
 
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._failure is not None:
+            if self._sweep_dir is not None:  # the jobs that did finish, and the failure, in the summary
+                end_of_sweep(self._sweep_dir, self._tracking, raise_on_failure=False)
             raise SystemExit(f"[mspgt] sweep stopped: {self._failure}")
         if callable(self._previous_sigint):
             self._previous_sigint(signum, frame)
@@ -128,15 +136,23 @@ class SlurmPreflight(Callback):
 
 
 class SweepSummary(Callback):
-    """Writes sweep_summary.{md,json} in the sweep folder and its W&B table when a sweep ends."""
+    """Writes sweep_summary.{md,json} in the sweep folder and its W&B table when a sweep ends; exit status 1
+    (naming each failed job and its error) if a job failed."""
 
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         _ensure_hydra_config(config)
-        tracking = config.get("tracking")
-        write_sweep_summary(str(config.hydra.sweep.dir), tracking)
-        from mspgt.reports.intervention_report import write_intervention_summary
+        end_of_sweep(Path(str(config.hydra.sweep.dir)), config.get("tracking"))
 
-        sweep_dir = Path(str(config.hydra.sweep.dir))
-        table = write_intervention_summary([sweep_dir], sweep_dir)
-        if table is not None:
-            log.info("intervention summary: %s", table)
+
+def end_of_sweep(sweep_dir: Path, tracking: DictConfig | None, raise_on_failure: bool = True) -> None:
+    """The sweep's summary and reports; then SystemExit(1) listing the failed jobs, if any."""
+    summary = write_sweep_summary(sweep_dir, tracking)
+    from mspgt.reports.intervention_report import write_intervention_summary
+
+    table = write_intervention_summary([sweep_dir], sweep_dir)
+    if table is not None:
+        log.info("intervention summary: %s", table)
+    failed = failed_jobs(summary) if summary is not None else []
+    if failed and raise_on_failure:
+        raise SystemExit(f"[mspgt] {len(failed)} of {len(summary['jobs'])} jobs failed (the summary lists them: "
+                         f"{sweep_dir / 'sweep_summary.md'}):\n  " + "\n  ".join(failed))

@@ -36,8 +36,9 @@ SKIPPED_FOLDERS = (".submitit", "wandb")
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
-    """The sweep's job folders (those with a results.json or an error.txt), in job-number order."""
-    found = {p.parent for name in ("results.json", "error.txt") for p in sweep_dir.glob(f"*/{name}")
+    """The sweep's job folders (those with a results.json, an error.txt or Hydra's saved job config: a job
+    that ended without either), in job-number order."""
+    found = {p.parent for name in ("results.json", "error.txt", ".hydra") for p in sweep_dir.glob(f"*/{name}")
              if p.parent.name not in SKIPPED_FOLDERS}
 
     def job_number(p: Path) -> tuple[int, str]:
@@ -85,8 +86,10 @@ def job_row(folder: Path) -> dict[str, Any]:
     job = {"job": folder.name.split("-", 1)[0], "folder": folder.name, "overrides": job_overrides(folder)}
     results = folder / "results.json"
     if not results.exists():
-        error = (folder / "error.txt").read_text(errors="replace").strip().splitlines()
-        return {**job, "status": "failed", "error": error[-1] if error else "", "boundaries": {}}
+        if not (folder / "error.txt").exists():
+            return {**job, "status": "failed", "error": "ended without results.json or error.txt (killed? see "
+                    "its log in .submitit/ or the job folder)", "boundaries": {}}
+        return {**job, "status": "failed", "error": error_line(folder / "error.txt"), "boundaries": {}}
     try:
         r = json.loads(results.read_text())
     except json.JSONDecodeError as err:
@@ -107,6 +110,20 @@ def job_row(folder: Path) -> dict[str, Any]:
         "control": result.control.get("key", "none"),
         "boundaries": {name: {k: getattr(b, k) for k in BOUNDARY_FIELDS} for name, b in result.boundaries.items()},
     }
+
+
+def error_line(path: Path) -> str:
+    """A job's error in one line: a traceback's last line (the exception), or a message with its fix."""
+    lines = [line.strip() for line in path.read_text(errors="replace").strip().splitlines() if line.strip()]
+    if not lines:
+        return "error.txt is empty"
+    return lines[-1] if lines[0].startswith("Traceback") else " ".join(lines)
+
+
+def failed_jobs(summary: dict[str, Any]) -> list[str]:
+    """`job <n> (<overrides>): <error>` for each job of a written summary that has no result."""
+    return [f"job {r['job']} ({' '.join(f'{k}={v}' for k, v in r['overrides'].items())}): {r.get('error', '')}"
+            for r in summary["jobs"] if r["status"] != "done"]
 
 
 def boundary_names(rows: list[dict[str, Any]]) -> list[str]:
