@@ -107,3 +107,24 @@ def test_file_digest_memo_never_outlives_an_edit(tmp_path, monkeypatch):
     os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns))
     monkeypatch.setattr(identity, "_memo", {})
     assert identity.file_sha256(f, memo) == hashlib.sha256(b"B" * 1000).hexdigest() and len(calls) == 2
+
+
+def test_a_tiny_model_s_identity_covers_its_shape():
+    """Two tiny models of one architecture and seed but different shapes never share a weights id (nor the
+    caches and stored boundaries keyed by it); the same shape always has the same one."""
+    from omegaconf import OmegaConf
+
+    from mspgt.model.identity import model_identity
+
+    base = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "model" / "tiny.yaml")
+
+    def weights_id(**tiny) -> str:
+        cfg = OmegaConf.merge(base, {"tiny": tiny})
+        return model_identity(cfg, "/nonexistent-cache")  # a tiny model's id needs no file
+
+    default = weights_id()
+    assert weights_id() == default
+    assert weights_id(num_hidden_layers=12, hidden_size=128) != default
+    assert weights_id(intermediate_size=256) != default
+    assert weights_id(num_key_value_heads=4) != default
+    assert default.startswith("tiny-llama-seed0")

@@ -231,3 +231,15 @@ def test_auto_dtype_and_batch_size_follow_the_model_and_the_device(monkeypatch, 
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda _d: (4 * 1 << 20, 80 * gib))
     small = sizing.auto_batch_size(loaded, max_tokens=64, group_size=4)
     assert small % 4 == 0 and 4 <= small < big
+
+
+@pytest.mark.parametrize("layers", [8, 4])
+def test_a_config_that_does_not_match_the_weights_is_an_error(layers, tmp_path, shared_cache):
+    """config.json says 8 (or 4) blocks, the weights hold 6: never two random blocks, never two dropped."""
+    ckpt = make_checkpoint(tmp_path / "c", "llama", seed=0, cache=shared_cache)
+    config = json.loads((ckpt / "config.json").read_text())
+    (ckpt / "config.json").write_text(json.dumps({**config, "num_hidden_layers": layers}))
+    with pytest.raises(MspgtError, match="do not match its config.json") as err:
+        load_model(local_cfg(ckpt), shared_cache, need_attentions=False)
+    assert ("missing" if layers > 6 else "unexpected") in err.value.problem
+    assert "num_hidden_layers" in err.value.fix

@@ -116,10 +116,26 @@ def load_checkpoint(cfg: DictConfig, dtype: torch.dtype, device: torch.device, a
     if revision:
         kwargs["revision"] = revision
     try:
-        model = with_attention(lambda a: AutoModelForCausalLM.from_pretrained(where, attn_implementation=a, **kwargs),
-                               attn, Path(where).name)
+        model, info = with_attention(lambda a: AutoModelForCausalLM.from_pretrained(
+            where, attn_implementation=a, output_loading_info=True, **kwargs), attn, Path(where).name)
     except MspgtError:
         raise
     except Exception as err:
         raise loading_error(where, err, hub=not local) from err
+    check_loading_info(where, info)
     return model, tok
+
+
+def check_loading_info(where: str, info: dict[str, Any]) -> None:
+    """Weights the config expects but the checkpoint lacks (randomly initialised by transformers) or holds but
+    the config has no place for (dropped): an error, never a model that is silently part random."""
+    missing = sorted(info.get("missing_keys") or [])
+    unexpected = sorted(info.get("unexpected_keys") or [])
+    mismatched = sorted(str(k[0]) if isinstance(k, tuple) else str(k) for k in info.get("mismatched_keys") or [])
+    if not (missing or unexpected or mismatched):
+        return
+    parts = [f"{len(v)} {what} (e.g. {', '.join(v[:3])})" for what, v in
+             (("missing", missing), ("unexpected", unexpected), ("wrong-shaped", mismatched)) if v]
+    raise MspgtError(f"{where}: its weights do not match its config.json: {'; '.join(parts)} weights",
+                     "use a config.json that describes these weights (num_hidden_layers, sizes), or the weights "
+                     "the config was saved with")

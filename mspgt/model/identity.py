@@ -58,8 +58,7 @@ def source_identity(cfg: DictConfig, cache_dir: str | Path) -> str:
     """The weights id of the model source itself (its file, folder, hub id or tiny seed)."""
     source = cfg.source
     if source == "tiny_random":
-        tiny_config_fields(cfg.architecture, dict(cfg.tiny), vocab_size=0)  # an unknown architecture fails here
-        return f"tiny-{cfg.architecture}-seed{cfg.seed}"
+        return tiny_identity(cfg)
     if source in ("gguf_package", "gguf_parts"):
         return str(cfg.sha256)
     if source == "gguf_file":
@@ -81,6 +80,18 @@ def source_identity(cfg: DictConfig, cache_dir: str | Path) -> str:
         is_folder = Path(tokenizer).is_dir()
         weights += f"+tokenizer:{folder_identity(tokenizer, cache_dir) if is_folder else tokenizer}"
     return weights
+
+
+def tiny_identity(cfg: DictConfig) -> str:
+    """A tiny model's weights id: its architecture, seed and a digest of every config field that makes its weights
+    (model.tiny as the architecture resolves it), so two shapes never share an id (or a cache entry)."""
+    from omegaconf import OmegaConf
+
+    tiny = OmegaConf.to_container(cfg.tiny, resolve=True)
+    assert isinstance(tiny, dict)
+    model_type, fields = tiny_config_fields(cfg.architecture, tiny, vocab_size=0)  # an unknown architecture fails here
+    shape = hashlib.sha256(json.dumps([model_type, fields], sort_keys=True, default=str).encode()).hexdigest()[:12]
+    return f"tiny-{cfg.architecture}-seed{cfg.seed}-{shape}"
 
 
 def short_id(weights_id: str) -> str:

@@ -39,7 +39,7 @@ from mspgt.model.attention_layout import (
     describe,
 )
 from mspgt.model.checkpoint import check_local_folder, load_checkpoint, loading_error, tokenizer_source
-from mspgt.model.identity import model_identity
+from mspgt.model.identity import model_identity, tiny_identity
 from mspgt.model.random_init import gguf_config, random_weights
 from mspgt.model.sizing import auto_dtype, parameter_count
 from mspgt.model.tiny import tiny_config_fields
@@ -276,7 +276,7 @@ def _load_tiny(cfg: DictConfig, cache_dir: Path, dtype: torch.dtype, attn: str):
     with torch.random.fork_rng(devices=[]):  # the weights' own seed; the caller's global RNG state is kept
         torch.manual_seed(int(cfg.seed))
         model = _from_config(AutoModelForCausalLM, config, attn, dtype)
-    return model, tok, f"tiny-{cfg.architecture}-seed{cfg.seed}"
+    return model, tok, tiny_identity(cfg)
 
 
 def _source_gguf(cfg: DictConfig, cache_dir: Path) -> Path:

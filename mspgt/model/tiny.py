@@ -38,6 +38,28 @@ def _gemma3_layer_types(n: int) -> list[str]:
     return ["full_attention" if i % 3 == 2 else "sliding_attention" for i in range(n)]
 
 
+SHAPE_KEYS = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "num_key_value_heads", "max_position_embeddings")
+
+
+def check_tiny_shape(tiny: dict[str, Any]) -> None:
+    """The sizes in model.tiny make a model: positive integers, heads that divide the hidden size and key/value
+    heads that divide the heads; else one message naming the key (not transformers' traceback)."""
+    for key in SHAPE_KEYS:
+        v = tiny.get(key)
+        if key in tiny and (not isinstance(v, int) or isinstance(v, bool) or v < 1):
+            raise MspgtError(f"model.tiny.{key}={v!r} is not a positive integer",
+                             f"set model.tiny.{key} to an integer >= 1, e.g. `model.tiny.{key}=4`")
+    hidden, heads = tiny.get("hidden_size"), tiny.get("num_attention_heads")
+    if hidden and heads and hidden % heads:
+        raise MspgtError(f"model.tiny.hidden_size={hidden} is not a multiple of model.tiny.num_attention_heads={heads}",
+                         f"set model.tiny.hidden_size to a multiple of {heads}, e.g. `model.tiny.hidden_size={heads * 16}`")
+    kv = tiny.get("num_key_value_heads")
+    if heads and kv and heads % kv:
+        raise MspgtError(f"model.tiny.num_attention_heads={heads} is not a multiple of model.tiny.num_key_value_heads={kv}",
+                         f"set model.tiny.num_key_value_heads to a divisor of {heads}, e.g. 1")
+
+
 def tiny_config_fields(architecture: str, tiny: dict[str, Any], vocab_size: int) -> tuple[str, dict[str, Any]]:
     """The transformers model_type and config fields of a tiny `architecture` model."""
     if architecture not in ARCHITECTURES:
@@ -45,6 +67,7 @@ def tiny_config_fields(architecture: str, tiny: dict[str, Any], vocab_size: int)
             f"tiny model architecture {architecture!r} is not supported",
             f"use model.architecture= one of {list(TINY_ARCHITECTURES)}",
         )
+    check_tiny_shape(tiny)
     model_type, extra = ARCHITECTURES[architecture]
     fields = {**extra, **tiny, "vocab_size": vocab_size}  # model.tiny wins (e.g. +model.tiny.num_experts=8)
     if fields.get("layer_types") == "gemma3":
