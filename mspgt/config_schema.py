@@ -66,6 +66,14 @@ def _nonneg(example: str) -> Any:
     return setting(_ge(0), NONNEG, example)
 
 
+SEED_RANGE = (lambda v: 0 <= v < 2**32, ">= 0 and < 2**32 (numpy and torch seeds)")
+
+
+def _seed() -> Any:
+    """A random seed: what numpy's and torch's generators accept."""
+    return setting(*SEED_RANGE, "0")
+
+
 def _bootstrap(key: str, example: str) -> Any:
     """A bootstrap range from mspgt/fusion/bootstrap.py (the code's own check uses the same table)."""
     from mspgt.fusion.bootstrap import BOOTSTRAP_RANGES
@@ -85,7 +93,7 @@ def _prominence() -> Any:
 class RootSettings:
     """The top-level keys (conf/config.yaml)."""
 
-    seed: int = setting(example="0")
+    seed: int = _seed()
     sigma: float = _nonneg("0.5")
 
 
@@ -97,7 +105,7 @@ class DataSettings:
     min_words: int = _positive("5")
     max_words: int = _positive("40")
     max_tokens: int = setting(_ge(2), ">= 2", "64")
-    seed: int = setting(example="0")
+    seed: int = _seed()
     labels: Choice = setting(choices=("silver", "gold"))
     one_per_line: bool = setting()
 
@@ -139,8 +147,8 @@ class ProbeSettings:
     schedule: Choice = setting(choices="mspgt.signals.probes:SCHEDULES")
     precision: Choice = setting(choices="mspgt.signals.probes:PRECISIONS")
     control_task: bool = setting()
-    seed: int = setting(example="0")
-    train_seed: int = setting(example="0")
+    seed: int = _seed()
+    train_seed: int = _seed()
     n_seeds: int = _positive("1")
     device: Device = setting()
 
@@ -195,8 +203,8 @@ class BootstrapSettings:
     max_missing_fraction: float = _bootstrap("max_missing_fraction", "0.05")
     group_size: int = _bootstrap("group_size", "16")
     grouping: Choice = setting(choices="mspgt.extraction.groups:GROUPINGS")
-    grouping_seed: int = setting(example="0")
-    seed: int = setting(example="0")
+    grouping_seed: int = _seed()
+    seed: int = _seed()
 
 
 @dataclass(frozen=True)
@@ -229,8 +237,8 @@ class GenerationSettings:
     top_p: float = setting(lambda v: 0 < v <= 1, "in (0, 1]", "0.95")
     top_k: int = _nonneg("0")
     batch_size: int = _positive("32")
-    seed: int = setting(example="0")
-    noise_seed: int = setting(example="1234")
+    seed: int = _seed()
+    noise_seed: int = _seed()
 
 
 @dataclass(frozen=True)
@@ -251,7 +259,7 @@ class ControlSettings:
     """conf/control/*.yaml: the control a run applies (mspgt/controls.py, docs/controls.md)."""
 
     name: Choice = setting(choices="mspgt.controls:CONTROLS")
-    seed: int = _nonneg("0")
+    seed: int = _seed()
 
 
 @dataclass(frozen=True)

@@ -147,18 +147,106 @@ def check_model_folder(model: DictConfig) -> None:
                          "model.local_path, e.g. `huggingface-cli download <hub id> --local-dir <folder>`")
 
 
+ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")
+MIN_PROBE_TRAIN_WORDS = 200  # below this a probe is noise and moves the fused evidence (warned, not refused)
+
+
+def check_added_keys(cfg: DictConfig) -> None:
+    """A key added with `+` (Hydra appends it instead of failing) that is a misspelling of a setting the group
+    has (`+fusion.prominance=0.9`): refused, naming the setting meant. Other added keys are left alone
+    (`+model.tiny.num_experts=8` is read by the code)."""
+    import difflib
+
+    from hydra.core.hydra_config import HydraConfig
+    from omegaconf import OmegaConf
+
+    if not HydraConfig.initialized():
+        return
+    for item in OmegaConf.select(HydraConfig.get(), "overrides.task", default=[]) or []:
+        item = str(item)
+        if not item.startswith("+") or item.startswith("++"):
+            continue
+        key = item[1:].split("=", 1)[0]
+        parent, _, name = key.rpartition(".")
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        if not isinstance(node, DictConfig):
+            continue
+        siblings = [k for k in node if k != name]
+        close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.8)
+        if close:
+            meant = f"{parent}.{close[0]}" if parent else close[0]
+            raise MspgtError(f"+{key} adds a new key that nothing reads; {meant} is the setting",
+                             f"drop the `+`: `{meant}=...`")
+
+
+def check_model_settings(cfg: DictConfig) -> None:
+    """Model settings that need no download: the attention implementation and a tiny model's shape."""
+    model = cfg.model
+    attn = model.get("attn_implementation")
+    if attn is not None and attn not in ATTN_IMPLEMENTATIONS:
+        raise MspgtError(f"model.attn_implementation={attn!r} is not an attention implementation",
+                         f"set model.attn_implementation=null (automatic) or one of {', '.join(ATTN_IMPLEMENTATIONS)}")
+    if model.get("source") == "tiny_random":
+        from omegaconf import OmegaConf
+
+        from mspgt.model.tiny import check_tiny_shape
+
+        check_tiny_shape(OmegaConf.to_container(model.tiny, resolve=True))
+
+
+def check_boundary_sizes(cfg: DictConfig) -> None:
+    """Settings of the boundary experiment that run, but not as meant or not at all: the eq. 28 settings, a
+    bootstrap whose resample table cannot fit in memory (refused before any work), too few probe words."""
+    from mspgt.signals.information import InformationSettings
+
+    InformationSettings.from_config(cfg.extraction.get("information"))
+    n_groups = -(-int(cfg.data.n_sentences) // int(cfg.bootstrap.group_size))
+    need = 8 * 2 * int(cfg.bootstrap.n_resamples) * n_groups  # [B, G] int64 counts, drawn then kept
+    available = available_memory()
+    if available is not None and need > available:
+        fits = max(1, available // (16 * n_groups))
+        raise MspgtError(f"bootstrap.n_resamples={cfg.bootstrap.n_resamples} needs at least {need / 2**30:.1f} GiB "
+                         f"for its resample table ({n_groups} groups), more than the {available / 2**30:.1f} GiB "
+                         "available", f"use bootstrap.n_resamples <= {fits} (the paper's 1000 are plenty)")
+    if need > 2**30:
+        log.warning("bootstrap.n_resamples=%d: the resample table alone takes %.1f GiB", cfg.bootstrap.n_resamples,
+                    need / 2**30)
+    if cfg.fusion.signals.probe_jump and int(cfg.probes.max_train_words) < MIN_PROBE_TRAIN_WORDS:
+        log.warning("probes.max_train_words=%d: probes trained on fewer than %d words are noise and move the fused "
+                    "evidence; the recipe uses 6000 (probes.max_train_words=6000)", cfg.probes.max_train_words,
+                    MIN_PROBE_TRAIN_WORDS)
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available now (MemAvailable), None where it cannot be read."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
 def validate_config(cfg: DictConfig, run_dir: Path) -> dict[str, Any]:
     """Every check that needs no data or model. Returns what the preflight learned ({"cache_writable": ...})."""
     choose("experiment", cfg.experiment.name, EXPERIMENTS, "experiment")
+    check_added_keys(cfg)
     for group in GROUPS:
         check_group(cfg, group)
+    check_model_settings(cfg)
     check_experiment(cfg)
+    if cfg.experiment.name == "boundary" or bool(cfg.experiment.get("run_boundary_first", False)):
+        check_boundary_sizes(cfg)
     check_corpus_files(cfg)
     check_model_folder(cfg.model)
     check_folder("hydra.run.dir", run_dir)
     boundary_too = cfg.experiment.name == "boundary" or bool(cfg.experiment.get("run_boundary_first", False))
     if boundary_too:
         check_folder("paths.store_dir", Path(cfg.paths.store_dir))
+    if not str(cfg.paths.cache_dir).strip():  # MSPGT_CACHE_DIR= (set, empty) would put the cache in the cwd
+        raise MspgtError("paths.cache_dir is empty (MSPGT_CACHE_DIR is set to an empty value)",
+                         "unset MSPGT_CACHE_DIR (the default is ~/.cache/mspgt) or set it to a folder")
     return {"cache_writable": check_cache_folder(Path(cfg.paths.cache_dir))}
 
 

@@ -98,3 +98,54 @@ def test_sigma_that_dwarfs_the_activations_warns(tmp_path):
                       "sigma=1e9", "data=text", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path, check=False)
     text = log_text(proc)
     assert "dwarfs the activations" in text and proc.returncode == 2, text[-3000:]
+
+
+# Settings that ran with a wrong or unchecked result, or ended in a raw traceback (issue 27): each is one message
+# naming the setting and the fix, before any data or model.
+REFUSED = [
+    (["extraction.information.enabled=no"], "extraction.information.enabled"),
+    (["extraction.information.alpha=-1"], "extraction.information.alpha"),
+    (["extraction.information.alpha=nan"], "extraction.information.alpha"),
+    (["extraction.information.alpha=two"], "extraction.information.alpha"),
+    (["extraction.information.kink_window=0"], "extraction.information.kink_window"),
+    (["extraction.information.kink_window=-2"], "extraction.information.kink_window"),
+    (["extraction.information.max_tokens=0"], "extraction.information.max_tokens"),
+    (["+fusion.prominance=0.9"], "fusion.prominence"),
+    (["model.attn_implementation=nope"], "model.attn_implementation"),
+    (["bootstrap.n_resamples=1000000000"], "bootstrap.n_resamples"),
+    (["model.tiny.hidden_size=30"], "model.tiny.hidden_size"),
+    (["model.tiny.num_attention_heads=0"], "model.tiny.num_attention_heads"),
+    (["model.tiny.num_hidden_layers=0"], "model.tiny.num_hidden_layers"),
+    (["model.tiny.num_hidden_layers=-1"], "model.tiny.num_hidden_layers"),
+    (["bootstrap.seed=-1"], "bootstrap.seed"),
+    (["bootstrap.grouping_seed=-1"], "bootstrap.grouping_seed"),
+    (["probes.seed=-1"], "probes.seed"),
+    (["probes.seed=1180591620717411303424"], "probes.seed"),
+]
+
+
+@pytest.mark.parametrize(("override", "names"), REFUSED, ids=[" ".join(o) for o, _ in REFUSED])
+def test_unchecked_setting_is_refused_before_any_work(override, names, tmp_path):
+    run = tmp_path / "r"
+    proc = run_mspgt(["model=tiny_llama", *TINY, *override, f"hydra.run.dir={run}"], tmp_path, check=False)
+    text = log_text(proc)
+    assert proc.returncode == 2, text[-3000:]
+    assert names in text and "fix:" in text, text[-3000:]
+    assert "Traceback" not in text, text[-3000:]
+    assert MODEL_LOADED not in text and "sentences in" not in text, "must fail before any data or model"
+
+
+def test_an_empty_cache_variable_is_refused_not_the_working_directory(tmp_path):
+    proc = run_mspgt(["model=tiny_llama", *TINY, f"hydra.run.dir={tmp_path / 'r'}"], tmp_path, check=False,
+                     env_extra={"MSPGT_CACHE_DIR": ""})
+    text = log_text(proc)
+    assert proc.returncode == 2 and "MSPGT_CACHE_DIR" in text and "fix:" in text, text[-3000:]
+    assert MODEL_LOADED not in text and not (tmp_path / "stats").exists() and not (tmp_path / "models").exists()
+
+
+def test_probes_on_a_handful_of_words_warn(tmp_path):
+    # the warning comes from the validation step; the missing data.path then stops the run before any work
+    proc = run_mspgt(["model=tiny_llama", "probes.max_train_words=1", "data=text", f"hydra.run.dir={tmp_path / 'r'}"],
+                     tmp_path, check=False)
+    text = log_text(proc)
+    assert "probes.max_train_words=1" in text and "noise" in text and proc.returncode == 2, text[-3000:]
