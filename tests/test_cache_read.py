@@ -150,3 +150,42 @@ def test_a_flipped_row_count_drops_the_chunk_before_anything_is_allocated(tmp_pa
         assert _feature_rows(cache, 0, (3, 4)) is None
     assert "beside [1000000000000] words" in caplog.text
     assert not cache.chunk_path(0).exists() and not cache.chunk_path(0).with_suffix(".sha256").exists()
+
+
+def test_chunks_swapped_with_their_checksums_are_dropped_not_used(tmp_path: Path, shared_cache: Path) -> None:
+    """Two chunks exchanged together with their .sha256 files pass the checksums; the group range each holds
+    does not match its place, so both are dropped and rebuilt (also for chunks written before the range was
+    stored: their probe words' group numbers say it), and the statistics equal the original ones."""
+    from mspgt.extraction import extract
+    from mspgt.extraction.assemble import load_statistics
+    from tests.test_probe_sample import tiny_chunked_pass
+
+    cfg, loaded, corpus = tiny_chunked_pass(shared_cache, 40)  # 10 groups: 5 chunks of 2
+    cache = StatisticsCache(tmp_path, {"test": "swap"})
+    extract.build_statistics(loaded, corpus, cache, cfg)
+    stats = load_statistics(cache)
+    assert stats is not None
+
+    def swap(i: int, j: int) -> None:
+        for suffix in (".npz", ".sha256"):
+            a, b = cache.chunk_path(i).with_suffix(suffix), cache.chunk_path(j).with_suffix(suffix)
+            tmp = a.with_name("swap")
+            a.rename(tmp)
+            b.rename(a)
+            tmp.rename(b)
+
+    swap(1, 2)
+    assert load_statistics(cache) is None
+    assert not cache.chunk_path(1).exists()
+    extract.build_statistics(loaded, corpus, cache, cfg)  # the resume check drops chunk 2 too, then rebuilds
+    again = load_statistics(cache)
+    assert again is not None and again.probe_train.features.tobytes() == stats.probe_train.features.tobytes()
+    np.testing.assert_array_equal(again.probe_train.group, stats.probe_train.group)
+
+    for i in (3, 4):  # chunks as written before group_range existed, then swapped
+        with np.load(cache.chunk_path(i), allow_pickle=False) as z:
+            old = {k: z[k] for k in z.files if k != "group_range"}
+        cache.save_chunk(i, old)
+    swap(3, 4)
+    assert load_statistics(cache) is None
+    assert not cache.chunk_path(3).exists()

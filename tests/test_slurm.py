@@ -3,7 +3,9 @@
 
 - a two-model sweep becomes two Slurm jobs, each with its results and W&B offline run in its own folder;
 - a job that Slurm preempts part-way through extraction is requeued by submitit's checkpoint protocol,
-  resumes from the cached chunks, and ends with the results of an uninterrupted run;
+  resumes from the cached chunks, and ends with the results of an uninterrupted run and one W&B run holding
+  the whole history;
+- a sweep with a failed job ends with its summary listing the failure, and exit status 1;
 - two jobs that need the same statistics at once: one builds, the other waits and reuses; cache intact;
 - a job that Slurm kills ends the sweep with an error naming it (bounded wait), and an oversized request
   is refused at submission even without the pre-flight checks.
@@ -27,6 +29,7 @@ import pytest
 from mspgt.cluster.watchdog import SweepWatchdog
 from tests.conftest import REPO, TINY, read_results, run_cli
 from tests.test_cluster_config import dev_cluster, needs_dev_cluster  # noqa: F401 (dev_cluster: a fixture)
+from tests.test_wandb_live import wandb_runs
 
 pytestmark = [pytest.mark.slurm, needs_dev_cluster]
 
@@ -200,6 +203,36 @@ def test_preempted_job_is_requeued_and_resumes_from_the_cached_chunks(two_model_
     assert not (sweep / "0-tiny_llama" / "error.txt").exists()
     uninterrupted = read_results(two_model_sweep / "0-tiny_llama")
     assert_same_science(read_results(sweep / "0-tiny_llama"), uninterrupted)
+
+    # W&B: exactly one run (one id) for the requeued job, its history continued across the two attempts, from the
+    # first attempt's progress to the second's per-layer curves (each attempt writes an offline-run-*-<id> folder)
+    runs = wandb_runs(sweep / "0-tiny_llama")
+    assert len(runs) == 1, f"one W&B run for one job, found ids {list(runs)}"
+    (run_id, attempts), = runs.items()
+    assert run_id.startswith(f"{sweep.name}-0-") and len(attempts) == 2
+    first, second = attempts
+    assert first[0]["progress/step"] == "started" and any("progress/sentences_done" in h for h in first)
+    assert max(h["_step"] for h in first) < min(h["_step"] for h in second)
+    assert [h["layer/block"] for h in second if "layer/block" in h] == [1, 2, 3, 4, 5, 6]
+    assert not any("layer/block" in h for h in first)  # stopped during extraction
+
+
+def test_a_failed_job_leaves_the_summary_and_ends_the_sweep_with_status_1(tmp_path):
+    sweep = tmp_path / "sweep"
+    try:
+        proc = run_cli(["-m", "model=tiny_llama", *SLURM_SWEEP, "fusion.prominence=0.3,5",
+                        f"hydra.sweep.dir={sweep}"], tmp_path, cache=tmp_path / "cache", timeout=600, check=False,
+                       env_extra=ENV)
+    except BaseException:
+        cancel_jobs(sweep)
+        raise
+    assert proc.returncode == 1, proc.stderr[-4000:]
+    assert "1 of 2 jobs failed" in proc.stderr and "job 1 (fusion.prominence=5)" in proc.stderr
+    summary = json.loads((sweep / "sweep_summary.json").read_text())
+    assert [(r["job"], r["status"]) for r in summary["jobs"]] == [("0", "done"), ("1", "failed")]
+    assert "fusion.prominence" in summary["jobs"][1]["error"] and "fix:" in summary["jobs"][1]["error"]
+    assert "| 1 | 5 | failed: " in (sweep / "sweep_summary.md").read_text()
+    assert (sweep / "robustness.md").exists()
 
 
 # -- two jobs that need the same statistics at once --------------------------------------------------
