@@ -37,6 +37,10 @@ def check_experiment(cfg: DictConfig) -> None:
         from mspgt.experiments.boundary import validate_boundary_config
 
         validate_boundary_config(cfg)
+    if name == "fisher":
+        from mspgt.experiments.fisher import check_fisher_settings
+
+        check_fisher_settings(cfg.experiment)
     if name == "intervention":
         from mspgt.experiments.intervention import check_brittleness_metrics
         from mspgt.interventions.generation import check_generation_settings
@@ -192,6 +196,10 @@ def check_model_settings(cfg: DictConfig) -> None:
         from mspgt.model.tiny import check_tiny_shape
 
         check_tiny_shape(OmegaConf.to_container(model.tiny, resolve=True))
+        positions = model.tiny.get("max_position_embeddings", 256)
+        if int(cfg.data.max_tokens) > int(positions):
+            raise MspgtError(f"data.max_tokens={cfg.data.max_tokens} is more than the tiny model's {positions} positions",
+                             f"set data.max_tokens <= {positions} (or model.tiny.max_position_embeddings higher)")
 
 
 def check_boundary_sizes(cfg: DictConfig) -> None:

@@ -149,3 +149,20 @@ def test_probes_on_a_handful_of_words_warn(tmp_path):
                      tmp_path, check=False)
     text = log_text(proc)
     assert "probes.max_train_words=1" in text and "noise" in text and proc.returncode == 2, text[-3000:]
+
+
+REFUSED_FISHER_AND_MODEL = [
+    (["experiment=fisher", "experiment.n_sentences=abc"], "experiment.n_sentences"),
+    (["experiment=fisher", "experiment.band=0.5"], "experiment.band"),
+    (["model.architecture=gpt2", "data.max_tokens=1000"], "data.max_tokens"),
+]
+
+
+@pytest.mark.parametrize(("override", "names"), REFUSED_FISHER_AND_MODEL,
+                         ids=[" ".join(o) for o, _ in REFUSED_FISHER_AND_MODEL])
+def test_fisher_and_model_settings_are_refused_before_any_work(override, names, tmp_path):
+    run = tmp_path / "r"
+    proc = run_mspgt(["model=tiny", *TINY, *override, f"hydra.run.dir={run}"], tmp_path, check=False)
+    text = log_text(proc)
+    assert proc.returncode == 2 and names in text and "fix:" in text, text[-3000:]
+    assert "Traceback" not in text and MODEL_LOADED.replace("tiny_llama", "tiny_") not in text

@@ -243,3 +243,22 @@ def test_a_config_that_does_not_match_the_weights_is_an_error(layers, tmp_path, 
         load_model(local_cfg(ckpt), shared_cache, need_attentions=False)
     assert ("missing" if layers > 6 else "unexpected") in err.value.problem
     assert "num_hidden_layers" in err.value.fix
+
+
+def test_a_tokenizer_bigger_than_the_vocabulary_or_a_missing_tokenizer_path_is_named(tmp_path, shared_cache):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    tok = _tiny_tokenizer(OmegaConf.load(CONF / "model" / "tiny_llama.yaml"), shared_cache)
+    config = AutoConfig.for_model("llama", hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                  num_attention_heads=4, num_key_value_heads=2, vocab_size=1000)
+    torch.manual_seed(0)
+    small = tmp_path / "small"
+    AutoModelForCausalLM.from_config(config).save_pretrained(small)
+    tok.save_pretrained(small)
+    with pytest.raises(MspgtError, match="embeds only 1000") as err:
+        load_model(local_cfg(small), shared_cache, need_attentions=False)
+    assert "model.tokenizer_path" in err.value.fix
+    ckpt = make_checkpoint(tmp_path / "c", "llama", seed=0, cache=shared_cache)
+    with pytest.raises(MspgtError, match="model.tokenizer_path=/nonexistent does not exist"):
+        load_model(local_cfg(ckpt, tokenizer_path="/nonexistent"), shared_cache, need_attentions=False)

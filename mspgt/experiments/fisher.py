@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 from tqdm.auto import tqdm
 
 from mspgt.controls import control_of
@@ -76,24 +76,34 @@ DEFINITIONS = {
 
 
 def check_fisher_settings(e: DictConfig) -> None:
-    """Every check that needs no model, before any long work."""
-    sigmas = list(e.sigmas or [])
+    """Every check that needs no model, before any long work (mspgt/config_validation.py runs it first)."""
+    for key in ("samples_per_position", "n_sentences", "kl_sentences", "draws", "batch_size"):
+        v = e.get(key)
+        if not isinstance(v, int) or isinstance(v, bool):
+            raise MspgtError(f"experiment.{key}={v!r} is not an integer", f"set experiment.{key} to an integer, "
+                             f"e.g. `experiment.{key}={FISHER_EXAMPLES[key]}`")
+    sigmas = list(e.sigmas or []) if isinstance(e.sigmas, ListConfig | list) else None
+    band = list(e.band) if isinstance(e.band, ListConfig | list) else None
+    numbers = band is not None and all(isinstance(x, int | float) and not isinstance(x, bool) for x in band)
     problems = [
         (sigmas and all(isinstance(s, int | float) and 0 < s < math.inf for s in sigmas),
-         f"experiment.sigmas={sigmas}", "give positive sigmas, e.g. experiment.sigmas=[0.005,0.01,0.02]"),
-        (int(e.samples_per_position) >= 1, f"experiment.samples_per_position={e.samples_per_position}",
+         f"experiment.sigmas={e.sigmas}", "give positive sigmas, e.g. experiment.sigmas=[0.005,0.01,0.02]"),
+        (e.samples_per_position >= 1, f"experiment.samples_per_position={e.samples_per_position}",
          "draw at least one y per position"),
-        (int(e.n_sentences) >= 2, f"experiment.n_sentences={e.n_sentences}", "use at least 2 held-out sentences"),
-        (2 <= int(e.kl_sentences) <= int(e.n_sentences), f"experiment.kl_sentences={e.kl_sentences}",
+        (e.n_sentences >= 2, f"experiment.n_sentences={e.n_sentences}", "use at least 2 held-out sentences"),
+        (2 <= e.kl_sentences <= e.n_sentences, f"experiment.kl_sentences={e.kl_sentences}",
          "use 2 <= kl_sentences <= n_sentences"),
-        (int(e.draws) >= 1, f"experiment.draws={e.draws}", "draw the noise at least once"),
-        (int(e.batch_size) >= 1, f"experiment.batch_size={e.batch_size}", "use batch_size >= 1"),
-        (len(e.band) == 2 and 0 < float(e.band[0]) <= 1 <= float(e.band[1]), f"experiment.band={list(e.band)}",
-         "give [low, high] with 0 < low <= 1 <= high, e.g. [0.75, 1.3333]"),
+        (e.draws >= 1, f"experiment.draws={e.draws}", "draw the noise at least once"),
+        (e.batch_size >= 1, f"experiment.batch_size={e.batch_size}", "use batch_size >= 1"),
+        (numbers and len(band) == 2 and 0 < float(band[0]) <= 1 <= float(band[1]), f"experiment.band={e.band}",
+         "give [low, high] with 0 < low <= 1 <= high, e.g. `experiment.band=[0.75,1.3333]`"),
     ]
     for ok, problem, fix in problems:
         if not ok:
             raise MspgtError(problem, fix)
+
+
+FISHER_EXAMPLES = {"samples_per_position": 2, "n_sentences": 200, "kl_sentences": 100, "draws": 2, "batch_size": 8}
 
 
 def resolve_scales(cfg: DictConfig, loaded: LoadedModel, boundary: BoundaryResult | None) -> dict[str, tuple[list[int], str]]:

@@ -51,6 +51,9 @@ def tokenizer_source(cfg: DictConfig) -> str:
                 f"model.tokenizer_path={cfg.tokenizer_path} holds no tokenizer files (none of {list(TOKENIZER_FILES)})",
                 "point model.tokenizer_path at the folder of the tokenizer the model was trained with",
             )
+        if not path.exists() and str(cfg.tokenizer_path).startswith(("/", ".", "~")):  # a path, not a hub id
+            raise MspgtError(f"model.tokenizer_path={cfg.tokenizer_path} does not exist",
+                             "point model.tokenizer_path at the folder of the model's tokenizer (or give a hub id)")
         return str(path) if path.exists() else str(cfg.tokenizer_path)  # else a hub id
     if cfg.get("local_path"):
         folder = Path(str(cfg.local_path)).expanduser()

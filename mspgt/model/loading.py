@@ -403,6 +403,21 @@ def load_model(
     )
     log.info("loaded %s: %d blocks, %s, %s, attention=%s (%s)", cfg.name, loaded.n_blocks, device, dtype,
              model.config._attn_implementation, describe(loaded.attention_layout))
+    check_fits_tokenizer(loaded, probe_tokens)
     if need_attentions:
         check_attention_readable(loaded, probe_tokens)
     return loaded
+
+
+def check_fits_tokenizer(loaded: LoadedModel, max_tokens: int | None) -> None:
+    """Every token id of the tokenizer has an embedding row, and a sentence of `max_tokens` (data.max_tokens)
+    fits the model's positions: else an index error deep in the first forward pass, or wrong positions."""
+    rows = loaded.model.get_input_embeddings().num_embeddings
+    if len(loaded.tokenizer) > rows:
+        raise MspgtError(f"{loaded.name}: its tokenizer has {len(loaded.tokenizer)} tokens but the model embeds only "
+                         f"{rows}", "use the tokenizer the model was trained with (model.tokenizer_path)")
+    config = loaded.model.config.get_text_config() if hasattr(loaded.model.config, "get_text_config") else loaded.model.config
+    positions = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+    if max_tokens is not None and positions is not None and max_tokens > int(positions):
+        raise MspgtError(f"data.max_tokens={max_tokens} is more than the {positions} positions {loaded.name} has",
+                         f"set data.max_tokens <= {positions}")
