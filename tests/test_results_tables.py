@@ -31,10 +31,12 @@ def _run(args: list[str], tmp: Path) -> float:
 
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory) -> dict[str, Path]:
-    """A debug=fast boundary run and a debug=fast Fisher run of the tiny model, as typed on the command line."""
+    """debug=fast runs of the tiny model as typed on the command line: a boundary run, the same re-fused with
+    other weights (from the cache, seconds), and a Fisher run."""
     tmp = tmp_path_factory.mktemp("tables")
-    folders = {"boundary": tmp / "boundary", "fisher": tmp / "fisher"}
+    folders = {"boundary": tmp / "boundary", "cka_only": tmp / "variants" / "cka_only", "fisher": tmp / "fisher"}
     _run(["debug=fast", f"hydra.run.dir={folders['boundary']}"], tmp)
+    _run(["debug=fast", "weights=cka_only", f"hydra.run.dir={folders['cka_only']}"], tmp)
     _run(["experiment=fisher", "debug=fast", f"hydra.run.dir={folders['fisher']}"], tmp)
     return folders
 
@@ -74,6 +76,17 @@ def test_boundary_table_rows_are_the_results_json_values(runs, tmp_path):
     # headed by the command as typed, the run's folder, and the machine recorded in results.json
     assert f"`python -m mspgt.run debug=fast hydra.run.dir={runs['boundary']}`" in text
     assert record["machine"]["cpu"] in text and record["machine"]["date"] in text
+
+
+def test_variant_table_has_a_row_per_run_of_one_model_labelled_by_what_differs(runs, tmp_path):
+    tables = _tables(_render(tmp_path, str(runs["boundary"]), str(runs["cka_only"])))
+    rows = tables["Boundaries per variant (runs of one model and corpus)"]
+    assert [r["variant"] for r in rows] == ["(defaults)", "weights=cka_only"]  # debug=fast shared, hydra.* not shown
+    for row, folder in zip(rows, (runs["boundary"], runs["cka_only"]), strict=True):
+        b = json.loads((folder / "results.json").read_text())["boundaries"]["L-I"]
+        ci = "n/a" if b["ci_low"] is None else f"[{b['ci_low']}, {b['ci_high']}]"
+        assert row["L-I [95% CI]"] == f"{fmt(b['layer'])} {ci}"
+    assert len(tables["Boundaries (experiment=boundary)"]) == 4  # two runs x two boundaries
 
 
 def test_eq28_table_holds_every_curve_and_boundary_with_their_values(runs, tmp_path):

@@ -184,7 +184,8 @@ def variant_table(runs: list[Run]) -> Table | None:
             continue
         shared = set.intersection(*(set(m.overrides or ()) for m in members))
         for m in members:
-            label = " ".join(o for o in m.overrides or () if o not in shared) or m.folder.name
+            label = " ".join(o for o in m.overrides or () if o not in shared and not o.startswith("hydra.")) \
+                or ("(defaults)" if m.overrides is not None else m.folder.name)
             cells = [m.record.name, label]
             for name in BOUNDARY_NAMES:
                 b = m.record.boundaries.get(name)
