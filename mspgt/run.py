@@ -178,5 +178,24 @@ def _sigterm_as_interrupt():
         signal.signal(signal.SIGTERM, previous)
 
 
+# Hydra's flags that take the next word as their value (python -m mspgt.run --help lists them)
+_FLAGS_WITH_VALUE = {"-c", "--cfg", "-p", "--package", "-cp", "--config-path", "-cn", "--config-name", "-cd",
+                     "--config-dir", "--experimental-rerun", "-i", "--info"}
+
+
+def unquoted_value(argv: list[str]) -> str | None:
+    """A word that is not `key=value` right after an override: a value with spaces that was not quoted
+    (`data.path=/my corpus.txt`). Hydra would stop at it with its lexer's error and no hint."""
+    for before, word in zip(argv, argv[1:], strict=False):
+        if "=" not in word and not word.startswith("-") and "=" in before and before not in _FLAGS_WITH_VALUE:
+            return f"{before} {word}"
+    return None
+
+
 if __name__ == "__main__":
+    if (glued := unquoted_value(sys.argv[1:])) is not None:
+        key, _, value = glued.partition("=")
+        print(f"[mspgt][ERROR] - `{glued}`: a value with spaces must be quoted\n  fix: quote it for the shell and "
+              f"for Hydra, e.g. '{key}=\"{value}\"'", file=sys.stderr)
+        sys.exit(2)
     main()

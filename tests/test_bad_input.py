@@ -166,3 +166,17 @@ def test_fisher_and_model_settings_are_refused_before_any_work(override, names, 
     text = log_text(proc)
     assert proc.returncode == 2 and names in text and "fix:" in text, text[-3000:]
     assert "Traceback" not in text and MODEL_LOADED.replace("tiny_llama", "tiny_") not in text
+
+
+def test_conllu_without_blank_lines_between_sentences_is_named(tmp_path):
+    def token(i: int, word: str) -> str:
+        return "\t".join([str(i), word, word, "NOUN", "_", "_", "0", "root", "_", "_"])
+
+    glued = tmp_path / "glued.conllu"  # two sentences, no blank line between them
+    glued.write_text("\n".join([token(1, "Dogs"), token(2, "bark"), "# sent_id = 2", token(1, "Cats"),
+                                token(2, "sleep")]) + "\n")
+    proc = run_mspgt(["model=tiny_llama", *TINY, "data=conllu", f"data.path={glued}",
+                      f"hydra.run.dir={tmp_path / 'r'}"], tmp_path, check=False)
+    text = log_text(proc)
+    assert proc.returncode == 2 and "line 4" in text and "blank line" in text and "min_words" not in text, text[-3000:]
+    assert MODEL_LOADED not in text

@@ -99,3 +99,11 @@ def test_sweep_summary_shows_the_swept_values(tmp_path, shared_cache):
     md = (sweep / "sweep_summary.md").read_text()
     assert "| job | fusion.prominence | model |" in md
     assert "| 0 | 0.2 | tiny_llama |" in md and "| 1 | 0.9 | tiny_llama |" in md
+
+
+def test_an_unquoted_value_with_spaces_is_one_line_naming_the_quotes(tmp_path):
+    proc = run_cli(["model=tiny_llama", "data=text", f"data.path={tmp_path}/my", "corpus.txt"], tmp_path, check=False,
+                   timeout=120)
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    assert "must be quoted" in proc.stderr and f"'data.path=\"{tmp_path}/my corpus.txt\"'" in proc.stderr
+    assert "Traceback" not in proc.stderr and "mismatched input" not in proc.stderr

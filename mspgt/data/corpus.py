@@ -146,9 +146,12 @@ def check_conllu_file(path: Path) -> None:
     """Every line is a comment, blank, or 10 tab-separated fields with an ID first (CoNLL-U); the first line
     that is not names the file, line and the expected format."""
     text = read_utf8(path)
-    n_tokens = 0
+    n_tokens, previous_id, blank_since = 0, 0, True
     for i, line in enumerate(text.splitlines(), 1):
-        if not line.strip() or line.startswith("#"):
+        if not line.strip():
+            blank_since = True
+            continue
+        if line.startswith("#"):
             continue
         fields = line.split("\t")
         if len(fields) != CONLLU_FIELDS or not re.match(r"^\d+([-.]\d+)?$", fields[0]):
@@ -158,6 +161,12 @@ def check_conllu_file(path: Path) -> None:
                 "FEATS HEAD DEPREL DEPS MISC; # comments; a blank line ends a sentence), or use data=text",
             )
         n_tokens += 1
+        word_id = int(fields[0]) if fields[0].isdigit() else None
+        if word_id == 1 and previous_id >= 1 and not blank_since:
+            raise MspgtError(f"{path} line {i}: a new sentence (ID 1) starts without a blank line before it",
+                             "end every sentence with a blank line (a blank line ends a sentence in CoNLL-U), or use data=text")
+        if word_id is not None:
+            previous_id, blank_since = word_id, False
     if n_tokens == 0:
         raise MspgtError(f"{path} holds no CoNLL-U token lines", "give data=conllu files with annotated sentences")
 
