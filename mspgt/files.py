@@ -79,6 +79,10 @@ def build_lock(lock_path: Path, timeout_s: float, what: str) -> Iterator[None]:
                         f"wait for that job, raise the lock timeout (extraction.lock_timeout_s), or delete "
                         f"{lock_path} if no job uses it",
                     ) from None
+    except OSError as err:  # a folder or an unwritable (immutable, foreign) file where the lock file goes
+        raise MspgtError(f"the lock file {lock_path} of {what} cannot be used: {err.strerror or err}",
+                         f"remove it (`rm -rf {lock_path}`; only a lock file belongs there) or fix its permissions "
+                         "(`lsattr`/`chattr -i` for an immutable file), then run the same command again") from None
     holder = lock_path.with_name(lock_path.name + ".holder")
     with contextlib.suppress(OSError):  # who holds it is a courtesy to waiting jobs, not needed for correctness
         holder.write_text(f"pid {os.getpid()} on {socket.gethostname()} since "

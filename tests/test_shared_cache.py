@@ -75,3 +75,14 @@ def test_complete_cache_on_a_read_only_mount_is_read(tmp_path):
     missing = read_only_run(["data.n_sentences=52"], tmp_path / "third")  # no such entry in the cache
     assert missing.returncode == 2 and "cannot be written" in log_text(missing), log_text(missing)[-3000:]
     assert MODEL_LOADED not in log_text(missing)
+
+
+def test_a_folder_where_the_lock_file_goes_is_one_message_naming_it(tmp_path):
+    from mspgt.errors import MspgtError
+    from mspgt.files import build_lock
+
+    (tmp_path / "entry" / ".lock").mkdir(parents=True)  # a folder where the lock file goes (a stray mkdir)
+    with pytest.raises(MspgtError, match="cannot be used: Is a directory") as err, \
+            build_lock(tmp_path / "entry" / ".lock", 5, "the entry"):
+        pass
+    assert f"rm -rf {tmp_path / 'entry' / '.lock'}" in err.value.fix
