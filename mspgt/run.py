@@ -75,9 +75,7 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, sweep: str | None =
         if err.errno not in DISK_ERRORS:
             (out / "error.txt").write_text(traceback.format_exc())
             raise
-        clear = MspgtError(f"{err.filename or 'a file'}: {err.strerror}",
-                           f"{DISK_ERRORS[err.errno]}, then run the same command again (a finished cache entry "
-                           "or chunk is reused)")
+        clear = disk_error(err.errno, err.strerror, err.filename, cfg, out)
         _record(out, clear)
         raise clear from None
     except MspgtError as err:
@@ -85,9 +83,24 @@ def run_experiment(cfg: DictConfig, out: Path | None = None, sweep: str | None =
         raise
     except KeyboardInterrupt:
         raise
+    except Exception as err:
+        if "No space left on device" in str(err):  # a library's own error (the tokenizers' Rust side): no errno
+            clear = disk_error(errno.ENOSPC, "No space left on device", None, cfg, out)
+            _record(out, clear)
+            raise clear from None
+        (out / "error.txt").write_text(traceback.format_exc())
+        raise
     except BaseException:
         (out / "error.txt").write_text(traceback.format_exc())
         raise
+
+
+def disk_error(code: int, strerror: str | None, filename: str | None, cfg: DictConfig, out: Path) -> MspgtError:
+    """A full or read-only disk as one message: the file, or (where the error has none) the folders written."""
+    where = filename or (f"writing under the cache {OmegaConf.select(cfg, 'paths.cache_dir')} or the run folder "
+                         f"{out}")
+    return MspgtError(f"{where}: {strerror}", f"{DISK_ERRORS[code]}, then run the same command again (a finished "
+                      "cache entry or chunk is reused)")
 
 
 def _experiment(cfg: DictConfig, out: Path, sweep: str | None) -> dict[str, Any]:
