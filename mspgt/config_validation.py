@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from mspgt.config_schema import GROUPS, check_device, check_group, value_of
 from mspgt.errors import MspgtError, choose
@@ -209,6 +209,10 @@ def check_boundary_sizes(cfg: DictConfig) -> None:
 
     InformationSettings.from_config(cfg.extraction.get("information"))
     n_groups = -(-int(cfg.data.n_sentences) // int(cfg.bootstrap.group_size))
+    bootstrap_s = BOOTSTRAP_S_PER_RESAMPLE_GROUP * int(cfg.bootstrap.n_resamples) * n_groups
+    if bootstrap_s > LONG_STEP_S:
+        log.warning("bootstrap.n_resamples=%d over %d groups: the bootstrap alone takes about %s (measured: %s)",
+                    cfg.bootstrap.n_resamples, n_groups, duration(bootstrap_s), TIMING_BASIS)
     need = 8 * 2 * int(cfg.bootstrap.n_resamples) * n_groups  # [B, G] int64 counts, drawn then kept
     available = available_memory()
     if available is not None and need > available:
@@ -219,10 +223,34 @@ def check_boundary_sizes(cfg: DictConfig) -> None:
     if need > 2**30:
         log.warning("bootstrap.n_resamples=%d: the resample table alone takes %.1f GiB", cfg.bootstrap.n_resamples,
                     need / 2**30)
+    if cfg.fusion.signals.probe_jump:
+        probe_s = PROBE_S_PER_EPOCH_WORD * int(cfg.probes.epochs) * int(cfg.probes.max_train_words) \
+            * int(OmegaConf.select(cfg, "probes.n_seeds", default=1) or 1)
+        if probe_s > LONG_STEP_S:
+            log.warning("probes.epochs=%d on %d words: the probe training alone takes about %s (measured: %s; "
+                        "the recipe is 6 epochs)", cfg.probes.epochs, cfg.probes.max_train_words, duration(probe_s),
+                        TIMING_BASIS)
     if cfg.fusion.signals.probe_jump and int(cfg.probes.max_train_words) < MIN_PROBE_TRAIN_WORDS:
         log.warning("probes.max_train_words=%d: probes trained on fewer than %d words are noise and move the fused "
                     "evidence; the recipe uses 6000 (probes.max_train_words=6000)", cfg.probes.max_train_words,
                     MIN_PROBE_TRAIN_WORDS)
+
+
+# Up-front time estimates of the steps whose cost a setting makes unbounded, from docs/performance.md (SmolLM2-135M,
+# 2 cores: B = 1000 resamples of 125 groups in 0.3 s; 6 probe epochs on 6,000 words in 21.8 s). Larger models take
+# longer: a lower bound, said before the work starts.
+BOOTSTRAP_S_PER_RESAMPLE_GROUP = 0.3 / (1000 * 125)
+PROBE_S_PER_EPOCH_WORD = 21.8 / (6 * 6000)
+TIMING_BASIS = "SmolLM2-135M on 2 CPU cores, docs/performance.md; larger models take longer"
+LONG_STEP_S = 600.0  # a step estimated to take longer than this is announced
+
+
+def duration(seconds: float) -> str:
+    if seconds < 3600:
+        return f"{seconds / 60:.0f} min"
+    if seconds < 86400 * 3:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:,.0f} days"
 
 
 def available_memory() -> int | None:

@@ -180,3 +180,15 @@ def test_conllu_without_blank_lines_between_sentences_is_named(tmp_path):
     text = log_text(proc)
     assert proc.returncode == 2 and "line 4" in text and "blank line" in text and "min_words" not in text, text[-3000:]
     assert MODEL_LOADED not in text
+
+
+@pytest.mark.parametrize(("override", "said"), [
+    (["probes.epochs=1000000000"], "the probe training alone takes about"),
+    (["bootstrap.n_resamples=10000000", "data.n_sentences=2000"], "the bootstrap alone takes about"),
+])
+def test_an_unbounded_setting_says_its_time_up_front(override, said, tmp_path):
+    # the estimate comes from the validation step; the missing data.path then stops the run before any work
+    proc = run_mspgt(["model=tiny_llama", *override, "data=text", f"hydra.run.dir={tmp_path / 'r'}"], tmp_path,
+                     check=False)
+    text = log_text(proc)
+    assert said in text and "docs/performance.md" in text and proc.returncode == 2, text[-3000:]
