@@ -67,6 +67,29 @@ def tokenizer_source(cfg: DictConfig) -> str:
     return str(cfg.hub_id)
 
 
+def hub_offline() -> bool:
+    """The user switched the hub off (HF_HUB_OFFLINE / TRANSFORMERS_OFFLINE)."""
+    return any(os.environ.get(k, "").lower() in ("1", "true", "yes", "on") for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+
+
+def check_hub_reachable(hub_id: str, timeout_s: float = 5.0) -> None:
+    """Where the hub is on but cannot be reached (no network, a compute node), fail in seconds with the fix,
+    instead of after the hub client's retries (a minute and a screen of retry lines)."""
+    if hub_offline():
+        return
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT") or "https://huggingface.co"
+    host = urlparse(endpoint).hostname or "huggingface.co"
+    try:
+        socket.create_connection((host, 443), timeout=timeout_s).close()
+    except OSError as err:
+        raise MspgtError(f"model.hub_id={hub_id}: the hub ({host}) cannot be reached from here ({err})",
+                         "export HF_HUB_OFFLINE=1 to load it from the local hub cache, or download it on a machine "
+                         "that reaches the hub and use model=local model.local_path=/path/to/checkpoint") from None
+
+
 def loading_error(where: str, err: Exception, hub: bool, what: str = "model") -> MspgtError:
     """A loading failure as a problem and its fix."""
     text = str(err)
@@ -107,6 +130,8 @@ def load_checkpoint(cfg: DictConfig, dtype: torch.dtype, device: torch.device, a
         raise MspgtError("the model has neither local_path nor hub_id",
                          "set model.local_path=/path/to/checkpoint or model.hub_id=org/name")
     where = str(check_local_folder(str(local))) if local else str(cfg.hub_id)
+    if not local:
+        check_hub_reachable(where)
     revision = None if local else cfg.get("revision")
     tok_where = tokenizer_source(cfg)
     try:
