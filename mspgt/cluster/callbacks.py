@@ -127,7 +127,10 @@ class SlurmPreflight(Callback):
     def _on_sigint(self, signum: int, frame: Any) -> None:
         if self._failure is not None:
             if self._sweep_dir is not None:  # the jobs that did finish, and the failure, in the summary
-                end_of_sweep(self._sweep_dir, self._tracking, raise_on_failure=False)
+                try:
+                    end_of_sweep(self._sweep_dir, self._tracking, raise_on_failure=False)
+                except Exception as err:  # the stop message below matters more
+                    log.warning("the sweep summary could not be written: %s", err)
             raise SystemExit(f"[mspgt] sweep stopped: {self._failure}")
         if callable(self._previous_sigint):
             self._previous_sigint(signum, frame)
