@@ -136,8 +136,9 @@ def probe_note(result: ProbeResult | ProbeSeeds, split_seed: int) -> str:
             f"{split_seed} (probes.seed); ")
     if len(seeds) == 1:
         return text + (f"training seed {seeds[0]} (probes.train_seed; probes.n_seeds=1): the CIs resample "
-                       "sentence groups with this one probe set, the training seed is not resampled "
-                       "(docs/results_probe_seeds.md: its measured effect)")
+                       "sentence groups with this one probe set, not the training seed. Measured on SmolLM2 "
+                       "over 5 seeds (docs/results_probe_seeds.md): no boundary moved, but 3 of 8 eq. 28 "
+                       "V-information verdicts flipped; read those with probes.n_seeds=5")
     return text + (f"training seeds {seeds} (probes.n_seeds={len(seeds)}): F(l) is the mean over them, and each "
                    "boundary resample also resamples the seeds (multinomial); the V-information curves use "
                    "the seeds' mean held-out cross-entropy, seeds not resampled")
