@@ -12,7 +12,8 @@ the results found:
   columns those records hold);
 - the intervention table (paper Table 2 style: relative change per metric, paired-t p, brittleness);
 - the Fisher table (appendix A.5: predicted against measured KL per scale);
-- the robustness verdicts (mspgt/reports/robustness.py over the same folders).
+- the robustness verdicts (mspgt/reports/robustness.py over the same results; per model and corpus, the
+  boundary run with the fewest overrides, so a sweep's variants do not stand in for the default).
 `--out docs/results.md` replaces only what follows the file's marker line (MARKER), so the document keeps its
 own introduction. Each table is headed by the command that made each run (`python -m mspgt.run` + the run's
 `.hydra/overrides.yaml`), its folder, date and machine (the record's `machine`, mspgt/results.py). Markdown,
@@ -272,7 +273,16 @@ def fisher_table(runs: list[Run]) -> Table | None:
 def robustness_table(runs: list[Run]) -> Table | None:
     from mspgt.reports.robustness import robustness
 
-    record = robustness([r.folder / name for r in runs for name in RESULT_FILES if (r.folder / name).is_file()])
+    # per model and corpus one boundary run: the one closest to the defaults (fewest overrides), not the newest
+    # variant of a sweep; every intervention and Fisher run
+    chosen: dict[tuple[str, str], Run] = {}
+    for run in runs:
+        if isinstance(run.record, BoundaryResult):
+            key = (run.record.name, str(run.record.data.get("key")))
+            if key not in chosen or _n_overrides(run) < _n_overrides(chosen[key]):
+                chosen[key] = run
+    used = [r for r in runs if not isinstance(r.record, BoundaryResult) or r in chosen.values()]
+    record = robustness([r.folder / name for r in used for name in RESULT_FILES if (r.folder / name).is_file()])
     if record is None:
         return None
     rows = []
@@ -281,8 +291,12 @@ def robustness_table(runs: list[Run]) -> Table | None:
                              for k, e in v["evidence"].items())
         rows.append([str(v["tier"]), v["prediction"], v["verdict"], evidence or "needs " + v["needs"]])
     return Table("The paper's predictions over these results (mspgt/reports/robustness.py)",
-                 ["tier", "prediction", "verdict", "evidence"], rows, [r.provenance for r in runs],
+                 ["tier", "prediction", "verdict", "evidence"], rows, [r.provenance for r in used],
                  [record["caveat"]], spec="lp{0.38\\linewidth}lp{0.38\\linewidth}")
+
+
+def _n_overrides(run: Run) -> int:
+    return len([o for o in run.overrides or () if not o.startswith("hydra.")]) if run.overrides is not None else 99
 
 
 def build_tables(folders: list[Path]) -> list[Table]:
