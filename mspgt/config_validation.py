@@ -158,7 +158,7 @@ MIN_PROBE_TRAIN_WORDS = 200  # below this a probe is noise and moves the fused e
 def check_added_keys(cfg: DictConfig) -> None:
     """A key added with `+` (Hydra appends it instead of failing) that is a misspelling of a setting the group
     has (`+fusion.prominance=0.9`): refused, naming the setting meant. Other added keys are left alone
-    (`+model.tiny.num_experts=8` is read by the code)."""
+    (`+model.tiny.num_experts=8`, `+model.tiny.moe_intermediate_size=396` are read by the code)."""
     import difflib
 
     from hydra.core.hydra_config import HydraConfig
@@ -175,7 +175,9 @@ def check_added_keys(cfg: DictConfig) -> None:
         node = OmegaConf.select(cfg, parent) if parent else cfg
         if not isinstance(node, DictConfig):
             continue
-        siblings = [k for k in node if k != name]
+        if parent == "model.tiny":  # any transformers config field of the tiny model (tiny.py)
+            continue
+        siblings = [k for k in node if k != name and k not in name and name not in k]  # moe_intermediate_size: new
         close = difflib.get_close_matches(name, siblings, n=1, cutoff=0.8)
         if close:
             meant = f"{parent}.{close[0]}" if parent else close[0]
