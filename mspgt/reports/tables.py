@@ -63,7 +63,9 @@ class Run:
             machine = f"{m.get('cpu')}, {m.get('cpus')} CPUs{memory}, torch {m.get('torch')}"
         else:
             machine = "machine not recorded (a result written before results carried it)"
-        return f"`{self.command}` ({self.folder}; {date}; {machine})"
+        times = getattr(self.record, "timings", None) or getattr(self.record, "timing", None) or {}
+        took = f"; {times['total_s']:.0f} s" if isinstance(times.get("total_s"), int | float) else ""
+        return f"`{self.command}` ({self.folder}; {date}{took}; {machine})"
 
 
 @dataclass
