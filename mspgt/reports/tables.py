@@ -143,10 +143,19 @@ def collect_runs(folders: list[Path]) -> list[Run]:
         if cls is None:
             continue
         record = cls.from_json(json.loads(path.read_text()), str(path))
-        hydra = path.parent / ".hydra" / "overrides.yaml"
-        overrides = tuple(yaml.safe_load(hydra.read_text()) or []) if hydra.is_file() else None
-        runs.append(Run(path.parent, record, overrides))
+        runs.append(Run(path.parent, record, _overrides(path.parent)))
     return runs
+
+
+def _overrides(folder: Path) -> tuple[str, ...] | None:
+    """The overrides the run was started with, as typed: the task's, then the hydra.* ones (Hydra keeps them
+    apart, in .hydra/hydra.yaml; the mode it sets itself is left out). None where the folder has neither file."""
+    hydra_file, task_file = folder / ".hydra" / "hydra.yaml", folder / ".hydra" / "overrides.yaml"
+    if hydra_file.is_file():
+        given = (yaml.safe_load(hydra_file.read_text()) or {}).get("hydra", {}).get("overrides", {})
+        hydra = [o for o in given.get("hydra") or [] if not o.startswith("hydra.mode=")]
+        return tuple([*(given.get("task") or []), *hydra])
+    return tuple(yaml.safe_load(task_file.read_text()) or []) if task_file.is_file() else None
 
 
 def _ci(b: Any) -> str:
@@ -186,9 +195,11 @@ def variant_table(runs: list[Run]) -> Table | None:
         if len(members) < 2:
             continue
         shared = set.intersection(*(set(m.overrides or ()) for m in members))
-        for m in members:
-            label = " ".join(o for o in m.overrides or () if o not in shared and not o.startswith("hydra.")) \
-                or ("(defaults)" if m.overrides is not None else m.folder.name)
+        labels = [" ".join(o for o in m.overrides or () if o not in shared and not o.startswith("hydra."))
+                  or ("(defaults)" if m.overrides is not None else m.folder.name) for m in members]
+        for m, label in zip(members, labels, strict=True):
+            if labels.count(label) > 1:  # the same overrides: the folders tell them apart
+                label = f"{label} ({m.folder.name})"
             cells = [m.record.name, label]
             for name in BOUNDARY_NAMES:
                 b = m.record.boundaries.get(name)
