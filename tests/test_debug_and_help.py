@@ -57,7 +57,7 @@ def test_help_page_names_the_tool_the_groups_and_examples_and_no_base_file():
     assert len(examples) >= 5 and "python -m mspgt.run debug=fast" in " ".join(examples)
     groups = {line.split(":")[0].strip(): line.split(":", 1)[1] for line in text.splitlines()
               if line.startswith("  ") and ":" in line and not line.strip().startswith("python")}
-    for group in ("model", "data", "experiment", "debug", "weights", "signals", "hydra/launcher"):
+    for group in ("model", "data", "experiment", "debug", "weights", "hydra/launcher"):
         assert group in groups, group
     assert "smollm2" in groups["model"] and "fast" in groups["debug"]
     assert not any("base" in [c.strip() for c in choices.split(",")] for choices in groups.values())
