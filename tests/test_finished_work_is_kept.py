@@ -4,9 +4,12 @@ a scratch entry that is gone afterwards, and the results equal the cached run's.
 
 from __future__ import annotations
 
+import pytest
+
 from tests.conftest import TINY, read_results, run_mspgt
 
 
+@pytest.mark.slow  # two runs: CI runs it
 def test_cache_false_recomputes_beside_the_finished_entry(tmp_path, shared_cache):
     cache = tmp_path / "cache"
     for sub in ("tokenizers", "models"):  # the tokenizer parsed once per session, not again here

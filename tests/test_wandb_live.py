@@ -10,6 +10,7 @@ import json
 import subprocess
 from pathlib import Path
 
+import pytest
 from omegaconf import OmegaConf
 
 from mspgt.reports.tracking import job_run_id
@@ -58,6 +59,7 @@ def test_the_run_is_live_from_the_start_and_holds_progress_curves_and_results(tm
     assert {"per_layer", "boundaries"} <= logged
 
 
+@pytest.mark.slow  # two runs; the requeued Slurm job checks the same (tests/test_slurm.py): CI runs it
 def test_a_job_run_again_continues_its_one_run(tmp_path, shared_cache):
     out = tmp_path / "run"
     args = ["model=tiny_llama", *TINY, "tracking.mode=offline", f"hydra.run.dir={out}"]
