@@ -121,9 +121,13 @@ def error_line(path: Path) -> str:
 
 
 def failed_jobs(summary: dict[str, Any]) -> list[str]:
-    """`job <n> (<overrides>): <error>` for each job of a written summary that has no result."""
-    return [f"job {r['job']} ({' '.join(f'{k}={v}' for k, v in r['overrides'].items())}): {r.get('error', '')}"
-            for r in summary["jobs"] if r["status"] != "done"]
+    """`job <n> (<its swept settings>): <error>` for each job of a written summary that has no result."""
+    def settings(row: dict[str, Any]) -> str:
+        keys = [k for k in (*SHOWN_GROUPS, *summary.get("swept", [])) if k in row["overrides"]]
+        swept = [k for k in keys if len({r["overrides"].get(k) for r in summary["jobs"]}) > 1] or keys
+        return " ".join(f"{k}={row['overrides'][k]}" for k in swept)
+
+    return [f"job {r['job']} ({settings(r)}): {r.get('error', '')}" for r in summary["jobs"] if r["status"] != "done"]
 
 
 def boundary_names(rows: list[dict[str, Any]]) -> list[str]:
