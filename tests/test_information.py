@@ -314,3 +314,25 @@ def test_v_information_of_trained_probes_jumps_where_the_labels_become_decodable
     assert np.all(v[:DECODABLE_FROM] < 0.2)  # noise: no usable information (held-out, so ~0 or below)
     assert np.all(v[DECODABLE_FROM:] > 1.5)  # 4 balanced classes: at most 2 bits
     assert np.all(v <= np.log2(4) + 0.05)
+
+
+def test_v_information_over_probe_seeds_follows_each_resamples_seed_draw():
+    """With several probe training seeds the point V-information is the seeds' mean, and a resample that drew
+    only seed k gives seed k's curve (the boundary bootstrap's seed draws, fusion/bootstrap.py)."""
+    from types import SimpleNamespace
+
+    from mspgt.reports.information_report import information_curves
+
+    labels = np.array([0, 1, 1, 0, 1, 0])
+    sample = SimpleNamespace(labels={"pos": labels}, group=np.array([0, 0, 1, 1, 2, 2]))
+    stats = SimpleNamespace(information={}, group_is_eval=np.ones(3, bool), probe_eval=sample, probe_train=sample,
+                            label_names={"pos": ["A", "B"]})
+    rng = np.random.default_rng(0)
+    runs = [SimpleNamespace(heldout_ce={"pos": rng.uniform(0.1, 1.0, size=(6, 4)).astype(np.float32)})
+            for _ in range(2)]
+    single = [information_curves(stats, r, None)["v_info_pos"] for r in runs]
+    both = information_curves(stats, SimpleNamespace(runs=runs), None)["v_info_pos"]
+    np.testing.assert_allclose(both, (single[0] + single[1]) / 2)
+    counts = np.ones((2, 3))
+    boot = information_curves(stats, SimpleNamespace(runs=runs), counts, np.array([[2, 0], [0, 2]]))["v_info_pos"]
+    np.testing.assert_allclose(boot, np.stack(single))

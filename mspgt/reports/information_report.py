@@ -28,18 +28,26 @@ from mspgt.signals.information import (
 from mspgt.statistics import CorpusStatistics
 
 
-def information_curves(stats: CorpusStatistics, probes: Any, weights: np.ndarray | None) -> dict[str, np.ndarray]:
-    """Every available curve for group weights None, [G] or [B, G] -> [L+1] or [B, L+1] each."""
+def information_curves(stats: CorpusStatistics, probes: Any, weights: np.ndarray | None,
+                       seed_counts: np.ndarray | None = None) -> dict[str, np.ndarray]:
+    """Every available curve for group weights None, [G] or [B, G] -> [L+1] or [B, L+1] each. With several
+    probe training seeds (ProbeSeeds), V-information is the mean over the seeds of each seed's, and with
+    seed_counts [B, P] each resample weighs the seeds by its draw (as the boundary bootstrap does)."""
     out = {c: weighted_curves(v, weights) for c, v in stats.information.items()}
-    ce = getattr(probes, "heldout_ce", None) if probes is not None else None
-    if ce:
-        eval_groups = np.nonzero(stats.group_is_eval)[0]
-        index = np.searchsorted(eval_groups, stats.probe_eval.group)  # [N] position among held-out groups
-        w = None if weights is None else np.asarray(weights)[..., eval_groups]
-        for t, task_ce in ce.items():
-            prior = label_marginal_ce(stats.probe_train.labels[t], stats.probe_eval.labels[t],
-                                      len(stats.label_names[t]))
-            out[f"v_info_{t}"] = v_information(prior, task_ce.astype(float), index, len(eval_groups), w)
+    runs = list(getattr(probes, "runs", None) or ([probes] if probes is not None else []))
+    if not runs or not runs[0].heldout_ce:
+        return out
+    eval_groups = np.nonzero(stats.group_is_eval)[0]
+    index = np.searchsorted(eval_groups, stats.probe_eval.group)  # [N] position among held-out groups
+    w = None if weights is None else np.asarray(weights)[..., eval_groups]
+    for t in runs[0].heldout_ce:
+        prior = label_marginal_ce(stats.probe_train.labels[t], stats.probe_eval.labels[t], len(stats.label_names[t]))
+        per_seed = np.stack([v_information(prior, r.heldout_ce[t].astype(float), index, len(eval_groups), w)
+                             for r in runs])  # [P, L+1] or [P, B, L+1]
+        if seed_counts is None or per_seed.ndim == 2:
+            out[f"v_info_{t}"] = per_seed.mean(0)
+        else:
+            out[f"v_info_{t}"] = np.einsum("bp,pbl->bl", seed_counts, per_seed) / seed_counts.sum(1, keepdims=True)
     return out
 
 
@@ -54,7 +62,10 @@ def information_result(stats: CorpusStatistics, probes: Any, boundaries: dict[st
     b, k = cfg.bootstrap, int(cfg.extraction.information.get("kink_window", 3))
     point = information_curves(stats, probes, None)
     counts = resample_counts(stats.n_groups, int(b.n_resamples), np.random.default_rng(b.seed))  # as the CIs
-    boot = information_curves(stats, probes, counts)
+    n_seeds = len(getattr(probes, "runs", None) or [None])
+    seed_counts = (resample_counts(n_seeds, int(b.n_resamples), np.random.default_rng([int(b.seed), 1]))
+                   if n_seeds > 1 else None)  # the boundary bootstrap's seed draws (fusion/bootstrap.py)
+    boot = information_curves(stats, probes, counts, seed_counts)
     kink_points = {name: int(layer) - 1 for name, layer in boundaries.items() if layer is not None}
     nulls = set(NULL_OF.values())
     curves, tests = {}, {}
