@@ -157,3 +157,14 @@ def test_settings_are_checked_with_the_fix():
         RivalSettings(id_min_points=4)
     assert RivalSettings.from_config({"block_influence": False, "logit_lens": False,
                                       "intrinsic_dimension": False}) is None
+
+
+def test_logit_lens_read_in_blocks_across_groups_equals_each_group_alone(tiny_model):
+    from mspgt.signals.logit_lens import logit_lens_sums
+
+    read = lens_reader(tiny_model)
+    states = torch.randn(3, 5, 2, tiny_model.config.hidden_size, generator=torch.Generator().manual_seed(1))
+    together = logit_lens_sums(states, read, rows_per_read=7)  # blocks that cut across states and groups
+    alone = torch.stack([group_logit_lens(s, read) for s in states])
+    torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
+    assert (together[:, 0, -1] == 0).all()

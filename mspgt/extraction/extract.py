@@ -35,7 +35,7 @@ from mspgt.signals.attention_drift import attention_js_sums_variants
 from mspgt.signals.block_influence import group_block_influence
 from mspgt.signals.cka import group_hsic_variants
 from mspgt.signals.information import CURVES, InformationSettings, group_information_tensor, null_permutation
-from mspgt.signals.logit_lens import group_logit_lens, lens_reader
+from mspgt.signals.logit_lens import lens_reader, logit_lens_sums
 from mspgt.signals.rivals import RivalSettings
 from mspgt.statistics import CKA_VARIANTS, JS_VARIANTS, variant_keys
 
@@ -150,7 +150,8 @@ class _ChunkAccumulator:
     moments: list[torch.Tensor] = field(default_factory=list)  # per group [2, m]: sums of mean_d(h), mean_d(h^2)
     curves: list[torch.Tensor] = field(default_factory=list)  # per group [len(CURVES), m]: information curves, on the device
     influence: list[torch.Tensor] = field(default_factory=list)  # per group [L]: sums of 1 - cos(h_{l-1}, h_l)
-    lens: list[torch.Tensor] = field(default_factory=list)  # per group [2, m]: logit-lens KL and entropy sums
+    lens: list[torch.Tensor] = field(default_factory=list)  # per group [m, t, d]: the logit lens's sampled states
+    lens_read: Callable[[torch.Tensor], torch.Tensor] | None = None  # read through the model's unembedding
     probe: dict[int, dict[str, list]] = field(default_factory=lambda: {1: {}, 2: {}})  # split -> label arrays
     filled: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})  # split -> words written so far
     act_count: int = 0
@@ -235,7 +236,8 @@ def _add_group_terms(acc: _ChunkAccumulator, tokens: torch.Tensor, starts: np.nd
         if lens is not None and rivals is not None:  # a few tokens, evenly spread, position 0 left out
             kept = keep.nonzero()[:, 0]
             kept = kept[_spread(len(kept), rivals.logit_lens_tokens)].to(rows.device)
-            acc.lens.append(group_logit_lens(rows[:, kept], lens))
+            acc.lens.append(rows[:, kept])  # read through the unembedding once per chunk (_finish_chunk)
+            acc.lens_read = lens
             acc.out["lens_count"][g - acc.lo] = len(kept)
         acc.act_count += rows.shape[1]
 
@@ -285,12 +287,17 @@ def _finish_chunk(acc: _ChunkAccumulator, cka_keys: list[str], tasks: list[str])
         stacked = torch.stack(acc.curves).cpu().numpy()  # (groups, len(CURVES), m)
         for i, c in enumerate(CURVES):
             out[f"info_{c}"] = stacked[:, i]  # (groups, m)
+    if acc.lens and acc.lens_read is not None:  # (groups, 2, m); every group gives the same number of tokens
+        same = len({s.shape[1] for s in acc.lens}) == 1
+        sums = (logit_lens_sums(torch.stack(acc.lens), acc.lens_read) if same else
+                torch.stack([logit_lens_sums(s[None], acc.lens_read)[0] for s in acc.lens]))
+        out["lens_sum"] = sums.cpu().numpy()
     for items, key, count in ((acc.curves, None, "info_ntok"), (acc.influence, "bi_sum", "bi_count"),
-                              (acc.lens, "lens_sum", "lens_count")):
+                              (acc.lens, None, "lens_count")):
         if not items:  # not computed in this pass: no counts either
             out.pop(count)
         elif key is not None:
-            out[key] = torch.stack(items).cpu().numpy()  # (groups, L) / (groups, 2, m)
+            out[key] = torch.stack(items).cpu().numpy()  # (groups, L)
     sums = torch.stack(acc.moments).sum(0).cpu().numpy()  # (2, m)
     out["act_sum"], out["act_sq"], out["act_count"] = sums[0], sums[1], np.array(acc.act_count)
     for split, name in ((1, "train"), (2, "eval")):

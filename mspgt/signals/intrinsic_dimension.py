@@ -38,15 +38,16 @@ def _distances(points: torch.Tensor) -> torch.Tensor:
     return d2.clamp_min(0.0).sqrt()
 
 
-def _dadapy_estimates(distances: torch.Tensor, gride_range_max: int) -> tuple[float, float]:
+def _dadapy_estimates(distances: np.ndarray, gride_range_max: int) -> tuple[float, float]:
     """(TwoNN, GRIDE) by dadapy from one state's [n, n] distances between distinct points."""
     from dadapy.id_estimation import IdEstimation  # imported on use: dadapy pulls in jax (seconds)
 
     k = min(len(distances) - 1, gride_range_max)
-    values, index = torch.topk(distances, k + 1, largest=False)  # [n, k + 1], self first
+    index = np.argsort(distances, axis=1, kind="stable")[:, : k + 1]  # [n, k + 1], self first (distance 0)
+    values = np.take_along_axis(distances, index, 1)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        estimator = IdEstimation(distances=(values.numpy(), index.numpy()), maxk=k, verbose=False, n_jobs=1)
+        estimator = IdEstimation(distances=(values, index), maxk=k, verbose=False, n_jobs=1)
         twonn = float(estimator.compute_id_2NN()[0])
         gride = float(estimator.return_id_scaling_gride(range_max=gride_range_max)[0][-1])
     return twonn, gride
@@ -55,16 +56,13 @@ def _dadapy_estimates(distances: torch.Tensor, gride_range_max: int) -> tuple[fl
 def states_intrinsic_dimension(states: torch.Tensor, gride_range_max: int = 8,
                                min_points: int = 32) -> np.ndarray:
     """[m, n, d] states of n points -> [2, m] (TwoNN, GRIDE), each state's identical points counted once;
-    nan where fewer than `min_points` distinct points remain."""
-    distances = _distances(states)  # [m, n, n]
+    nan where fewer than `min_points` distinct points remain. The distances are one batched product; the
+    per-state work is small and runs in numpy."""
+    distances = _distances(states).numpy()  # [m, n, n]
     out = np.full((2, states.shape[0]), np.nan)
-    n = distances.shape[-1]
-    zeros = (distances == 0).sum((-2, -1))  # [m]: n on the diagonal, more where points repeat
     for state, dist in enumerate(distances):
-        distinct = dist
-        if int(zeros[state]) > n:
-            duplicate = torch.triu(dist == 0, diagonal=1).any(0)  # [n]: equal to an earlier point
-            distinct = dist[~duplicate][:, ~duplicate]
+        duplicate = np.triu(dist == 0, k=1).any(0)  # [n]: equal to an earlier point
+        distinct = dist[~duplicate][:, ~duplicate] if duplicate.any() else dist
         if len(distinct) >= max(min_points, gride_range_max + 1):
             out[:, state] = _dadapy_estimates(distinct, gride_range_max)
     return out

@@ -4,7 +4,8 @@ copy). Per state h_l and token: KL(p_L || p_l) in bits, p_L the model's next-tok
 h_L, which is exactly the model's output, so KL = 0 there), and the entropy H(p_l) of the read-out (the entropy
 lens). Computed in the pass on a bounded sample of tokens per sentence group (`rivals.logit_lens_tokens`,
 evenly spread, position 0 left out): the unembedding (d x vocabulary per token and state) runs on the sample
-only. Sums per group, so a bootstrap resample of groups is a ratio of weighted sums."""
+only, once per chunk of groups (logit_lens_sums). Sums per group, so a bootstrap resample of groups is a
+ratio of weighted sums."""
 
 from __future__ import annotations
 
@@ -47,18 +48,33 @@ def lens_reader(model: nn.Module) -> Callable[[Tensor], Tensor]:
     return read
 
 
-def group_logit_lens(states: Tensor, read: Callable[[Tensor], Tensor]) -> Tensor:
-    """[m, t, d] states of t sampled tokens -> [2, m] float64: sums over the tokens of KL(p_L || p_l) and of
-    H(p_l), in bits. One state at a time, so memory holds one [t, V] read-out pair."""
-    final = read(states[-1])  # [t, V] log p_L
+def logit_lens_sums(states: Tensor, read: Callable[[Tensor], Tensor], rows_per_read: int = 512) -> Tensor:
+    """[g, m, t, d] states of t sampled tokens in each of g groups -> [g, 2, m] float64: per group, sums over
+    its tokens of KL(p_L || p_l) and of H(p_l), in bits.
+
+    The unembedding is memory-bound one state at a time (its d x V weight is read for a few rows), so states
+    are read in blocks of about `rows_per_read` rows across groups: the weight is read once per block."""
+    g, m, t, _ = states.shape
+    final = read(states[:, -1].reshape(g * t, -1))  # [g t, V] log p_L: the model's own output at h_L
     p_final = final.exp()
-    rows = []
-    for i, state in enumerate(states):  # [t, d]
-        logp = final if i == len(states) - 1 else read(state)  # [t, V]: at h_L the model's own output
-        kl = (p_final * (final - logp)).sum(-1).clamp_min(0.0)  # [t] nats
-        entropy = -(logp.exp() * logp).sum(-1)  # [t] nats
-        rows.append(torch.stack([kl.sum(), entropy.sum()]).double() / LN2)
-    return torch.stack(rows, 1)  # [2, m]
+    per_block = max(1, rows_per_read // max(1, g * t))  # states per read
+    out = torch.zeros((g, 2, m), dtype=torch.float64, device=states.device)
+    for lo in range(0, m, per_block):
+        hi = min(m, lo + per_block)
+        block = states[:, lo:hi].transpose(0, 1).reshape((hi - lo) * g * t, -1)  # [(state, group, token), d]
+        logp = read(block).view(hi - lo, g * t, -1)  # [s, g t, V]
+        if hi == m:  # the last state is the model's output itself: KL exactly 0
+            logp[-1] = final
+        kl = (p_final * (final - logp)).sum(-1).clamp_min(0.0)  # [s, g t] nats
+        entropy = -(logp.exp() * logp).sum(-1)  # [s, g t] nats
+        both = torch.stack([kl, entropy]).view(2, hi - lo, g, t).sum(-1)  # [2, s, g]
+        out[:, :, lo:hi] = both.permute(2, 0, 1).double() / LN2
+    return out
+
+
+def group_logit_lens(states: Tensor, read: Callable[[Tensor], Tensor]) -> Tensor:
+    """One group: [m, t, d] -> [2, m] (logit_lens_sums of a single group)."""
+    return logit_lens_sums(states[None], read)[0]
 
 
 def lens_curves(sums: np.ndarray, counts: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
