@@ -119,6 +119,7 @@ def information_figure(result: dict[str, Any], path: str | Path) -> Path:
     fig.suptitle(f"Information curves (our MI estimators), {result['model']['name']}; bands: 95% bootstrap")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
+    fig.savefig(Path(path).with_suffix(".pdf"))  # the same figure as PDF beside the PNG, for papers
     plt.close(fig)
     return Path(path)
 

@@ -173,7 +173,8 @@ def boundary_table(runs: list[Run]) -> Table | None:
         r = run.record
         sources.append(run.provenance)
         for name, b in r.boundaries.items():
-            rows.append([r.name, r.data.get("name", ""), str(r.n_blocks), name, fmt(b.layer), fmt(b.relative, ".1%"),
+            rows.append([r.name + ("" if r.control.get("key", "none") == "none" else f" ({r.control['key']})"),
+                         r.data.get("name", ""), str(r.n_blocks), name, fmt(b.layer), fmt(b.relative, ".1%"),
                          _ci(b), fmt(b.width), fmt(b.accepted), f"{b.n_missing} / {b.n_undefined} / {b.n_relabelled}",
                          _most_selected(b)])
     if not rows:
@@ -308,6 +309,33 @@ def robustness_table(runs: list[Run]) -> Table | None:
                  [record["caveat"]], spec="lp{0.38\\linewidth}lp{0.38\\linewidth}")
 
 
+def rivals_table(runs: list[Run]) -> Table | None:
+    """Each rival transition (fusion/rival_transitions.py) with its CI, and its distance to each boundary."""
+    rows, sources, notes = [], [], []
+    for run in runs:
+        rivals = run.record.rivals or {}
+        if not rivals.get("transitions"):
+            continue
+        sources.append(run.provenance)
+        control = run.record.control.get("key", "none")
+        agree = {(a["transition"], a["boundary"]): a for a in rivals.get("agreement", [])}
+        for t in rivals["transitions"]:
+            cells = [run.record.name, control, t["name"], fmt(t["block"]), f"[{fmt(t['ci_low'])}, {fmt(t['ci_high'])}]"]
+            for name in BOUNDARY_NAMES:
+                a = agree.get((t["name"], name))
+                cells += ["n/a"] if a is None or a["distance"] is None else [
+                    f"{a['distance']:+d} [{fmt(a['ci_low'])}, {fmt(a['ci_high'])}] "
+                    + ("coincides" if a["coincides"] else "apart")]
+            rows.append(cells)
+        if rivals.get("rule") and rivals["rule"] not in notes:
+            notes.append(rivals["rule"])
+    if not rows:
+        return None
+    return Table("Rival layer curves: transitions and their distance to the boundaries",
+                 ["model", "control", "transition", "block", "95% CI", *(f"distance to {n} [95% CI]" for n in BOUNDARY_NAMES)],
+                 rows, sources, notes)
+
+
 def _n_overrides(run: Run) -> int:
     return len([o for o in run.overrides or () if not o.startswith("hydra.")]) if run.overrides is not None else 99
 
@@ -317,7 +345,7 @@ def build_tables(folders: list[Path]) -> list[Table]:
     runs = collect_runs(folders)
     by_kind = {cls: [r for r in runs if isinstance(r.record, cls)] for cls in RESULT_FILES.values()}
     boundary = by_kind[BoundaryResult]
-    tables = [boundary_table(boundary), variant_table(boundary), eq28_table(boundary),
+    tables = [boundary_table(boundary), variant_table(boundary), eq28_table(boundary), rivals_table(boundary),
               intervention_table(by_kind[InterventionResult]), fisher_table(by_kind[FisherResult]),
               robustness_table(runs) if runs else None]
     return [t for t in tables if t is not None]

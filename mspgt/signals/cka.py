@@ -22,7 +22,7 @@ from mspgt.errors import MspgtError
 ESTIMATOR = (
     "minibatch linear CKA with unbiased HSIC per sentence group (Nguyen, Raghu & Kornblith 2021, eq. 3)"
 )
-# What the minibatch estimator estimates, by how groups are formed (bootstrap.grouping; README "Which CKA").
+# What the minibatch estimator estimates, by how groups are formed (bootstrap.grouping; docs/method.md "Which CKA").
 CKA_ESTIMANDS = {
     "shuffled": "the corpus's (population) linear CKA over tokens: groups of sentences drawn at random across "
                 "the corpus, as Nguyen et al.'s random minibatches",

@@ -48,7 +48,7 @@ F1_AVERAGES = ("macro", "micro", "weighted")  # the choices of probes.f1_average
 _STD_FLOOR = 1e-6  # a dimension with a smaller train std is constant: it is centred, not scaled
 _CHUNK = 256  # rows converted from float16 at a time
 _STATS_CHUNK = 128  # rows summed in float64 at a time: 18 MB at the main job's 31 x 576, under the C allocator's
-# 32 MB threshold above which every chunk would be fresh, page-faulted memory (README "Speed and memory")
+# 32 MB threshold above which every chunk would be fresh, page-faulted memory (docs/performance.md; its history in git)
 
 
 @dataclass
@@ -244,8 +244,8 @@ class ProbeTraining:
     schedule: `constant` lr, or `cosine` from lr down to 0 over `epochs` (Loshchilov & Hutter 2017, SGDR,
     without restarts). precision: `bfloat16` runs the first layer's matmuls (nearly all the arithmetic) in
     bfloat16 with float32 master weights, second layer and loss (on CPUs with AVX512-BF16 or AMX, and
-    GPUs, about twice the float32 throughput). Defaults in conf/probes/default.yaml and why: README "Speed
-    and memory". No early stopping: stopping at the lowest validation loss of a split of the train groups
+    GPUs, about twice the float32 throughput). Defaults in conf/probes/default.yaml and why: docs/performance.md (probes)
+    and benchmarks/bench_probes.py. No early stopping: stopping at the lowest validation loss of a split of the train groups
     was measured to lower the held-out macro F1 (the loss turns up before the rare classes are learnt).
     """
 
@@ -279,7 +279,7 @@ class _FirstLayer(torch.autograd.Function):
     """x @ w + b for every state at once (x [L+1, b, d] in `dtype`, w [L+1, d, T*H] float32, b [L+1, 1, T*H]),
     with w's gradient written into one buffer kept across steps, `w.grad` (torch.bmm out=), instead of a fresh
     tensor: at the main job's shape it is 46 MB, above the C allocator's 32 MiB mmap threshold, so a fresh one
-    is new, page-faulted memory every step (README "Speed and memory"). The same values as autograd gives
+    is new, page-faulted memory every step (docs/performance.md; its history in git). The same values as autograd gives
     for torch.baddbmm(b.to(dtype), x, w.to(dtype)) (a test checks them bitwise); in bfloat16 the gradient is
     computed in bfloat16 and stored in float32, as autograd's cast back does. w's gradient goes to w.grad
     directly (the optimiser reads it there), so backward returns none for w and `_fit` never sets it to None."""
