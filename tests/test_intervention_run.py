@@ -284,7 +284,7 @@ def test_boundary_result_from_another_corpus(tmp_path, cache_dir, no_generation)
     result = json.loads(path.read_text())
     result["data"]["key"] = "bbc-00000000"
     path.write_text(json.dumps(result))
-    with pytest.raises(MspgtError, match="another model or corpus"):
+    with pytest.raises(MspgtError, match="another model, corpus or control"):
         intervention.run_intervention(cfg, tmp_path / "run")
 
 

@@ -16,6 +16,9 @@ import pytest
 from mspgt.reports.tables import MARKER, fmt, main
 
 REPO = Path(__file__).resolve().parents[1]
+# three real command-line runs (the provenance the tables print is the command as typed): ~1 min, so in CI's
+# second half with the other command-line cases
+pytestmark = pytest.mark.slow
 
 
 def _run(args: list[str], tmp: Path) -> float:
