@@ -22,7 +22,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 REPO = Path(__file__).resolve().parents[1]
-TIMED = ("group_block_influence", "group_logit_lens", "group_information_tensor")
+TIMED = ("group_block_influence", "logit_lens_sums", "group_information_tensor")
 
 
 def main() -> None:
