@@ -20,6 +20,28 @@ from omegaconf import OmegaConf
 REPO = Path(__file__).resolve().parents[1]
 
 
+def prepared_pass(n_sentences: int, overrides: list[str]):
+    """(cfg, loaded model, prepared corpus, sentences) for one boundary pass of the default job's settings with
+    `n_sentences` sentences and `overrides`: what the extraction benchmarks time."""
+    from hydra import compose, initialize_config_dir
+
+    from mspgt.data.alignment import encode_sentences
+    from mspgt.data.corpus import load_sentences
+    from mspgt.data.labels import label_sentences
+    from mspgt.extraction.groups import prepare_corpus
+    from mspgt.model.loading import load_model
+
+    with initialize_config_dir(str(REPO / "conf"), version_base=None):
+        cfg = compose("config", overrides=[f"data.n_sentences={n_sentences}", "extraction.progress=false",
+                                           *overrides])
+    sentences = load_sentences(cfg.data)
+    loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=True)
+    labeled = label_sentences(sentences, cfg.data.labels, tasks=list(cfg.probes.tasks))
+    encoded = encode_sentences(loaded.tokenizer, labeled, cfg.data.max_tokens)
+    corpus = prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes)
+    return cfg, loaded, corpus, sentences
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sentences", type=int, default=400)
@@ -27,27 +49,12 @@ def main() -> None:
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
-    from hydra import compose, initialize_config_dir
-
     import mspgt.extraction.extract as extract
-    from mspgt.data.alignment import encode_sentences
-    from mspgt.data.corpus import load_sentences
-    from mspgt.data.labels import label_sentences
     from mspgt.extraction.cache import StatisticsCache
-    from mspgt.extraction.groups import prepare_corpus
-    from mspgt.model.loading import load_model
     from mspgt.reports.store import data_identity
 
-    with initialize_config_dir(str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"data.n_sentences={args.sentences}", "extraction.progress=false",
-                                           *args.overrides])
+    cfg, loaded, corpus, sentences = prepared_pass(args.sentences, args.overrides)
     work = tempfile.mkdtemp(prefix="mspgt-bench-info-")
-    OmegaConf.update(cfg, "paths.cache_dir", str(Path(cfg.paths.cache_dir)))
-    sentences = load_sentences(cfg.data)
-    loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=True)
-    labeled = label_sentences(sentences, cfg.data.labels, tasks=list(cfg.probes.tasks))
-    encoded = encode_sentences(loaded.tokenizer, labeled, cfg.data.max_tokens)
-    corpus = prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes)
 
     inside = [0.0]
     original = extract.group_information_tensor

@@ -33,28 +33,16 @@ def main() -> None:
     args = parser.parse_args()
 
     import numpy as np
-    from hydra import compose, initialize_config_dir
+    from bench_information import prepared_pass
 
     import mspgt.extraction.extract as extract
-    from mspgt.data.alignment import encode_sentences
-    from mspgt.data.corpus import load_sentences
-    from mspgt.data.labels import label_sentences
     from mspgt.extraction.assemble import load_statistics
     from mspgt.extraction.cache import StatisticsCache
-    from mspgt.extraction.groups import prepare_corpus
-    from mspgt.model.loading import load_model
     from mspgt.reports.store import data_identity
     from mspgt.signals.intrinsic_dimension import group_intrinsic_dimension
 
-    with initialize_config_dir(str(REPO / "conf"), version_base=None):
-        cfg = compose("config", overrides=[f"data.n_sentences={args.sentences}", "extraction.progress=false",
-                                           *args.overrides])
+    cfg, loaded, corpus, sentences = prepared_pass(args.sentences, args.overrides)
     work = tempfile.mkdtemp(prefix="mspgt-bench-rivals-")
-    sentences = load_sentences(cfg.data)
-    loaded = load_model(cfg.model, cfg.paths.cache_dir, need_attentions=True)
-    labeled = label_sentences(sentences, cfg.data.labels, tasks=list(cfg.probes.tasks))
-    encoded = encode_sentences(loaded.tokenizer, labeled, cfg.data.max_tokens)
-    corpus = prepare_corpus(labeled, encoded, list(cfg.probes.tasks), cfg.bootstrap.group_size, cfg.probes)
 
     inside: dict[str, float] = defaultdict(float)
     for name in TIMED:
