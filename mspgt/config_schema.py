@@ -150,6 +150,7 @@ class ProbeSettings:
     seed: int = _seed()
     train_seed: int = _seed()
     n_seeds: int = _positive("1")
+    steady_malloc: bool = setting()
     device: Device = setting()
 
 

@@ -187,6 +187,7 @@ def _trained_probes(cfg: DictConfig, stats: CorpusStatistics, cache: StatisticsC
             hidden=p.hidden, epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, weight_decay=p.weight_decay,
             schedule=p.schedule, precision=settings["precision"], seed=settings["seed"],
             control_task=p.control_task, device=device, progress=cfg.extraction.progress,
+            steady_malloc=bool(p.get("steady_malloc", True)),
         )
         log.info("probes (training seed %d) trained in %.1f s", settings["seed"], result.seconds)
         if writable:

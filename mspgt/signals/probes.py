@@ -28,6 +28,7 @@ B bootstrap resamples.
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -467,6 +468,7 @@ def train_probes(
     return_predictions: bool = False,
     schedule: str = "constant",
     precision: str = "float32",
+    steady_malloc: bool = True,
 ) -> ProbeResult:
     """Train one probe per task and layer l = 0..L on `train`, evaluate it on `held_out` (paper 4.1.1).
 
@@ -496,7 +498,9 @@ def train_probes(
     x_train = _features(train, np.arange(n), mean, std, dev, cfg.dtype)  # [L+1, N, d] the one copy
     generator = torch.Generator().manual_seed(seed)
     probes = _BatchedProbes(n_layers, d, hidden, classes, generator, cfg.dtype).to(dev)
-    with steady_heap():  # every step frees ~110 MB of temporaries (mspgt/heap.py)
+    # every step frees ~110 MB of temporaries: glibc's thresholds fixed for the loop (mspgt/heap.py,
+    # probes.steady_malloc; they stay fixed for the rest of the process, a process-wide change)
+    with steady_heap() if steady_malloc else nullcontext():
         _fit(probes, x_train, labels, cfg, generator, progress)
     del x_train
     pred, heldout_ce = _predict(probes, held_out, heads, tasks, y_eval, mean, std, dev, cfg.dtype)
