@@ -14,6 +14,7 @@ from omegaconf import DictConfig
 
 import mspgt.experiments.intervention as intervention
 from mspgt.errors import MspgtError
+from mspgt.model.identity import model_identity
 from mspgt.model.loading import load_model
 from mspgt.reports.store import boundary_path, data_key, save_boundary
 from mspgt.results import BoundaryResult
@@ -181,7 +182,7 @@ def test_run_boundary_first_stores_a_result_and_uses_it(tmp_path, cache_dir):
     ]
     proc = run_mspgt(args, tmp_path, cache=Path(cache_dir), check=False, env_extra={"OMP_NUM_THREADS": "1"})
     cfg = make_cfg(tmp_path, cache_dir, *BOUNDARY_TINY)
-    stored = boundary_path(cfg.paths.store_dir, "tiny_llama", "tiny-llama-seed0", cfg.data)
+    stored = boundary_path(cfg.paths.store_dir, "tiny_llama", model_identity(cfg.model, cfg.paths.cache_dir), cfg.data)
     assert stored.exists(), proc.stderr[-4000:]
     assert (run_dir / "boundary" / "results.json").exists()
     boundary = json.loads(stored.read_text())
@@ -269,7 +270,7 @@ def test_boundary_result_from_other_weights(tmp_path, cache_dir, no_generation):
         intervention.run_intervention(cfg, tmp_path / "run")
     assert "experiment=boundary model=tiny_llama" in err.value.fix
     store_boundary(cfg, cache_dir, l_i=3, i_g=5)  # a file at this model's path that names other weights
-    path = boundary_path(cfg.paths.store_dir, "tiny_llama", "tiny-llama-seed0", cfg.data)
+    path = boundary_path(cfg.paths.store_dir, "tiny_llama", model_identity(cfg.model, cfg.paths.cache_dir), cfg.data)
     result = json.loads(path.read_text())
     result["model"]["weights_id"] = "tiny-llama-seed7"
     path.write_text(json.dumps(result))
