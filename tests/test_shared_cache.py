@@ -34,7 +34,7 @@ def test_two_jobs_train_the_probes_once(tmp_path):
     trained = ["probes_s" in read_results(tmp_path / f"j{i}")["timings"] for i in range(2)]
     assert sorted(trained) == [False, True], "exactly one job trains the probes; the other reuses them"
     both = "".join(outputs)
-    assert both.count("probes trained in") == 1, both[-4000:]
+    assert both.count(") trained in ") == 1, both[-4000:]  # "probes (training seed N) trained in"
     assert both.count("probes loaded from the cache") == 1
     assert "is held by pid" in both, "a waiting job says who holds the lock"
     assert read_results(tmp_path / "j0")["signals"] == read_results(tmp_path / "j1")["signals"]

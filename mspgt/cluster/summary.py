@@ -81,19 +81,23 @@ def swept_keys(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if not k.startswith("hydra.") and k not in SHOWN_GROUPS]
 
 
+RESULT_FILES = ("results.json", "intervention.json", "fisher.json")  # what a finished job of each experiment writes
+
+
 def job_row(folder: Path) -> dict[str, Any]:
     """One job: its model, data and boundaries from results.json; or its status and last error line."""
     job = {"job": folder.name.split("-", 1)[0], "folder": folder.name, "overrides": job_overrides(folder)}
-    results = folder / "results.json"
-    if not results.exists():
+    results = next((folder / name for name in RESULT_FILES if (folder / name).exists()), None)
+    if results is None:
         if not (folder / "error.txt").exists():
-            return {**job, "status": "failed", "error": "ended without results.json or error.txt (killed? see "
-                    "its log in .submitit/ or the job folder)", "boundaries": {}}
+            return {**job, "status": "failed", "error": "ended without a result (results.json, intervention.json, "
+                    "fisher.json) or error.txt (killed? see its log in .submitit/ or the job folder)",
+                    "boundaries": {}}
         return {**job, "status": "failed", "error": error_line(folder / "error.txt"), "boundaries": {}}
     try:
         r = json.loads(results.read_text())
     except json.JSONDecodeError as err:
-        return {**job, "status": "unreadable", "error": f"results.json: {err}", "boundaries": {}}
+        return {**job, "status": "unreadable", "error": f"{results.name}: {err}", "boundaries": {}}
     if r.get("experiment") != "boundary":
         return {**job, "status": "done", "experiment": r.get("experiment"), "model": r.get("model", {}).get("name"),
                 "family": r.get("model", {}).get("family"), "n_blocks": r.get("model", {}).get("n_blocks"),

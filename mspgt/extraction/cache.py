@@ -149,7 +149,7 @@ class StatisticsCache:
         file and hashed on the way: no in-memory copy, no second read (a chunk is up to hundreds of MB, most
         of it the probe sample; the copy cost the pass ~0.3-1.5 s of a core per chunk)."""
         path = self.chunk_path(i)
-        digest = write_stream_atomic(path, lambda stream: np.savez(stream, **arrays))
+        digest = write_stream_atomic(path, lambda stream: savez_stream(stream, arrays))
         write_bytes_atomic(path.with_suffix(".sha256"), digest.encode())
 
     # -- derived artifacts (trained probes): keyed by their own settings, checksummed like chunks ---------
@@ -243,3 +243,18 @@ def read_npz(file: IO[bytes], into: dict[str, np.ndarray]) -> dict[str, np.ndarr
                     at += n
                 out[name] = dest.T if fortran else dest
     return out
+
+
+def savez_stream(stream: Any, arrays: dict[str, np.ndarray]) -> None:
+    """np.savez(stream, **arrays), byte for byte (stored, not compressed; `<key>.npy` members, zip64), except
+    that a failed write (a full disk) leaves no open ZipFile behind: numpy's leaves one whose finaliser writes
+    to the closed file at exit and prints a traceback under our one-line message."""
+    zf = zipfile.ZipFile(stream, mode="w", compression=zipfile.ZIP_STORED, allowZip64=True)
+    try:
+        for key, value in arrays.items():
+            with zf.open(key + ".npy", "w", force_zip64=True) as member:
+                np.lib.format.write_array(member, np.asanyarray(value), allow_pickle=False)
+        zf.close()
+    except BaseException:
+        zf.fp = None  # nothing more to write: the caller removes the partial file
+        raise
