@@ -23,7 +23,7 @@ from mspgt.signals.intrinsic_dimension import (
     mean_over_groups,
     states_intrinsic_dimension,
 )
-from mspgt.signals.logit_lens import group_logit_lens, lens_reader
+from mspgt.signals.logit_lens import lens_reader, logit_lens_sums
 from mspgt.signals.rivals import RivalSettings
 
 
@@ -116,7 +116,7 @@ def test_logit_lens_reads_through_the_models_own_modules_and_is_zero_at_the_last
     stacked = torch.stack([s[0] for s in states])  # [m, T, d]
     read = lens_reader(model)
     torch.testing.assert_close(read(stacked[-1]), torch.log_softmax(logits[0].float(), -1), rtol=1e-5, atol=1e-5)
-    sums = group_logit_lens(stacked, read)  # [2, m]
+    sums = logit_lens_sums(stacked[None], read)[0]  # [2, m]
     assert sums[0, -1].item() == 0.0  # KL(p_L || p_L), exactly
     assert (sums[0, :-1] > 0).all() and (sums[1] > 0).all()
     assert sums[1].max().item() <= 12 * np.log2(model.config.vocab_size) + 1e-6  # entropy <= log2 V per token
@@ -160,11 +160,9 @@ def test_settings_are_checked_with_the_fix():
 
 
 def test_logit_lens_read_in_blocks_across_groups_equals_each_group_alone(tiny_model):
-    from mspgt.signals.logit_lens import logit_lens_sums
-
     read = lens_reader(tiny_model)
     states = torch.randn(3, 5, 2, tiny_model.config.hidden_size, generator=torch.Generator().manual_seed(1))
     together = logit_lens_sums(states, read, rows_per_read=7)  # blocks that cut across states and groups
-    alone = torch.stack([group_logit_lens(s, read) for s in states])
+    alone = torch.stack([logit_lens_sums(s[None], read)[0] for s in states])
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
     assert (together[:, 0, -1] == 0).all()

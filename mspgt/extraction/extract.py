@@ -151,7 +151,6 @@ class _ChunkAccumulator:
     curves: list[torch.Tensor] = field(default_factory=list)  # per group [len(CURVES), m]: information curves, on the device
     influence: list[torch.Tensor] = field(default_factory=list)  # per group [L]: sums of 1 - cos(h_{l-1}, h_l)
     lens: list[torch.Tensor] = field(default_factory=list)  # per group [m, t, d]: the logit lens's sampled states
-    lens_read: Callable[[torch.Tensor], torch.Tensor] | None = None  # read through the model's unembedding
     probe: dict[int, dict[str, list]] = field(default_factory=lambda: {1: {}, 2: {}})  # split -> label arrays
     filled: dict[int, int] = field(default_factory=lambda: {1: 0, 2: 0})  # split -> words written so far
     act_count: int = 0
@@ -237,7 +236,6 @@ def _add_group_terms(acc: _ChunkAccumulator, tokens: torch.Tensor, starts: np.nd
             kept = keep.nonzero()[:, 0]
             kept = kept[_spread(len(kept), rivals.logit_lens_tokens)].to(rows.device)
             acc.lens.append(rows[:, kept])  # read through the unembedding once per chunk (_finish_chunk)
-            acc.lens_read = lens
             acc.out["lens_count"][g - acc.lo] = len(kept)
         acc.act_count += rows.shape[1]
 
@@ -278,7 +276,8 @@ def _add_attention_drift(acc: _ChunkAccumulator, attentions: Any, mask: torch.Te
         np.add.at(acc.out[f"js_count_{v}"], groups - acc.lo, count)
 
 
-def _finish_chunk(acc: _ChunkAccumulator, cka_keys: list[str], tasks: list[str]) -> dict[str, np.ndarray]:
+def _finish_chunk(acc: _ChunkAccumulator, cka_keys: list[str], tasks: list[str],
+                  lens: Callable[[torch.Tensor], torch.Tensor] | None = None) -> dict[str, np.ndarray]:
     """Copy the chunk's device results to the host, once."""
     out = acc.out
     for v in cka_keys:
@@ -287,10 +286,10 @@ def _finish_chunk(acc: _ChunkAccumulator, cka_keys: list[str], tasks: list[str])
         stacked = torch.stack(acc.curves).cpu().numpy()  # (groups, len(CURVES), m)
         for i, c in enumerate(CURVES):
             out[f"info_{c}"] = stacked[:, i]  # (groups, m)
-    if acc.lens and acc.lens_read is not None:  # (groups, 2, m); every group gives the same number of tokens
+    if acc.lens and lens is not None:  # (groups, 2, m); one read for the chunk where groups have equal samples
         same = len({s.shape[1] for s in acc.lens}) == 1
-        sums = (logit_lens_sums(torch.stack(acc.lens), acc.lens_read) if same else
-                torch.stack([logit_lens_sums(s[None], acc.lens_read)[0] for s in acc.lens]))
+        sums = (logit_lens_sums(torch.stack(acc.lens), lens) if same else
+                torch.stack([logit_lens_sums(s[None], lens)[0] for s in acc.lens]))
         out["lens_sum"] = sums.cpu().numpy()
     for items, key, count in ((acc.curves, None, "info_ntok"), (acc.influence, "bi_sum", "bi_count"),
                               (acc.lens, None, "lens_count")):
@@ -383,7 +382,7 @@ def _chunk_statistics(
             bar.update(len(batch))
         if sleep_s:
             time.sleep(sleep_s)
-    return _finish_chunk(acc, cka_keys, list(corpus.label_ids[0]))
+    return _finish_chunk(acc, cka_keys, list(corpus.label_ids[0]), lens)
 
 
 FLOAT16_MAX = 65504.0

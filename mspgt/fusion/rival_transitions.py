@@ -105,15 +105,16 @@ def id_onset(ids: np.ndarray) -> np.ndarray:
 
 def lens_kl_fall(kl: np.ndarray) -> np.ndarray:
     """kl [..., L+1] over states -> [...] block b maximising KL(h_{b-1}) - KL(h_b)."""
-    fall = kl[..., :-1] - kl[..., 1:]  # [..., L]: index b - 1
-    return np.where(_argmax(fall) >= 0, _argmax(fall) + 1, -1)
+    at = _argmax(kl[..., :-1] - kl[..., 1:])  # [...]: index b - 1 of the fall
+    return np.where(at >= 0, at + 1, -1)
 
 
 def block_influence_peak(bi: np.ndarray) -> np.ndarray:
     """bi [..., L] over blocks -> [...] interior block (2..L-1) with the largest BI (-1 where L < 3)."""
     if bi.shape[-1] < 3:
         return np.full(bi.shape[:-1], -1)
-    return np.where(_argmax(bi[..., 1:-1]) >= 0, _argmax(bi[..., 1:-1]) + 2, -1)
+    at = _argmax(bi[..., 1:-1])  # [...]: index b - 2 among the interior blocks
+    return np.where(at >= 0, at + 2, -1)
 
 
 TRANSITIONS: dict[str, tuple[str, Callable[[np.ndarray], np.ndarray]]] = {

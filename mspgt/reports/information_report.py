@@ -74,9 +74,7 @@ def information_result(stats: CorpusStatistics, probes: Any, boundaries: dict[st
         curves[name] = {"value": curve.tolist(), "ci_low": [lo for lo, _ in band], "ci_high": [hi for _, hi in band]}
         if name in nulls:
             continue
-        null = NULL_OF.get(name)
-        if null is not None and null not in point:  # statistics from before the shuffle null: not testable
-            continue
+        null = NULL_OF.get(name)  # MI curves: tested against their shuffle null (stored since STATS_VERSION 5)
         tests[name] = eq28_test(curve, boot[name], kink_points, k, float(b.ci_level),
                                 point[null] if null else None, boot[null] if null else None)
     tokens = stats.information_tokens

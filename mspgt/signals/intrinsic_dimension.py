@@ -23,8 +23,6 @@ import warnings
 import numpy as np
 import torch
 
-ESTIMATORS = ("twonn", "gride")
-
 
 def _distances(points: torch.Tensor) -> torch.Tensor:
     """[m, n, d] -> [m, n, n] float64 Euclidean distances, from float64 Gram matrices (the same neighbours on

@@ -72,11 +72,6 @@ def logit_lens_sums(states: Tensor, read: Callable[[Tensor], Tensor], rows_per_r
     return out
 
 
-def group_logit_lens(states: Tensor, read: Callable[[Tensor], Tensor]) -> Tensor:
-    """One group: [m, t, d] -> [2, m] (logit_lens_sums of a single group)."""
-    return logit_lens_sums(states[None], read)[0]
-
-
 def lens_curves(sums: np.ndarray, counts: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
     """sums [G, 2, m] (KL, entropy), counts [G] tokens, weights None, [G] or [B, G] -> [2, m] or [B, 2, m]."""
     if weights is None:
