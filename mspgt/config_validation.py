@@ -11,6 +11,7 @@ probably not as meant) go to the log.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from pathlib import Path
@@ -149,6 +150,32 @@ def check_model_folder(model: DictConfig) -> None:
         raise MspgtError(f"model.local_path={folder} is missing {'; '.join(missing)}",
                          "download the whole model folder (config, weights and tokenizer files) into "
                          "model.local_path, e.g. `huggingface-cli download <hub id> --local-dir <folder>`")
+    check_block_count(folder / "config.json")
+
+
+BLOCK_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers")  # what configs call the number of blocks
+
+
+def check_block_count(config_json: Path) -> None:
+    """A config.json whose number of blocks is not a positive integer (`num_hidden_layers: 0` or -1): named
+    here, not by transformers or the hooks later ("load it with eager attention", "cannot find the decoder
+    blocks")."""
+    try:
+        config = json.loads(config_json.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise MspgtError(f"{config_json} cannot be read as JSON ({err})",
+                         "use the config.json that came with the weights") from None
+    if not isinstance(config, dict):
+        raise MspgtError(f"{config_json} is not a JSON object", "use the config.json that came with the weights")
+    for where in (config, config.get("text_config")):  # multimodal configs keep the decoder's in text_config
+        if not isinstance(where, dict):
+            continue
+        for key in BLOCK_COUNT_KEYS:
+            n = where.get(key)
+            if n is not None and (isinstance(n, bool) or not isinstance(n, int) or n < 1):
+                raise MspgtError(f"{config_json} says {key}={json.dumps(n)}: a model has at least one block",
+                                 f"set {key} in {config_json} to the number of blocks its weights hold (the "
+                                 "model.layers.<i>.* of its weight files), or use the config.json that came with them")
 
 
 ATTN_IMPLEMENTATIONS = ("eager", "sdpa", "flash_attention_2", "flash_attention_3", "flex_attention")

@@ -4,6 +4,7 @@ probably not as meant are warnings."""
 
 from __future__ import annotations
 
+import json
 import random
 
 import pytest
@@ -192,3 +193,23 @@ def test_an_unbounded_setting_says_its_time_up_front(override, said, tmp_path):
                      check=False)
     text = log_text(proc)
     assert said in text and "docs/performance.md" in text and proc.returncode == 2, text[-3000:]
+
+
+@pytest.mark.parametrize("layers", [0, -1])
+def test_a_checkpoint_config_without_blocks_is_named_before_loading(layers, tmp_path):
+    """model=local whose config.json says num_hidden_layers=0 or -1: one message naming config.json and the
+    setting in it, not transformers' "load it with eager attention" or the hooks' "cannot find the decoder
+    blocks" after the model loaded."""
+    folder = tmp_path / "ckpt"
+    folder.mkdir()
+    (folder / "config.json").write_text(json.dumps({"model_type": "llama", "num_hidden_layers": layers,
+                                                    "hidden_size": 64, "num_attention_heads": 4}))
+    (folder / "model.safetensors").write_bytes(b"")  # never read: the config is refused first
+    (folder / "tokenizer.json").write_text("{}")
+    proc = run_mspgt(["model=local", f"model.local_path={folder}", *TINY, f"hydra.run.dir={tmp_path / 'r'}"],
+                     tmp_path, check=False)
+    text = log_text(proc)
+    assert proc.returncode == 2, text[-3000:]
+    assert f"num_hidden_layers={layers}" in text and str(folder / "config.json") in text and "fix:" in text, text[-3000:]
+    assert "eager attention" not in text and "decoder blocks" not in text and "Traceback" not in text, text[-3000:]
+    assert "loaded ckpt" not in text and "sentences in" not in text, "must fail before any data or model"
