@@ -230,6 +230,7 @@ class InterventionResult:
     pairing: dict[str, Any] = field(default_factory=dict)
     alpha: float = 0.05
     test: str = ""
+    power: dict[str, Any] = field(default_factory=dict)  # the design's sensitivity (interventions/power.py)
     grammar: dict[str, Any] = field(default_factory=dict)
     sbert: dict[str, Any] = field(default_factory=dict)
     timing: dict[str, Any] = field(default_factory=dict)

@@ -346,3 +346,30 @@ def test_multirun_sweep_over_scales_and_sigmas_writes_one_table(tmp_path, cache_
     assert sigmas == [0, 0, 2, 2]
     table = (sweep / "intervention_summary.md").read_text()
     assert table.count("| tiny_llama |") == 4 and (sweep / "intervention_summary.png").exists()
+
+
+def test_the_clean_condition_is_made_once_and_reused_by_every_scale_and_sigma(tmp_path, cache_dir):
+    """A study's jobs share one clean condition (mspgt/interventions/clean_condition.py): the second sigma reads
+    it from the cache, and its result is exactly the one a run that samples the clean condition afresh gives."""
+    def run(name: str, *overrides: str) -> dict:
+        cfg = make_cfg(tmp_path, cache_dir, "scale=local", "scale.layers=[1,2]",
+                       f"paths.cache_dir={tmp_path}/cache-{name.split('-')[0]}", *overrides)
+        intervention.run_intervention(cfg, tmp_path / name)
+        return json.loads((tmp_path / name / "intervention.json").read_text())
+
+    first = run("shared-sigma1", "sigma=1.0")
+    second = run("shared-sigma05", "sigma=0.5")
+    fresh = run("fresh-sigma05", "sigma=0.5", "generation.reuse_clean=false")
+    assert first["timing"]["clean_reused"] == 0 and second["timing"]["clean_reused"] == 1
+    assert fresh["timing"]["clean_reused"] == 0
+    assert not (tmp_path / "cache-fresh" / "clean_conditions").exists()  # reuse_clean=false stores nothing
+    assert len(list((tmp_path / "cache-shared" / "clean_conditions").glob("*.json"))) == 1
+    for m in second["metrics"]:
+        for k in ("clean_mean", "noised_mean", "t", "p", "n"):
+            assert second["metrics"][m][k] == fresh["metrics"][m][k] or (
+                second["metrics"][m][k] != second["metrics"][m][k] and fresh["metrics"][m][k] != fresh["metrics"][m][k])
+    assert second["brittleness"]["value"] == fresh["brittleness"]["value"]
+    # another generation setting is another clean condition
+    run("shared-tokens", "sigma=0.5", "generation.max_new_tokens=6")
+    assert len(list((tmp_path / "cache-shared" / "clean_conditions").glob("*.json"))) == 2
+    assert second["power"]["n_prompts"] == 6 and 1.0 < second["power"]["detectable_dz"] < 2.0

@@ -25,6 +25,7 @@ from mspgt.data.shuffle import controlled_sentences
 from mspgt.errors import MspgtError
 from mspgt.experiments.boundary import run_boundary
 from mspgt.interventions.activation_scale import measure_activation_std
+from mspgt.interventions.clean_condition import CleanCondition, clean_key, clean_path, load_clean, store_clean
 from mspgt.interventions.generation import Generated, check_generation_settings, sample_continuations
 from mspgt.interventions.grammar import GrammarChecker, make_grammar_checker
 from mspgt.interventions.noise import ScaleNoise, check_sigma, forward_hook_count
@@ -34,6 +35,7 @@ from mspgt.interventions.paired_stats import (
     brittleness,
     compare_paired,
 )
+from mspgt.interventions.power import power_record
 from mspgt.interventions.scale_layers import check_scale_name, noise_blocks
 from mspgt.interventions.text_metrics import METRIC_INFO, METRICS, load_sbert, score_prompts
 from mspgt.model.identity import model_identity
@@ -158,13 +160,15 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
         exclude_first_token=bool(std_cfg.exclude_first_token),
     )
     timing["activation_std_s"] = time.perf_counter() - t0
-    clean, treated, noise = sample_both(cfg, loaded, prompts, blocks, activation_std)
-    timing["generation_clean_s"], timing["generation_noised_s"] = clean.seconds, treated.seconds
+    clean = clean_condition(cfg, loaded, prompts, sbert, checker)
+    timing["clean_reused"] = float(clean.reused)  # 1: the clean condition came from the cache (clean_condition.py)
+    treated, noise = sample_treated(cfg, loaded, prompts, blocks, activation_std)
+    timing["generation_clean_s"], timing["generation_noised_s"] = clean.generated.seconds, treated.seconds
 
     t0 = time.perf_counter()
-    clean_scores = score_prompts(prompts, clean.continuations, sbert, checker)
+    clean_scores = clean.scores
     treated_scores = score_prompts(prompts, treated.continuations, sbert, checker)
-    timing["metrics_s"] = time.perf_counter() - t0
+    timing["metrics_s"] = time.perf_counter() - t0 + clean.metrics_s
     comparisons = {m: compare_paired(clean_scores[m], treated_scores[m]) for m in METRICS}
     return Measured(
         loaded=loaded,
@@ -174,7 +178,7 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
         prompts=prompts,
         activation_std=activation_std,
         n_std_sentences=len(std_texts),
-        clean=clean,
+        clean=clean.generated,
         treated=treated,
         noise=noise,
         comparisons=comparisons,
@@ -189,27 +193,46 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
     )
 
 
-def sample_both(cfg: DictConfig, loaded: LoadedModel, prompts: list[str], blocks: list[int],
-                activation_std: list[float]) -> tuple[Generated, Generated, ScaleNoise | None]:
-    """Generation in both conditions: the same prompts, batch layout and sampling seeds; noise in `blocks`
-    (scale=none: the clean condition again, a replay check). Returns (clean, treated, the noise or None)."""
+def clean_condition(cfg: DictConfig, loaded: LoadedModel, prompts: list[str], sbert: Any,
+                    checker: GrammarChecker) -> CleanCondition:
+    """The clean condition and its scores: from the cache where this model, these prompts and settings made it
+    before (every scale and sigma of a study shares it), else sampled and scored here and stored."""
+    gen = cfg.generation
+    reuse = bool(gen.get("reuse_clean", True))
+    path = clean_path(cfg.paths.cache_dir, clean_key(loaded, prompts, gen, cfg.metrics))
+    if reuse and (stored := load_clean(path, len(prompts), int(gen.samples_per_prompt))) is not None:
+        log.info("clean condition: reused from %s (the same prompts, settings and seeds)", path)
+        return stored
+    log.info("sampling %d prompts x %d, clean", len(prompts), gen.samples_per_prompt)
+    generated = sample_continuations(loaded, prompts, gen, progress="sampling clean" if cfg.extraction.progress else None)
+    t0 = time.perf_counter()
+    scores = score_prompts(prompts, generated.continuations, sbert, checker)
+    clean = CleanCondition(generated, scores, reused=False, metrics_s=time.perf_counter() - t0)
+    if reuse:
+        store_clean(path, clean, path.stem)
+    return clean
+
+
+def sample_treated(cfg: DictConfig, loaded: LoadedModel, prompts: list[str], blocks: list[int],
+                   activation_std: list[float]) -> tuple[Generated, ScaleNoise | None]:
+    """The treated condition: noise in `blocks`, the same prompts, batch layout and sampling seeds as the clean
+    one (scale=none: the clean condition sampled again, a replay check). Returns (treated, the noise or None)."""
     scale, sigma, gen = cfg.scale.name, float(cfg.sigma), cfg.generation
     hooks_before = forward_hook_count(loaded.blocks)
-    log.info("sampling %d prompts x %d, clean", len(prompts), gen.samples_per_prompt)
-    bar = "sampling clean" if cfg.extraction.progress else None
-    clean = sample_continuations(loaded, prompts, gen, progress=bar)
+    bar = "sampling clean again" if scale == "none" else "sampling noised"
+    progress = bar if cfg.extraction.progress else None
     noise = None
     if scale == "none":
         log.info("scale=none: sampling the clean condition again (replay check)")
-        treated = sample_continuations(loaded, prompts, gen, progress=bar and "sampling clean again")
+        treated = sample_continuations(loaded, prompts, gen, progress=progress)
     else:
         layer_std = {layer: activation_std[layer] for layer in blocks}  # s_l of block l's output h_l
         noise = ScaleNoise(loaded.blocks, layer_std, sigma, seed=int(gen.noise_seed))
         log.info("sampling with noise sigma=%g in %s blocks %s", sigma, scale, _span(blocks))
-        treated = sample_continuations(loaded, prompts, gen, noise=noise, progress=bar and "sampling noised")
+        treated = sample_continuations(loaded, prompts, gen, noise=noise, progress=progress)
     if forward_hook_count(loaded.blocks) != hooks_before:
         raise RuntimeError("a noise hook was left on the model")  # ScaleNoise removes them in __exit__
-    return clean, treated, noise
+    return treated, noise
 
 
 def result_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
@@ -241,6 +264,7 @@ def result_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
         alpha=float(cfg.experiment.alpha),
         test="paired t-test over prompts (scipy.stats.ttest_rel); effect size Cohen's d_z; 95% CI of the "
         "relative change from the t interval of the mean difference over |clean mean| (approximate)",
+        power=power_record(len(m.prompts), float(cfg.experiment.alpha)),
         grammar=m.grammar,
         sbert={"model": m.sbert_source, "compared": "prompt vs its continuation (generated text only)"},
         brittleness={"value": m.brittleness, "metrics": britt_metrics,

@@ -106,7 +106,9 @@ def detail_markdown(result: dict) -> str:
         f"noise seed {gen['noise_seed']}",
         "- metrics: " + "; ".join(f"{k}: {v['meaning']}" for k, v in r["metrics"].items()),
         f"- grammar backend: {r['grammar']['backend']} ({r['grammar']['detail']}); SBERT: {r['sbert']['compared']}",
-        f"- test: {r['test']}",
+        f"- test: {r['test']}" + (f"; sensitivity: {r['power']['n_prompts']} prompts detect d_z >= "
+                                  f"{_num(r['power']['detectable_dz'], '.2f')} with power {r['power']['power']:g}"
+                                  if r.get("power") else ""),
         f"- timing: generation clean {timing['generation_clean_s']:.1f} s, noised {timing['generation_noised_s']:.1f} s, "
         f"metrics {timing['metrics_s']:.1f} s ({100 * timing['metrics_share_of_generation_plus_metrics']:.0f}% of "
         f"generation + metrics), total {timing['total_s']:.1f} s on {r['device']}",
