@@ -3,7 +3,8 @@ default model (SmolLM2-135M; target: extraction with every rival at most 1.2x th
 
 Prints, for one pass with the rivals on and one with them off (alternated over --repeats, fastest of each):
 the wall times, the time inside each rival's per-group function (block influence, logit lens) and inside the
-information curves, the intrinsic-dimension step after the pass (dadapy over the stored probe sample), the
+information curves, the intrinsic-dimension step after the pass (dadapy over the stored probe sample; then
+once more, as a rerun reads it: the artifact stored beside the statistics), the
 ratio (pass with rivals + ID step) / pass without, and the process's peak RSS (run once at 500 and once at
 2,000 sentences to see that memory stays flat in corpus size).
 
@@ -36,10 +37,11 @@ def main() -> None:
     from bench_information import prepared_pass
 
     import mspgt.extraction.extract as extract
+    from mspgt.experiments.boundary import obtain_intrinsic_dimension
     from mspgt.extraction.assemble import load_statistics
     from mspgt.extraction.cache import StatisticsCache
     from mspgt.reports.store import data_identity
-    from mspgt.signals.intrinsic_dimension import group_intrinsic_dimension
+    from mspgt.signals.rivals import RivalSettings
 
     cfg, loaded, corpus, sentences = prepared_pass(args.sentences, args.overrides)
     work = tempfile.mkdtemp(prefix="mspgt-bench-rivals-")
@@ -69,17 +71,20 @@ def main() -> None:
             times[on].append(time.perf_counter() - t)
             if on:
                 stats = load_statistics(cache)
+                settings = RivalSettings.from_config(cfg.rivals)
                 t = time.perf_counter()
-                sample = [s for s in (stats.probe_train, stats.probe_eval) if s.group.size]
-                group_intrinsic_dimension(np.concatenate([s.features for s in sample]),
-                                          np.concatenate([s.group for s in sample]), stats.n_groups,
-                                          int(cfg.rivals.gride_range_max), int(cfg.rivals.id_min_points))
-                split.append({**inside, "intrinsic_dimension (after the pass)": time.perf_counter() - t})
+                _, cached = obtain_intrinsic_dimension(cfg, stats, settings, cache)
+                id_s = time.perf_counter() - t
+                t = time.perf_counter()
+                _, again = obtain_intrinsic_dimension(cfg, stats, settings, cache)  # a rerun: the stored artifact
+                assert not cached and again
+                split.append({**inside, "intrinsic_dimension (after the pass)": id_s,
+                              "intrinsic_dimension read back from the cache (a rerun)": time.perf_counter() - t})
             print(f"repeat {rep}: rivals {'on ' if on else 'off'} {times[on][-1]:.1f} s", flush=True)
     on, off = min(times[True]), min(times[False])
     best = split[int(np.argmin(times[True]))]
     print(f"\n{loaded.name}, {len(sentences)} sentences, {corpus.n_groups} groups, "
-          f"logit lens {cfg.rivals.logit_lens_tokens} tokens per group")
+          f"logit lens {cfg.rivals.logit_lens_tokens} tokens per group, ID on {cfg.rivals.id_points} words per group")
     for name, seconds in best.items():
         print(f"  inside {name}: {seconds:.2f} s")
     total = on + best["intrinsic_dimension (after the pass)"]

@@ -216,7 +216,7 @@ def run_boundary(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> di
     information = information_result(stats, probes, {name: ci.layer for name, ci in found.cis.items()}, cfg)
     timings["information_s"] = time.perf_counter() - t
     t = time.perf_counter()
-    rivals = rivals_record(cfg, stats, found)
+    rivals = rivals_record(cfg, stats, found, cache, timings)
     timings["rivals_s"] = time.perf_counter() - t
     timings["total_s"] = time.perf_counter() - t_all
     record = boundary_record(cfg, stats, probes, found, information, timings)
@@ -226,7 +226,8 @@ def run_boundary(cfg: DictConfig, out_dir: Path, sweep: str | None = None) -> di
     return record.flat_summary()
 
 
-def rivals_record(cfg: DictConfig, stats: CorpusStatistics, found: Found) -> dict[str, Any] | None:
+def rivals_record(cfg: DictConfig, stats: CorpusStatistics, found: Found, cache: StatisticsCache | None = None,
+                  timings: dict[str, float] | None = None) -> dict[str, Any] | None:
     """The rival layer curves over the boundary bootstrap's own resamples (fusion/rival_transitions.py): the
     pass's block-influence and logit-lens sums, and the intrinsic dimension per group of the probe sample."""
     settings = RivalSettings.from_config(cfg.get("rivals"))
@@ -234,17 +235,36 @@ def rivals_record(cfg: DictConfig, stats: CorpusStatistics, found: Found) -> dic
         return None
     ids = None
     if settings.intrinsic_dimension:
-        sample = [s for s in (stats.probe_train, stats.probe_eval) if s.group.size]
-        if sample:
-            ids = group_intrinsic_dimension(np.concatenate([s.features for s in sample]),
-                                            np.concatenate([s.group for s in sample]), stats.n_groups,
-                                            settings.gride_range_max, settings.id_min_points)
+        t = time.perf_counter()
+        ids, cached = obtain_intrinsic_dimension(cfg, stats, settings, cache)
+        if timings is not None:
+            timings["intrinsic_dimension_cached_s" if cached else "intrinsic_dimension_s"] = time.perf_counter() - t
     if not stats.rivals and ids is None:
         return None
     b = cfg.bootstrap
     counts = resample_counts(stats.n_groups, int(b.n_resamples), np.random.default_rng(b.seed))  # as the CIs
     boundaries = {name: (ci.layer, ci.chosen) for name, ci in found.cis.items()}
     return rival_result(stats.rivals, ids, counts, boundaries, settings, float(b.ci_level)).to_json()
+
+
+def obtain_intrinsic_dimension(cfg: DictConfig, stats: CorpusStatistics, settings: RivalSettings,
+                               cache: StatisticsCache | None) -> tuple[np.ndarray | None, bool]:
+    """Per-group ID [2, G, L+1] of the stored probe sample (None without one), and whether it came from the
+    cache: an artifact beside the statistics, keyed by RivalSettings.id_key()."""
+    key = settings.id_key()
+    use = cache is not None and bool(cfg.extraction.cache)
+    if use and (cached := cache.load_artifact("intrinsic_dimension", key)) is not None:  # type: ignore[union-attr]
+        return cached, True
+    sample = [s for s in (stats.probe_train, stats.probe_eval) if s.group.size]
+    if not sample:
+        return None, False
+    ids = group_intrinsic_dimension(np.concatenate([s.features for s in sample]),
+                                    np.concatenate([s.group for s in sample]), stats.n_groups,
+                                    settings.gride_range_max, settings.id_min_points, settings.id_points,
+                                    settings.id_reference)
+    if use and writable_folder(cache.dir) is None:  # type: ignore[union-attr]
+        cache.save_artifact("intrinsic_dimension", key, ids)  # type: ignore[union-attr]
+    return ids, False
 
 
 @dataclass

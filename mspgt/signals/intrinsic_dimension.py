@@ -2,17 +2,30 @@
 2023; Cheng et al., ICLR 2025, arXiv 2405.15471: a high-ID "abstraction" phase early in the network). The
 estimators are `dadapy`'s (Glielmo et al. 2022): TwoNN (Facco et al. 2017, `compute_id_2NN`, its default
 10% of the largest distance ratios discarded) and GRIDE (Denti et al. 2022) at neighbour ranks
-(n1, n2) = (gride_range_max / 2, gride_range_max), the largest scale of `return_id_scaling_gride`.
+(n1, n2) = (gride_range_max / 2, gride_range_max), the largest scale of `return_id_scaling_gride` (dadapy's
+single-scale maximiser, so the two smaller scales that `return_id_scaling_gride` also fits are not computed).
 
-Which points (our choice): the word-final tokens of the probe sample the pass stores (the states at each
-sampled word's last sub-word token, float16, about 130 words per sentence group at the defaults), per
-sentence group; Cheng et al. take the last token of each sequence. Identical states (the same word at h_0,
-where a state is its token's embedding) are counted once: a zero distance breaks nearest-neighbour estimators.
+Which points (our rule): per sentence group, the first `id_points` (128) DISTINCT states in a seeded order of
+the group's word-final tokens of the probe sample the pass stores (Cheng et al. take the last token of each
+sequence). Identical states (the same token at h_0, where a state is its token's embedding) are counted once: a
+zero distance breaks nearest-neighbour estimators. A fixed number of points per group makes the estimand the
+same at every corpus size, and bounds the cost (one 128 x 128 Gram matrix per group and state).
+
+Neighbours: one float32 Gram matrix of the centred points per state selects each point's `gride_range_max`
+nearest neighbours; their distances are then recomputed exactly in float64 from the differences. The same
+neighbour distances feed TwoNN and GRIDE; every bootstrap resample reuses the per-group estimates.
+
+Calibration (our rule, `id_reference: gaussian`): nearest-neighbour estimators underestimate a high ID from a
+finite sample (a 20-dimensional Gaussian comes back ~15 by TwoNN and ~12.5 by GRIDE from 128 points, 17.5 and
+15 from 8,500). Each raw estimate is mapped to the dimension d whose isotropic Gaussian, sampled at the same
+number of points, gives that raw estimate on average (signals/id_reference.py: dadapy on seeded Gaussian
+references). The map is increasing, so it keeps the order of IDs at one sample size. `id_reference: none`
+reports dadapy's raw estimates (the numbers the papers above report).
 
 Resampling (our rule): the ID is estimated per group and a curve is the mean over groups (groups with fewer
 than `id_min_points` distinct words are left out), so a bootstrap resample of groups is a weighted mean of
 per-group estimates and never duplicates a point inside an estimate (resampling points with replacement would
-create zero distances). The estimand is therefore the mean ID of a group's ~130 word states, not the ID of the
+create zero distances). The estimand is the mean ID of a group's `id_points` word states, not the ID of the
 whole corpus's states; the coverage of its interval is checked on a planted case (tests).
 """
 
@@ -21,68 +34,87 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
-import torch
+
+ID_RULE_VERSION = 2  # the per-group ID artifact's rule (points, neighbours, calibration); bump when it changes
+GRIDE_SEARCH = (0.001, 1000.0, 1e-7)  # dadapy's defaults for GRIDE's search: lowest, highest ID, precision
 
 
-def _distances(points: torch.Tensor) -> torch.Tensor:
-    """[m, n, d] -> [m, n, n] float64 Euclidean distances, from float64 Gram matrices (the same neighbours on
-    every CPU up to exact ties; one batched product for all states)."""
-    x = points.to(torch.float64)
-    sq = x.square().sum(-1)  # [m, n]
-    scale = sq[:, :, None] + sq[:, None, :]  # [m, n, n]
-    d2 = scale - 2.0 * x @ x.transpose(-1, -2)  # [m, n, n]
-    d2[d2 <= 1e-10 * scale] = 0.0  # identical points (rounding of the product leaves ~1e-14 of the norms)
-    d2.diagonal(dim1=-2, dim2=-1).zero_()
-    return d2.clamp_min(0.0).sqrt()
+def distinct_first(points: np.ndarray, limit: int) -> np.ndarray:
+    """Indices of the first `limit` distinct rows of points [n, d] in their order (exact equality)."""
+    rows = np.ascontiguousarray(points).view(np.dtype((np.void, points.dtype.itemsize * points.shape[1])))
+    _, first = np.unique(rows.ravel(), return_index=True)
+    return np.sort(first)[:limit]
 
 
-def _dadapy_estimates(distances: np.ndarray, gride_range_max: int) -> tuple[float, float]:
-    """(TwoNN, GRIDE) by dadapy from one state's [n, n] distances between distinct points."""
+def nearest_neighbours(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """points [n, d] (distinct rows) -> (distances [n, k + 1] float64, indices [n, k + 1]): each point first
+    (distance 0), then its k nearest neighbours in increasing distance. Selected on a float32 Gram matrix of the
+    centred points, the k + 1 distances recomputed exactly in float64."""
+    x = points.astype(np.float64)
+    x -= x.mean(0)
+    x32 = x.astype(np.float32)
+    sq = np.einsum("nd,nd->n", x32, x32)  # [n]
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (x32 @ x32.T)  # [n, n]
+    np.fill_diagonal(d2, -1.0)  # each point is its own first "neighbour"
+    index = np.argpartition(d2, k, axis=1)[:, : k + 1]  # [n, k + 1], unordered
+    exact = np.sqrt(np.square(x[index] - x[:, None, :]).sum(-1))  # [n, k + 1] float64
+    order = np.argsort(exact, axis=1, kind="stable")
+    return np.take_along_axis(exact, order, 1), np.take_along_axis(index, order, 1)
+
+
+def raw_estimates(points: np.ndarray, gride_range_max: int = 8) -> tuple[float, float]:
+    """(TwoNN, GRIDE at (gride_range_max / 2, gride_range_max)) by dadapy, uncalibrated, from distinct points
+    [n, d], n > gride_range_max."""
     from dadapy.id_estimation import IdEstimation  # imported on use: dadapy pulls in jax (seconds)
 
-    k = min(len(distances) - 1, gride_range_max)
-    index = np.argsort(distances, axis=1, kind="stable")[:, : k + 1]  # [n, k + 1], self first (distance 0)
-    values = np.take_along_axis(distances, index, 1)
+    k = gride_range_max
+    distances, index = nearest_neighbours(points, k)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        estimator = IdEstimation(distances=(values, index), maxk=k, verbose=False, n_jobs=1)
+        estimator = IdEstimation(distances=(distances, index), maxk=k, verbose=False, n_jobs=1)
         twonn = float(estimator.compute_id_2NN()[0])
-        gride = float(estimator.return_id_scaling_gride(range_max=gride_range_max)[0][-1])
+        mus = distances[:, k] / distances[:, k // 2]  # ratio of the n2-th to the n1-th neighbour distance
+        gride = float(estimator._compute_id_gride_single_scale(*GRIDE_SEARCH[:2], mus, k // 2, k,
+                                                                 GRIDE_SEARCH[2])[0])
     return twonn, gride
 
 
-def states_intrinsic_dimension(states: torch.Tensor, gride_range_max: int = 8,
-                               min_points: int = 32) -> np.ndarray:
-    """[m, n, d] states of n points -> [2, m] (TwoNN, GRIDE), each state's identical points counted once;
-    nan where fewer than `min_points` distinct points remain. The distances are one batched product; the
-    per-state work is small and runs in numpy."""
-    distances = _distances(states).numpy()  # [m, n, n]
+def states_intrinsic_dimension(states: np.ndarray, gride_range_max: int = 8, min_points: int = 32,
+                               max_points: int = 128, reference: str = "gaussian") -> np.ndarray:
+    """[m, n, d] states of n points (in the order to take them) -> [2, m] (TwoNN, GRIDE): per state, the first
+    `max_points` distinct points; nan where fewer than `min_points` distinct points remain."""
+    from mspgt.signals.id_reference import calibrate
+
     out = np.full((2, states.shape[0]), np.nan)
-    for state, dist in enumerate(distances):
-        duplicate = np.triu(dist == 0, k=1).any(0)  # [n]: equal to an earlier point
-        distinct = dist[~duplicate][:, ~duplicate] if duplicate.any() else dist
-        if len(distinct) >= max(min_points, gride_range_max + 1):
-            out[:, state] = _dadapy_estimates(distinct, gride_range_max)
+    for state, points in enumerate(states):
+        take = distinct_first(points, max_points)
+        if len(take) >= max(min_points, gride_range_max + 1):
+            raw = raw_estimates(points[take], gride_range_max)
+            out[:, state] = raw if reference == "none" else calibrate(np.array(raw), len(take), gride_range_max)
     return out
 
 
-def intrinsic_dimension(points: np.ndarray, gride_range_max: int = 8) -> tuple[float, float]:
-    """(TwoNN, GRIDE) ID of the distinct rows of points [n, d] (nan with too few)."""
-    est = states_intrinsic_dimension(torch.from_numpy(np.asarray(points))[None], gride_range_max,
-                                     gride_range_max + 1)
+def intrinsic_dimension(points: np.ndarray, gride_range_max: int = 8, max_points: int = 128,
+                        reference: str = "gaussian") -> tuple[float, float]:
+    """(TwoNN, GRIDE) ID of the first `max_points` distinct rows of points [n, d] (nan with too few)."""
+    est = states_intrinsic_dimension(np.asarray(points)[None], gride_range_max, gride_range_max + 1,
+                                     max_points, reference)
     return float(est[0, 0]), float(est[1, 0])
 
 
 def group_intrinsic_dimension(features: np.ndarray, group: np.ndarray, n_groups: int, gride_range_max: int = 8,
-                              min_points: int = 32) -> np.ndarray:
+                              min_points: int = 32, max_points: int = 128, reference: str = "gaussian",
+                              seed: int = 0) -> np.ndarray:
     """Per group and state: features [N, m, d] (the probe sample, every split), group [N] in 0..n_groups-1 ->
-    [2, n_groups, m] (TwoNN, GRIDE); nan for groups with fewer than `min_points` distinct words."""
+    [2, n_groups, m] (TwoNN, GRIDE); nan for groups with fewer than `min_points` distinct words. A group's
+    words are taken in a seeded order (np.random.default_rng([seed, g]))."""
     out = np.full((2, n_groups, features.shape[1]), np.nan)
     for g in range(n_groups):
         rows = np.nonzero(group == g)[0]
         if len(rows) >= min_points:
-            out[:, g] = states_intrinsic_dimension(torch.from_numpy(features[rows]).transpose(0, 1),
-                                                   gride_range_max, min_points)
+            rows = np.random.default_rng([seed, g]).permutation(rows)
+            out[:, g] = states_intrinsic_dimension(features[rows].transpose(1, 0, 2), gride_range_max,
+                                                   min_points, max_points, reference)
     return out
 
 
