@@ -5,6 +5,7 @@ on a shared cluster)."""
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import io
 import json
@@ -18,7 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, NoReturn, TypeVar
 
 from filelock import FileLock, Timeout
 
@@ -127,18 +128,40 @@ def publish_folder(target: Path, fill: Callable[[Path], None], marker: str) -> N
     """Fill a temp folder beside `target` (`fill(tmp)`), mark it complete (`mspgt-complete` holding `marker`)
     and rename it into place, replacing an unreadable old copy (the caller holds the entry's lock)."""
     tmp = Path(tempfile.mkdtemp(dir=target.parent, prefix=f".{target.name}-"))
-    fill(tmp)
-    (tmp / "mspgt-complete").write_text(marker)
+    try:
+        fill(tmp)
+        (tmp / "mspgt-complete").write_text(marker)
+    except BaseException as err:  # a full disk, Ctrl-C: no half-filled temp folder left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(err, Exception) and not isinstance(err, OSError) and NO_SPACE in str(err):
+            # a library's own error without an errno (the tokenizers' Rust side: `Exception: No space left ...`)
+            raise OSError(errno.ENOSPC, NO_SPACE, str(target)) from err
+        _raise_naming(err, target)
     shutil.rmtree(target, ignore_errors=True)
     publish(tmp, target, directory=True)
+
+
+NO_SPACE = os.strerror(errno.ENOSPC)  # "No space left on device"
+
+
+def _raise_naming(err: BaseException, path: Path) -> NoReturn:
+    """Raise `err`, or where it is an OSError that names no file (a write into an open file: a full disk), the
+    same error naming `path`, so that the message says which file could not be written."""
+    if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+        raise OSError(err.errno, err.strerror, str(path)) from err
+    raise err
 
 
 def write_bytes_atomic(path: Path, data: bytes | memoryview) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}-")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    publish(tmp, path)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        publish(tmp, path)
+    except BaseException as err:  # a full disk: no temp file left behind, and the message names the file
+        Path(tmp).unlink(missing_ok=True)
+        _raise_naming(err, path)
 
 
 class _Sha256Stream(io.RawIOBase):
@@ -175,9 +198,9 @@ def write_stream_atomic(path: Path, fill: Callable[[io.RawIOBase], None]) -> str
             stream = _Sha256Stream(f)
             fill(stream)
         publish(tmp, path)
-    except BaseException:
+    except BaseException as err:  # a full disk: no temp file left behind, and the message names the file
         Path(tmp).unlink(missing_ok=True)
-        raise
+        _raise_naming(err, path)
     return stream.sha256.hexdigest()
 
 

@@ -1,12 +1,11 @@
 """The command `python -m mspgt.run` itself (a subprocess: what a user's shell sees): a bad setting is exit
-status 2 and one message without a traceback, Ctrl-C one line and exit 130, a full disk one message naming
-the fix, a sweep ends with its summary of the swept values."""
+status 2 and one message without a traceback, Ctrl-C one line and exit 130, a sweep ends with its summary of
+the swept values (a full disk: tests/test_full_disk.py)."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -18,13 +17,6 @@ from tests.conftest import MODEL_LOADED, TINY, log_text, run_cli
 
 EXTRACTION_STARTS = "sentences in 12 groups"  # the log line just before the extraction (experiments/boundary.py)
 
-
-
-def _unshare_works() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(["unshare", "-rm", "true"], capture_output=True)
-    return probe.returncode == 0
 
 
 @pytest.mark.parametrize("override", [["probes.epochs=0"], ["hydra.run.dir={file}"]])
@@ -60,33 +52,6 @@ def test_ctrl_c_is_one_line_and_exit_130(tmp_path):
     assert proc.returncode == 130, stdout[-2000:] + stderr[-2000:]
     assert "Traceback" not in stdout + stderr
     assert "interrupted (Ctrl-C)" in stdout + stderr
-    assert not (out / "results.json").exists()
-
-
-@pytest.mark.slow  # processes of their own (a sweep, signals, a mount): CI runs it
-@pytest.mark.skipif(not _unshare_works(), reason="needs `unshare -rm` for a small tmpfs")
-def test_full_disk_is_one_message_naming_the_fix(tmp_path):
-    from omegaconf import OmegaConf
-
-    from mspgt.model.loading import _tiny_tokenizer
-
-    seed = tmp_path / "seed"
-    _tiny_tokenizer(OmegaConf.create({}), seed)  # the tokenizer the tiny model borrows, cached
-    size = sum(f.stat().st_size for f in (seed / "tokenizers").rglob("*") if f.is_file())
-    cache, out = tmp_path / "cache", tmp_path / "r"
-    cache.mkdir()
-    command = " ".join([sys.executable, "-m", "mspgt.run", "model=tiny_llama", *TINY, "tracking.mode=disabled",
-                        f"hydra.run.dir={out}"])
-    env = dict(os.environ, MSPGT_CACHE_DIR=str(cache), WANDB_MODE="offline", HF_HUB_OFFLINE="1")
-    # room for the tokenizer and about one chunk of statistics: the second chunk fills the disk
-    script = (f"mount -t tmpfs -o size={size + 200_000} tmpfs {cache} && cp -r {seed}/tokenizers {cache}/ "
-              f"&& exec {command}")
-    proc = subprocess.run(["unshare", "-rm", "sh", "-c", script], cwd=tmp_path, env=env, capture_output=True,
-                          text=True, timeout=600)
-    text = log_text(proc)
-    assert proc.returncode == 2, text[-3000:]
-    assert "No space left on device" in text and "free space there" in text, text[-3000:]
-    assert "Traceback" not in text
     assert not (out / "results.json").exists()
 
 
