@@ -1,7 +1,8 @@
 """Controls (docs/controls.md) with planted answers: random_init's weights (differ from the checkpoint, fixed by
 the seed, the architecture's own initialiser), shuffled_words (every word keeps its labels, the order moves,
 the same seed gives the same order), a boundary planted in a tiny model's weights that random_init removes
-and shuffled_words keeps, what a control keys and names, and the comparison's verdicts on constructed results."""
+and shuffled_words keeps, a word-order dependency planted in the data that shuffled_words removes and
+random_init keeps, what a control keys and names, and the comparison's verdicts on constructed results."""
 
 from __future__ import annotations
 
@@ -307,3 +308,74 @@ def test_the_store_never_hands_a_controls_boundaries_to_the_real_model(tmp_path)
     path.rename(path.with_name(path.name.replace("__shuffled_words-seed0", "")))  # ... nor a renamed one
     with pytest.raises(MspgtError, match="another model, corpus or control"):
         load_boundary(tmp_path, "m", "w", data)
+
+
+# -- a planted word-order dependency, through each control's own code path -----------------------------------
+FILLERS = ["red", "blue", "green", "cat", "dog", "house", "river", "stone", "bird", "tree", "road", "lamp"]
+
+
+def _order_planted_sentences(n: int) -> list:
+    """Sentences `f f P book f Q f` with P, Q = the, to (label 0) or to, the (label 1): the label of "book" is
+    the identity of the word before it. Both cues are in every sentence, so only the order tells the label."""
+    from mspgt.data.labels import LabeledSentence
+    from mspgt.data.shuffle import join_words
+
+    rng = np.random.default_rng(0)
+    out = []
+    for i in range(n):
+        y = i % 2
+        f = list(rng.choice(FILLERS, size=4))
+        cue, other = ("the", "to") if y == 0 else ("to", "the")
+        words = [f[0], f[1], cue, "book", f[2], other, f[3]]
+        text, spans = join_words(words)
+        out.append(LabeledSentence(text, "planted", words, spans, {"pos": [y if w == "book" else -1 for w in words]}))
+    return out
+
+
+def _book_states(loaded, sentences: list) -> tuple[np.ndarray, np.ndarray]:
+    """States h_0..h_L at "book"'s last token ([n, L+1, d]) through the pass's hooks, and its labels [n]."""
+    from mspgt.data.alignment import encode_sentences
+    from mspgt.extraction.hooks import residual_stream
+    from mspgt.model.loading import decoder_blocks
+
+    encoded = encode_sentences(loaded.tokenizer, sentences, max_tokens=32)
+    states, labels = [], []
+    for s, enc in zip(sentences, encoded, strict=True):
+        w = s.words.index("book")
+        with torch.no_grad(), residual_stream(decoder_blocks(loaded.model)) as hs:
+            loaded.model(input_ids=torch.tensor([enc.input_ids]))
+        states.append(torch.stack([h[0, enc.word_token[w]] for h in hs]).numpy())
+        labels.append(s.labels["pos"][w])
+    return np.stack(states), np.array(labels)
+
+
+def _held_out_accuracy(x: np.ndarray, y: np.ndarray, n_train: int) -> float:
+    """A ridge classifier (closed form, standardised features) trained on the first n_train, scored on the rest."""
+    mu, sd = x[:n_train].mean(0), x[:n_train].std(0) + 1e-6
+    z = (x - mu) / sd
+    a = np.c_[z, np.ones(len(z))]
+    w = np.linalg.solve(a[:n_train].T @ a[:n_train] + 1.0 * np.eye(a.shape[1]), a[:n_train].T @ (2.0 * y[:n_train] - 1))
+    return float(((a[n_train:] @ w > 0) == (y[n_train:] == 1)).mean())
+
+
+def test_shuffled_words_removes_a_planted_word_order_dependency_and_random_init_keeps_it(shared_cache):
+    """The label of "book" is the word before it. A causal model's state at "book" carries it (not at h_0, the
+    token's own embedding), whatever its weights: random_init keeps it (the dependency is in the data's order and
+    the architecture's attention, not in learnt weights). shuffled_words moves each word with its label, so the
+    label no longer follows from what precedes the word: chance at every state."""
+    from mspgt.data.shuffle import shuffle_labeled
+
+    sentences = _order_planted_sentences(400)
+    real = load_model(_model_cfg(seed=0), shared_cache, need_attentions=False)
+    random = load_model(_model_cfg(seed=0), shared_cache, need_attentions=False, control=Control("random_init", 1))
+    shuffled = [shuffle_labeled(s, 0) for s in sentences]
+    assert sorted(s.words.index("book") for s in shuffled) != [3] * 400  # the control moved the words
+    acc = {}
+    for name, loaded, data in (("none", real, sentences), ("random_init", random, sentences),
+                               ("shuffled_words", real, shuffled)):
+        x, y = _book_states(loaded, data)
+        acc[name] = [_held_out_accuracy(x[:, layer], y, 300) for layer in range(x.shape[1])]
+    for name in ("none", "random_init"):
+        assert acc[name][0] <= 0.6, acc  # h_0: "book"'s own embedding, the same in every sentence
+        assert min(acc[name][1:]) >= 0.9, acc  # every block's output knows the word before "book"
+    assert max(acc["shuffled_words"]) <= 0.7, acc  # gone at every state
