@@ -240,7 +240,7 @@ class GenerationSettings:
     batch_size: int = _positive("32")
     seed: int = _seed()
     noise_seed: int = _seed()
-    reuse_clean: bool = True
+    reuse_clean: bool = setting()
 
 
 @dataclass(frozen=True)

@@ -78,7 +78,7 @@ def swept_keys(sweep_dir: Path, rows: list[dict[str, Any]]) -> list[str]:
             values = {r.get("overrides", {}).get(key) for r in rows}
             if len(values) > 1 and key not in keys:
                 keys.append(key)
-    return [k for k in keys if not k.startswith("hydra.") and k not in SHOWN_GROUPS]
+    return [k for k in keys if not k.startswith("hydra.") and k not in SHOWN_GROUPS and k != "study.job"]
 
 
 RESULT_FILES = ("results.json", "intervention.json", "fisher.json")  # what a finished job of each experiment writes

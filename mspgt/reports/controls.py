@@ -50,7 +50,8 @@ NOT_TESTED, NO_BOUNDARY = "not tested", "no boundary"
 RULE = ("a control reproduces a boundary when one of its own two boundary point estimates lies inside the real "
         "model's 95% CI (ends included; any seed); learnt = random_init does not reproduce it; needs word order = "
         "shuffled_words does not reproduce it (pre-registered, docs/controls.md)")
-IGNORED_OVERRIDES = ("control", "control.seed", "control.name")  # what a comparison varies, not what groups it
+# what a comparison varies, not what groups it (and a study's job number: mspgt/cluster/study.py)
+IGNORED_OVERRIDES = ("control", "control.seed", "control.name", "study.job")
 
 
 @dataclass(frozen=True)
