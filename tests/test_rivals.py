@@ -204,3 +204,27 @@ def test_logit_lens_read_in_blocks_across_groups_equals_each_group_alone(tiny_mo
     alone = torch.stack([logit_lens_sums(s[None], read)[0] for s in states])
     torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
     assert (together[:, 0, -1] == 0).all()
+
+
+def test_the_per_group_id_is_stored_beside_the_statistics_and_read_back(tmp_path):
+    """A rerun on a cached pass reads the per-group ID (an artifact keyed by its settings) instead of
+    recomputing it; other ID settings are another artifact."""
+    from types import SimpleNamespace
+
+    from omegaconf import OmegaConf
+
+    from mspgt.experiments.boundary import obtain_intrinsic_dimension
+    from mspgt.extraction.cache import StatisticsCache
+
+    feats = np.stack([subspace_points(96, 4, seed=7), subspace_points(96, 4, seed=8)], 1).astype(np.float16)
+    sample = SimpleNamespace(features=feats, group=np.repeat([0, 1], 48))
+    stats = SimpleNamespace(probe_train=sample, probe_eval=SimpleNamespace(features=feats[:0], group=np.zeros(0)),
+                            n_groups=2)
+    cache = StatisticsCache(tmp_path, {"planted": 1})
+    cfg = OmegaConf.create({"extraction": {"cache": True}})
+    first, cached = obtain_intrinsic_dimension(cfg, stats, RivalSettings(), cache)
+    assert not cached and np.isfinite(first).all() and first.shape == (2, 2, 2)
+    again, cached = obtain_intrinsic_dimension(cfg, stats, RivalSettings(), cache)
+    assert cached and np.array_equal(again, first)
+    other, cached = obtain_intrinsic_dimension(cfg, stats, RivalSettings(id_points=40), cache)
+    assert not cached and not np.array_equal(other, first)

@@ -17,7 +17,7 @@ class RivalSettings:
 
     block_influence: bool = True
     logit_lens: bool = True
-    logit_lens_tokens: int = 4  # sampled tokens per group read through the unembedding (evenly spread)
+    logit_lens_tokens: int = 2  # sampled tokens per group read through the unembedding (evenly spread)
     intrinsic_dimension: bool = True
     gride_range_max: int = 8  # GRIDE's largest neighbour rank n2 (the estimate at n1 = n2 / 2 is used)
     id_points: int = 128  # the first this many distinct sampled words of each group (a seeded order)
