@@ -82,8 +82,8 @@ def build_lock(lock_path: Path, timeout_s: float, what: str) -> Iterator[None]:
                     ) from None
     except OSError as err:  # a folder or an unwritable (immutable, foreign) file where the lock file goes
         raise MspgtError(f"the lock file {lock_path} of {what} cannot be used: {err.strerror or err}",
-                         f"remove it (`rm -rf {lock_path}`; only a lock file belongs there) or fix its permissions "
-                         "(`lsattr`/`chattr -i` for an immutable file), then run the same command again") from None
+                         f"{_lock_fix(lock_path, err)}, then run the same command again (finished cache "
+                         "chunks are kept)") from None
     holder = lock_path.with_name(lock_path.name + ".holder")
     with contextlib.suppress(OSError):  # who holds it is a courtesy to waiting jobs, not needed for correctness
         holder.write_text(f"pid {os.getpid()} on {socket.gethostname()} since "
@@ -94,6 +94,16 @@ def build_lock(lock_path: Path, timeout_s: float, what: str) -> Iterator[None]:
         with contextlib.suppress(OSError):
             holder.unlink(missing_ok=True)
         lock.release()
+
+
+def _lock_fix(lock_path: Path, err: OSError) -> str:
+    """How to free the place of a lock file that cannot be opened (`err`): a folder, an immutable file, a file
+    of another user."""
+    if lock_path.is_dir():
+        return f"remove the folder where the lock file goes: `rm -rf {lock_path}` (only a lock file belongs there)"
+    if err.errno == errno.EPERM:  # immutable or append-only (chattr +i/+a): even root cannot open it for writing
+        return f"it is immutable (`lsattr {lock_path}` shows an i): `chattr -i {lock_path}` (as root)"
+    return f"let this user write it (`chmod u+w {lock_path}`, or ask its owner) or remove it (`rm -f {lock_path}`)"
 
 
 def writable_folder(path: Path) -> str | None:

@@ -86,3 +86,50 @@ def test_a_folder_where_the_lock_file_goes_is_one_message_naming_it(tmp_path):
             build_lock(tmp_path / "entry" / ".lock", 5, "the entry"):
         pass
     assert f"rm -rf {tmp_path / 'entry' / '.lock'}" in err.value.fix
+
+
+def _immutable(path: Path) -> bool:
+    """Make `path` immutable (`chattr +i`: needs root and a file system with the flag); False where it cannot."""
+    if shutil.which("chattr") is None:
+        return False
+    return subprocess.run(["chattr", "+i", str(path)], capture_output=True).returncode == 0
+
+
+@pytest.mark.parametrize("kind", ["immutable", "folder"])
+def test_a_lock_that_cannot_be_opened_on_a_complete_entry_is_one_line_naming_the_fix(kind, tmp_path, shared_cache):
+    """An immutable `.lock` (chattr +i: even root cannot open it for writing) or a folder where the lock file goes,
+    on a complete statistics entry: exit 2 with one message naming the lock and the command that frees it (no
+    traceback); the entry is untouched, and once freed the same command reads it back without recomputing."""
+    cache = tmp_path / "cache"
+    for sub in ("tokenizers", "models"):  # the tokenizer parsed once per session, not again here
+        if (shared_cache / sub).is_dir():
+            cache.mkdir(exist_ok=True)
+            (cache / sub).symlink_to(shared_cache / sub)
+    args = ["model=tiny_llama", *TINY, "tracking.mode=disabled"]
+    run_mspgt([*args, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path, cache=cache)
+    (entry,) = (cache / "stats").iterdir()
+    lock = entry / ".lock"
+    chunks = {p.name: p.stat().st_mtime_ns for p in entry.glob("chunk_*")}
+    lock.unlink(missing_ok=True)
+    if kind == "folder":
+        lock.mkdir()
+        fix = f"`rm -rf {lock}`"
+    else:
+        lock.touch()
+        if not _immutable(lock):
+            pytest.skip("chattr +i needs root and a file system with the immutable flag")
+        fix = f"`chattr -i {lock}`"
+    try:
+        proc = run_mspgt([*args, f"hydra.run.dir={tmp_path / 'b'}"], tmp_path, cache=cache, check=False)
+    finally:
+        if kind == "immutable":
+            subprocess.run(["chattr", "-i", str(lock)], check=True)
+    text = log_text(proc)
+    assert proc.returncode == 2, text[-3000:]
+    assert f"the lock file {lock}" in text and fix in text and "Traceback" not in text, text[-3000:]
+    assert MODEL_LOADED not in text
+    assert {p.name: p.stat().st_mtime_ns for p in entry.glob("chunk_*")} == chunks  # the finished work is kept
+    shutil.rmtree(lock) if kind == "folder" else lock.unlink()
+    again = run_mspgt([*args, f"hydra.run.dir={tmp_path / 'c'}"], tmp_path, cache=cache)
+    assert "statistics loaded from the cache" in again.stdout and MODEL_LOADED not in again.stdout
+    assert read_results(tmp_path / "a")["boundaries"] == read_results(tmp_path / "c")["boundaries"]
