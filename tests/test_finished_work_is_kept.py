@@ -1,6 +1,7 @@
 """extraction.cache=false recomputes the statistics without reading the cache and without destroying it: the
 finished entry's chunks stay as they were (a run stopped part-way loses nothing), the recomputation lives in
-a scratch entry that is gone afterwards, and the results equal the cached run's."""
+a scratch entry that is gone afterwards, and the results equal the cached run's. A chunk deleted while the
+builder runs is named, and the same command recomputes only it."""
 
 from __future__ import annotations
 
@@ -28,3 +29,40 @@ def test_cache_false_recomputes_beside_the_finished_entry(tmp_path, shared_cache
     a, b = read_results(tmp_path / "a"), read_results(tmp_path / "b")
     assert a["boundaries"] == b["boundaries"] and a["signals"] == b["signals"]
     assert "extract_s" in b["timings"]  # it did recompute
+
+
+def test_a_chunk_deleted_while_the_builder_runs_is_named_and_only_it_is_recomputed(tmp_path, shared_cache, monkeypatch):
+    """Something else deletes a finished chunk while the run builds the entry (a cleanup script, a colleague):
+    the run says which chunk disappeared and that the same command recomputes only it (the message was 'check
+    the disk'); the same command then does exactly that, the other chunks untouched."""
+    from mspgt.extraction.cache import StatisticsCache
+
+    cache = tmp_path / "cache"
+    for sub in ("tokenizers", "models"):  # the tokenizer parsed once per session, not again here
+        if (shared_cache / sub).is_dir():
+            cache.mkdir(exist_ok=True)
+            (cache / sub).symlink_to(shared_cache / sub)
+    save_chunk = StatisticsCache.save_chunk
+
+    def save_and_delete_the_first(self: StatisticsCache, i: int, arrays: dict) -> None:
+        save_chunk(self, i, arrays)
+        if i == 2:  # the builder is at its third chunk: the first one goes (its checksum file stays)
+            self.chunk_path(0).unlink()
+
+    args = ["model=tiny_llama", *TINY, "tracking.mode=disabled"]
+    with monkeypatch.context() as patch:
+        patch.setattr(StatisticsCache, "save_chunk", save_and_delete_the_first)
+        proc = run_mspgt([*args, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path, cache=cache, check=False)
+    text = proc.stdout + proc.stderr
+    assert proc.returncode == 2, text[-3000:]
+    assert "chunk_00000.npz" in text and "disappeared while this run built it" in text, text[-3000:]
+    assert "run the same command again: only the missing chunks are recomputed" in text, text[-3000:]
+    assert "check the disk" not in text and "Traceback" not in text, text[-3000:]
+    assert not (tmp_path / "a" / "results.json").exists()
+    (entry,) = (cache / "stats").iterdir()
+    kept = {p.name: p.stat().st_mtime_ns for p in entry.glob("chunk_*.npz")}
+    assert "chunk_00000.npz" not in kept and len(kept) >= 2
+    run_mspgt([*args, f"hydra.run.dir={tmp_path / 'b'}"], tmp_path, cache=cache)
+    assert (entry / "chunk_00000.npz").exists()
+    assert {name: (entry / name).stat().st_mtime_ns for name in kept} == kept  # only the missing chunk rebuilt
+    assert (tmp_path / "b" / "results.json").exists()
