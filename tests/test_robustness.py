@@ -216,3 +216,13 @@ def test_figure_10_has_every_model_by_family_and_the_papers_four(tmp_path):
     assert ours["smollm2"]["L-I"] == (pytest.approx(2 / 30), (pytest.approx(1 / 30), pytest.approx(3 / 30)))
     paper = {p["label"]: p for p in points if p["paper"]}
     assert paper["Qwen2.5-7B (paper)"]["I-G"] == (pytest.approx(20 / 28), None)
+
+
+def test_a_peak_at_the_first_or_last_block_is_marked_as_an_edge(tmp_path):
+    boundary_result(tmp_path / "q", "qwen25_05b", "qwen", 24, 3, 24, accepted=False)
+    boundary_result(tmp_path / "s", "smollm2", "llama", 30, 2, 20)
+    write_robustness([tmp_path], tmp_path / "out")
+    text = (tmp_path / "out" / "robustness.md").read_text()
+    assert "24 (1.00) (not accepted) (edge: block 24 of 24)" in text
+    assert "20 (0.67) |" in text and "(edge: block 20" not in text
+    assert "an edge artefact is possible" in text

@@ -438,11 +438,18 @@ def robustness_markdown(record: dict[str, Any]) -> str:
         for n in BOUNDARY_NAMES:
             layer = m["layer"][n]
             mark = "" if m["accepted"][n] else " (not accepted)"
+            if layer is not None and layer in (1, m["n_blocks"]):
+                mark += f" (edge: block {layer} of {m['n_blocks']})"
             cells.append("none" if layer is None else f"{layer} ({m['relative'][n]:.2f}){mark}")
             cells.append("" if m["ci"][n] is None else f"[{m['ci'][n][0]}, {m['ci'][n][1]}]")
         p = m["paper"]
         cells.append("" if p is None else f"{p['L-I']} / {p['I-G']} of {p['n_blocks']}")
         lines.append("| " + " | ".join(cells) + " |")
+    if any(m["layer"][n] in (1, m["n_blocks"]) for m in record["models"] for n in BOUNDARY_NAMES):
+        lines += ["", "Edge: a peak at the first or the last block has no block on one side, so the fused curve's "
+                  "peak there rests on one neighbour only (an edge artefact is possible); the controls "
+                  "(controls.md: does the random-weight network put a peak there too?) and the rival "
+                  "transitions (results.json `rivals`) are the evidence to weigh it with."]
     lines += ["", "## Families (relative positions)", "",
               "| family | boundary | models | found | accepted | mean | std | CV | range |",
               "|---|---|---|---|---|---|---|---|---|"]
