@@ -11,9 +11,9 @@ sequence). Identical states (the same token at h_0, where a state is its token's
 zero distance breaks nearest-neighbour estimators. A fixed number of points per group makes the estimand the
 same at every corpus size, and bounds the cost (one 128 x 128 Gram matrix per group and state).
 
-Neighbours: one float32 Gram matrix of the centred points per state selects each point's `gride_range_max`
-nearest neighbours; their distances are then recomputed exactly in float64 from the differences. The same
-neighbour distances feed TwoNN and GRIDE; every bootstrap resample reuses the per-group estimates.
+Neighbours: float64 Gram matrices of the centred points, one batched product per group for the states whose
+first `id_points` points are distinct (every state but h_0, in practice). The same neighbour distances feed
+TwoNN and GRIDE; every bootstrap resample reuses the per-group estimates.
 
 Calibration (our rule, `id_reference: gaussian`): nearest-neighbour estimators underestimate a high ID from a
 finite sample (a 20-dimensional Gaussian comes back ~15 by TwoNN and ~12.5 by GRIDE from 128 points, 17.5 and
@@ -47,28 +47,25 @@ def distinct_first(points: np.ndarray, limit: int) -> np.ndarray:
 
 
 def nearest_neighbours(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """points [n, d] (distinct rows) -> (distances [n, k + 1] float64, indices [n, k + 1]): each point first
-    (distance 0), then its k nearest neighbours in increasing distance. Selected on a float32 Gram matrix of the
-    centred points, the k + 1 distances recomputed exactly in float64."""
+    """points [..., n, d] (distinct rows) -> (distances [..., n, k + 1] float64, indices [..., n, k + 1]): each
+    point first (distance 0), then its k nearest neighbours in increasing distance. From float64 Gram matrices
+    of the centred points (one batched product over the leading axes)."""
     x = points.astype(np.float64)
-    x -= x.mean(0)
-    x32 = x.astype(np.float32)
-    sq = np.einsum("nd,nd->n", x32, x32)  # [n]
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (x32 @ x32.T)  # [n, n]
-    np.fill_diagonal(d2, -1.0)  # each point is its own first "neighbour"
-    index = np.argpartition(d2, k, axis=1)[:, : k + 1]  # [n, k + 1], unordered
-    exact = np.sqrt(np.square(x[index] - x[:, None, :]).sum(-1))  # [n, k + 1] float64
-    order = np.argsort(exact, axis=1, kind="stable")
-    return np.take_along_axis(exact, order, 1), np.take_along_axis(index, order, 1)
+    x -= x.mean(-2, keepdims=True)
+    sq = np.einsum("...nd,...nd->...n", x, x)  # [..., n]
+    d2 = sq[..., :, None] + sq[..., None, :] - 2.0 * (x @ np.swapaxes(x, -1, -2))  # [..., n, n]
+    n = points.shape[-2]
+    d2[..., np.arange(n), np.arange(n)] = -1.0  # each point is its own first "neighbour"
+    index = np.argpartition(d2, k, axis=-1)[..., : k + 1]  # [..., n, k + 1], unordered
+    near = np.take_along_axis(d2, index, -1)  # [..., n, k + 1]
+    order = np.argsort(near, axis=-1, kind="stable")
+    return np.sqrt(np.take_along_axis(near, order, -1).clip(0.0)), np.take_along_axis(index, order, -1)
 
 
-def raw_estimates(points: np.ndarray, gride_range_max: int = 8) -> tuple[float, float]:
-    """(TwoNN, GRIDE at (gride_range_max / 2, gride_range_max)) by dadapy, uncalibrated, from distinct points
-    [n, d], n > gride_range_max."""
+def _dadapy(distances: np.ndarray, index: np.ndarray, k: int) -> tuple[float, float]:
+    """(TwoNN, GRIDE at (k / 2, k)) by dadapy from one state's neighbour distances [n, k + 1] and indices."""
     from dadapy.id_estimation import IdEstimation  # imported on use: dadapy pulls in jax (seconds)
 
-    k = gride_range_max
-    distances, index = nearest_neighbours(points, k)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         estimator = IdEstimation(distances=(distances, index), maxk=k, verbose=False, n_jobs=1)
@@ -79,18 +76,34 @@ def raw_estimates(points: np.ndarray, gride_range_max: int = 8) -> tuple[float, 
     return twonn, gride
 
 
+def raw_estimates(points: np.ndarray, gride_range_max: int = 8) -> tuple[float, float]:
+    """(TwoNN, GRIDE at (gride_range_max / 2, gride_range_max)) by dadapy, uncalibrated, from distinct points
+    [n, d], n > gride_range_max."""
+    return _dadapy(*nearest_neighbours(points, gride_range_max), gride_range_max)
+
+
 def states_intrinsic_dimension(states: np.ndarray, gride_range_max: int = 8, min_points: int = 32,
                                max_points: int = 128, reference: str = "gaussian") -> np.ndarray:
     """[m, n, d] states of n points (in the order to take them) -> [2, m] (TwoNN, GRIDE): per state, the first
-    `max_points` distinct points; nan where fewer than `min_points` distinct points remain."""
+    `max_points` distinct points; nan where fewer than `min_points` distinct points remain. States whose first
+    `max_points` points are all distinct (every state but h_0, in practice) share one batched Gram product."""
     from mspgt.signals.id_reference import calibrate
 
+    k = gride_range_max
     out = np.full((2, states.shape[0]), np.nan)
-    for state, points in enumerate(states):
-        take = distinct_first(points, max_points)
-        if len(take) >= max(min_points, gride_range_max + 1):
-            raw = raw_estimates(points[take], gride_range_max)
-            out[:, state] = raw if reference == "none" else calibrate(np.array(raw), len(take), gride_range_max)
+    takes = [distinct_first(points, max_points) for points in states]
+    full = min(max_points, states.shape[1])
+    plain = [s for s, t in enumerate(takes) if len(t) == full and t[-1] == full - 1]  # the first rows, distinct
+    found: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+    if plain and full > max(min_points - 1, k):
+        dist, index = nearest_neighbours(states[plain, :full], k)  # [p, full, k + 1] each
+        found = {s: (dist[i], index[i]) for i, s in enumerate(plain)}
+    for state, take in enumerate(takes):
+        if len(take) < max(min_points, k + 1):
+            continue
+        neighbours = found[state] if state in found else nearest_neighbours(states[state, take], k)
+        raw = _dadapy(*neighbours, k)
+        out[:, state] = raw if reference == "none" else calibrate(np.array(raw), len(take), k)
     return out
 
 
