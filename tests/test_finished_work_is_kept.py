@@ -31,10 +31,13 @@ def test_cache_false_recomputes_beside_the_finished_entry(tmp_path, shared_cache
     assert "extract_s" in b["timings"]  # it did recompute
 
 
-def test_a_chunk_deleted_while_the_builder_runs_is_named_and_only_it_is_recomputed(tmp_path, shared_cache, monkeypatch):
+@pytest.mark.parametrize("cached", ["true", "false"])
+def test_a_chunk_deleted_while_the_builder_runs_is_named_and_only_it_is_recomputed(cached, tmp_path, shared_cache,
+                                                                                   monkeypatch):
     """Something else deletes a finished chunk while the run builds the entry (a cleanup script, a colleague):
     the run says which chunk disappeared and that the same command recomputes only it (the message was 'check
-    the disk'); the same command then does exactly that, the other chunks untouched."""
+    the disk'); the same command then does exactly that, the other chunks untouched. With extraction.cache=false
+    (a scratch entry) the message names that one chunk too, not every chunk of the removed scratch entry."""
     from mspgt.extraction.cache import StatisticsCache
 
     cache = tmp_path / "cache"
@@ -49,16 +52,19 @@ def test_a_chunk_deleted_while_the_builder_runs_is_named_and_only_it_is_recomput
         if i == 2:  # the builder is at its third chunk: the first one goes (its checksum file stays)
             self.chunk_path(0).unlink()
 
-    args = ["model=tiny_llama", *TINY, "tracking.mode=disabled"]
+    args = ["model=tiny_llama", *TINY, "tracking.mode=disabled", f"extraction.cache={cached}"]
     with monkeypatch.context() as patch:
         patch.setattr(StatisticsCache, "save_chunk", save_and_delete_the_first)
         proc = run_mspgt([*args, f"hydra.run.dir={tmp_path / 'a'}"], tmp_path, cache=cache, check=False)
     text = proc.stdout + proc.stderr
     assert proc.returncode == 2, text[-3000:]
-    assert "chunk_00000.npz" in text and "disappeared while this run built it" in text, text[-3000:]
-    assert "run the same command again: only the missing chunks are recomputed" in text, text[-3000:]
+    assert "1 chunk(s)" in text and "(chunk_00000.npz)" in text, text[-3000:]
+    assert "disappeared while this run built it" in text and "run the same command again" in text, text[-3000:]
     assert "check the disk" not in text and "Traceback" not in text, text[-3000:]
     assert not (tmp_path / "a" / "results.json").exists()
+    if cached == "false":
+        return
+    assert "only the missing chunks are recomputed" in text, text[-3000:]
     (entry,) = (cache / "stats").iterdir()
     kept = {p.name: p.stat().st_mtime_ns for p in entry.glob("chunk_*.npz")}
     assert "chunk_00000.npz" not in kept and len(kept) >= 2

@@ -136,14 +136,17 @@ def obtain_statistics(cfg: DictConfig) -> tuple[CorpusStatistics, StatisticsCach
         t = time.perf_counter()
         stats = load_statistics(entry)
         timings["read_s"] = time.perf_counter() - t
+        gone = [] if stats is not None else [  # before a scratch entry is removed below
+            entry.chunk_path(i).name for i in range(entry.n_chunks or 0) if not entry.chunk_path(i).exists()]
         if entry is not cache:
             shutil.rmtree(entry.dir.parent.parent, ignore_errors=True)
         if stats is None:
-            gone = [entry.chunk_path(i).name for i in range(entry.n_chunks or 0) if not entry.chunk_path(i).exists()]
             if gone:  # deleted (or found corrupt and dropped) after they were written
                 raise MspgtError(f"{len(gone)} chunk(s) of {entry.dir} disappeared while this run built it "
                                  f"({', '.join(gone[:4])}): deleted by something else, or found corrupt",
-                                 "run the same command again: only the missing chunks are recomputed")
+                                 "run the same command again: only the missing chunks are recomputed"
+                                 if entry is cache else "run the same command again (extraction.cache=false "
+                                 "recomputes them all)")
             raise MspgtError(f"the statistics cache {cache.dir} could not be read back after writing it",
                              "check the disk (space, permissions) under paths.cache_dir, then re-run")
     return stats, cache, timings
