@@ -134,3 +134,20 @@ def test_out_keeps_a_documents_introduction_above_the_marker(runs, tmp_path):
     text = doc.read_text()
     assert text.startswith("# Results\n\nHand-written introduction.\n\n" + MARKER)
     assert "stale" not in text and text.count(MARKER) == 1 and "### Boundaries (experiment=boundary)" in text
+
+
+def test_compute_table_sums_each_runs_own_wall_time(runs, tmp_path):
+    text = _render(tmp_path, *map(str, runs.values()))
+    rows = _tables(text)["Compute: the runs' wall times"]
+    seconds = {}
+    for name, folder in runs.items():
+        path = folder / ("fisher.json" if name == "fisher" else "results.json")
+        record = json.loads(path.read_text())
+        seconds[name] = (record.get("timings") or record.get("timing"))["total_s"]
+    by = {(r["experiment"], r["model"]): r for r in rows}
+    assert by["boundary", "tiny_llama"]["runs"] == "2"
+    assert float(by["boundary", "tiny_llama"]["minutes (sum of the runs)"]) == pytest.approx(
+        (seconds["boundary"] + seconds["cka_only"]) / 60, abs=0.051)
+    assert by["all", ""]["runs"] == "3"
+    assert float(by["all", ""]["minutes (sum of the runs)"]) == pytest.approx(sum(seconds.values()) / 60, abs=0.051)
+    assert by["fisher", "tiny_llama"]["machine"].endswith(" CPUs")

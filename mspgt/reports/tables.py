@@ -336,6 +336,35 @@ def rivals_table(runs: list[Run]) -> Table | None:
                  rows, sources, notes)
 
 
+def _seconds(run: Run) -> float | None:
+    times = getattr(run.record, "timings", None) or getattr(run.record, "timing", None) or {}
+    value = times.get("total_s")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def compute_table(runs: list[Run]) -> Table | None:
+    """What the runs cost: per experiment, model and machine, the jobs and the sum of their wall times (each
+    job's own `total_s`; on one machine run job after job, as a study runs locally, the sum is the wall time)."""
+    groups: dict[tuple[str, str, str], list[Run]] = {}
+    for r in runs:
+        model = str(r.record.model.get("name")) if isinstance(r.record.model, dict) else "?"
+        cpu = str(r.record.machine.get("cpu", "machine not recorded"))
+        groups.setdefault((r.record.experiment, model, cpu), []).append(r)
+    if not groups:
+        return None
+    rows, total = [], 0.0
+    for (experiment, model, cpu), members in sorted(groups.items()):
+        seconds = [s for s in map(_seconds, members) if s is not None]
+        total += sum(seconds)
+        cpus = {str(m.record.machine.get("cpus", "?")) for m in members}
+        rows.append([experiment, model, str(len(members)), f"{sum(seconds) / 60:.1f}", f"{cpu}, {'/'.join(sorted(cpus))} CPUs"])
+    rows.append(["all", "", str(len(runs)), f"{total / 60:.1f}", ""])
+    return Table("Compute: the runs' wall times", ["experiment", "model", "runs", "minutes (sum of the runs)",
+                                                    "machine"], rows,
+                 notes=["Each run's own total wall time (`timing.total_s`/`timings.total_s` in its result file), "
+                        "summed; runs that shared the machine with other work are slower than alone."])
+
+
 def _n_overrides(run: Run) -> int:
     return len([o for o in run.overrides or () if not o.startswith("hydra.")]) if run.overrides is not None else 99
 
@@ -347,7 +376,7 @@ def build_tables(folders: list[Path]) -> list[Table]:
     boundary = by_kind[BoundaryResult]
     tables = [boundary_table(boundary), variant_table(boundary), eq28_table(boundary), rivals_table(boundary),
               intervention_table(by_kind[InterventionResult]), fisher_table(by_kind[FisherResult]),
-              robustness_table(runs) if runs else None]
+              robustness_table(runs) if runs else None, compute_table(runs)]
     return [t for t in tables if t is not None]
 
 
