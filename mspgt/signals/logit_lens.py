@@ -33,8 +33,8 @@ def final_norm_of(model: nn.Module) -> nn.Module:
 
 
 def lens_reader(model: nn.Module) -> Callable[[Tensor], Tensor]:
-    """states [..., d] -> log-probabilities [..., V] float32 through the model's final norm and unembedding
-    (with the config's final logit soft-capping where it has one)."""
+    """states [..., d] -> logits [..., V] float32 through the model's final norm and unembedding (with the
+    config's final logit soft-capping where it has one): the model's own logits at h_L."""
     norm, unembed = final_norm_of(model), model.get_output_embeddings()
     cap = getattr(model.config, "final_logit_softcapping", None)
 
@@ -43,7 +43,7 @@ def lens_reader(model: nn.Module) -> Callable[[Tensor], Tensor]:
         logits = unembed(norm(states.to(weight.dtype))).float()
         if cap:
             logits = torch.tanh(logits / cap) * cap
-        return torch.log_softmax(logits, dim=-1)
+        return logits
 
     return read
 
@@ -53,20 +53,25 @@ def logit_lens_sums(states: Tensor, read: Callable[[Tensor], Tensor], rows_per_r
     its tokens of KL(p_L || p_l) and of H(p_l), in bits.
 
     The unembedding is memory-bound one state at a time (its d x V weight is read for a few rows), so states
-    are read in blocks of about `rows_per_read` rows across groups: the weight is read once per block."""
+    are read in blocks of about `rows_per_read` rows across groups: the weight is read once per block. From a
+    state's logits z (lse: their log-sum-exp), in few passes over the [rows, V] block:
+    KL(p_L || p_l) = sum_v p_L log p_L - sum_v p_L z + lse(z) (as sum_v p_L = 1), H(p_l) = lse(z) - sum_v p_l z."""
     g, m, t, _ = states.shape
-    final = read(states[:, -1].reshape(g * t, -1))  # [g t, V] log p_L: the model's own output at h_L
-    p_final = final.exp()
+    z_final = read(states[:, -1].reshape(g * t, -1))  # [g t, V]: the model's own logits at h_L
+    log_p_final = z_final - torch.logsumexp(z_final, -1, keepdim=True)
+    p_final = log_p_final.exp()  # [g t, V]
+    neg_entropy_final = (p_final * log_p_final).sum(-1)  # [g t]
     per_block = max(1, rows_per_read // max(1, g * t))  # states per read
     out = torch.zeros((g, 2, m), dtype=torch.float64, device=states.device)
     for lo in range(0, m, per_block):
         hi = min(m, lo + per_block)
         block = states[:, lo:hi].transpose(0, 1).reshape((hi - lo) * g * t, -1)  # [(state, group, token), d]
-        logp = read(block).view(hi - lo, g * t, -1)  # [s, g t, V]
+        z = read(block).view(hi - lo, g * t, -1)  # [s, g t, V]
+        lse = torch.logsumexp(z, -1)  # [s, g t]
+        kl = (neg_entropy_final + lse - torch.einsum("kv,skv->sk", p_final, z)).clamp_min(0.0)  # [s, g t] nats
+        entropy = lse - torch.einsum("skv,skv->sk", torch.softmax(z, -1), z)  # [s, g t] nats
         if hi == m:  # the last state is the model's output itself: KL exactly 0
-            logp[-1] = final
-        kl = (p_final * (final - logp)).sum(-1).clamp_min(0.0)  # [s, g t] nats
-        entropy = -(logp.exp() * logp).sum(-1)  # [s, g t] nats
+            kl[-1] = 0.0
         both = torch.stack([kl, entropy]).view(2, hi - lo, g, t).sum(-1)  # [2, s, g]
         out[:, :, lo:hi] = both.permute(2, 0, 1).double() / LN2
     return out
