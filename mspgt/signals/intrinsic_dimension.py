@@ -11,9 +11,9 @@ sequence). Identical states (the same token at h_0, where a state is its token's
 zero distance breaks nearest-neighbour estimators. A fixed number of points per group makes the estimand the
 same at every corpus size, and bounds the cost (one 128 x 128 Gram matrix per group and state).
 
-Neighbours: float64 Gram matrices of the centred points, one batched product per group for the states whose
-first `id_points` points are distinct (every state but h_0, in practice). The same neighbour distances feed
-TwoNN and GRIDE; every bootstrap resample reuses the per-group estimates.
+Neighbours: float64 Gram matrices of the centred points and torch's top-k, one batched product per group for
+the states whose first `id_points` points are distinct (every state but h_0, in practice). The same neighbour
+distances feed TwoNN and GRIDE; every bootstrap resample reuses the per-group estimates.
 
 Calibration (our rule, `id_reference: gaussian`): nearest-neighbour estimators underestimate a high ID from a
 finite sample (a 20-dimensional Gaussian comes back ~15 by TwoNN and ~12.5 by GRIDE from 128 points, 17.5 and
@@ -34,6 +34,7 @@ from __future__ import annotations
 import warnings
 
 import numpy as np
+import torch
 
 ID_RULE_VERSION = 2  # the per-group ID artifact's rule (points, neighbours, calibration); bump when it changes
 GRIDE_SEARCH = (0.001, 1000.0, 1e-7)  # dadapy's defaults for GRIDE's search: lowest, highest ID, precision
@@ -49,17 +50,14 @@ def distinct_first(points: np.ndarray, limit: int) -> np.ndarray:
 def nearest_neighbours(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
     """points [..., n, d] (distinct rows) -> (distances [..., n, k + 1] float64, indices [..., n, k + 1]): each
     point first (distance 0), then its k nearest neighbours in increasing distance. From float64 Gram matrices
-    of the centred points (one batched product over the leading axes)."""
-    x = points.astype(np.float64)
-    x -= x.mean(-2, keepdims=True)
-    sq = np.einsum("...nd,...nd->...n", x, x)  # [..., n]
-    d2 = sq[..., :, None] + sq[..., None, :] - 2.0 * (x @ np.swapaxes(x, -1, -2))  # [..., n, n]
-    n = points.shape[-2]
-    d2[..., np.arange(n), np.arange(n)] = -1.0  # each point is its own first "neighbour"
-    index = np.argpartition(d2, k, axis=-1)[..., : k + 1]  # [..., n, k + 1], unordered
-    near = np.take_along_axis(d2, index, -1)  # [..., n, k + 1]
-    order = np.argsort(near, axis=-1, kind="stable")
-    return np.sqrt(np.take_along_axis(near, order, -1).clip(0.0)), np.take_along_axis(index, order, -1)
+    of the centred points (one batched product over the leading axes) and torch's top-k."""
+    x = torch.from_numpy(np.ascontiguousarray(points)).to(torch.float64)
+    x -= x.mean(-2, keepdim=True)
+    sq = x.square().sum(-1)  # [..., n]
+    d2 = sq[..., :, None] + sq[..., None, :] - 2.0 * (x @ x.transpose(-1, -2))  # [..., n, n]
+    d2.diagonal(dim1=-2, dim2=-1).fill_(-1.0)  # each point is its own first "neighbour"
+    near, index = torch.topk(d2, k + 1, dim=-1, largest=False, sorted=True)  # [..., n, k + 1]
+    return near.clamp_min(0.0).sqrt().numpy(), index.numpy()
 
 
 def _dadapy(distances: np.ndarray, index: np.ndarray, k: int) -> tuple[float, float]:
