@@ -200,6 +200,11 @@ def test_settings_are_checked_with_the_fix():
         RivalSettings(gride_range_max=6)
     with pytest.raises(MspgtError, match="gride_range_max"):
         RivalSettings(id_min_points=4)
+    with pytest.raises(MspgtError, match="reference's smallest"):
+        RivalSettings(id_min_points=16)
+    assert RivalSettings(id_min_points=16, id_reference="none").id_min_points == 16
+    with pytest.raises(MspgtError, match="512"):
+        RivalSettings(id_points=1024)
     assert RivalSettings.from_config({"block_influence": False, "logit_lens": False,
                                       "intrinsic_dimension": False}) is None
 

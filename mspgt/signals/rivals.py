@@ -38,6 +38,9 @@ class RivalSettings:
                              f"use id_min_points ({self.id_min_points}) .. 512 (the Gaussian reference's range)")
         if self.id_reference not in ("gaussian", "none"):
             raise MspgtError(f"rivals.id_reference={self.id_reference}", "use gaussian or none")
+        if self.id_reference == "gaussian" and self.id_min_points < 32:
+            raise MspgtError(f"rivals.id_min_points={self.id_min_points} with rivals.id_reference=gaussian",
+                             "use at least 32 (the Gaussian reference's smallest sample), or id_reference=none")
         if self.agreement_max_width < 1:
             raise MspgtError(f"rivals.agreement_max_width={self.agreement_max_width}", "use at least 1")
 
