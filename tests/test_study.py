@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 # Two tiny random-weight families whose 10-block boundaries leave three non-empty scales; one sigma, 6 prompts.
 TINY_STUDY = ["-m", "+study=paper_mini", "model=tiny_llama,tiny_qwen2", "debug=fast",
               "model.tiny.num_hidden_layers=10", "sigma=1.0", "study.n_prompts=6"]
-N_JOBS = 2 + 2 + 6 + 4  # boundaries (2 models), Fisher (2), interventions (2 x 3 scales), controls (2 x 2)
+N_JOBS = 2 + 4 + 2 + 6  # boundaries (2 models), controls (2 x 2), Fisher (2), interventions (2 x 3 scales)
 
 
 def test_stages_expand_in_order_with_fixed_numbers_and_the_command_line_replacing_a_stage_value():
@@ -108,7 +108,7 @@ def test_the_study_runs_in_stages_and_a_killed_study_reruns_only_its_missing_job
         proc.wait()
     boundaries = _mtimes(study, "*-boundary-*/results.json")
     first_interventions = _mtimes(study, "*-intervention-*/intervention.json")
-    assert len(boundaries) == 2 and 1 <= len(first_interventions) < 6  # the controls' boundaries come last
+    assert len(boundaries) == 6 and 1 <= len(first_interventions) < 6  # boundaries and controls, then the rest
     fisher = _mtimes(study, "*-fisher-*/fisher.json")
     assert len(fisher) == 2  # the Fisher stage runs before the interventions
 
@@ -117,7 +117,8 @@ def test_the_study_runs_in_stages_and_a_killed_study_reruns_only_its_missing_job
     log = done.stdout + done.stderr
     assert f"interventions: 6 jobs ({len(first_interventions)} already finished)" in log
     assert "stage boundaries: every job already finished (resume), nothing to run" in log
-    assert {k: v for k, v in _mtimes(study, "*-boundary-*/results.json").items() if k in boundaries} == boundaries
+    assert "stage controls: every job already finished (resume), nothing to run" in log
+    assert _mtimes(study, "*-boundary-*/results.json") == boundaries  # finished work untouched
     assert _mtimes(study, "*-fisher-*/fisher.json") == fisher
     assert "stage fisher: every job already finished (resume), nothing to run" in log
     again = _mtimes(study, "*-intervention-*/intervention.json")
@@ -127,7 +128,7 @@ def test_the_study_runs_in_stages_and_a_killed_study_reruns_only_its_missing_job
     # 3. once more: nothing left to run
     rerun = run_cli(TINY_STUDY, tmp_path, cache=tmp_path / "cache", timeout=300, env_extra={"PYTHONPATH": str(REPO)})
     log = rerun.stdout + rerun.stderr
-    for stage in ("boundaries", "fisher", "interventions", "controls"):
+    for stage in ("boundaries", "controls", "fisher", "interventions"):
         assert f"stage {stage}: every job already finished (resume), nothing to run" in log
 
 
