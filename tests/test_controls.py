@@ -29,6 +29,7 @@ from mspgt.reports.controls import (
     SURVIVES,
     collect,
     compare,
+    controls_markdown,
     write_controls,
 )
 from mspgt.results import BoundaryCI, BoundaryResult
@@ -270,6 +271,9 @@ def test_comparison_edge_cases():
     v = {b.boundary: b for b in c.boundaries}
     assert v["L-I"].learnt == ARCHITECTURE and v["L-I"].word_order == SURVIVES
     assert v["I-G"].learnt == NO_BOUNDARY
+    text = controls_markdown([c])
+    assert "| yes (its single peak, block 3) |" in text  # the block of a peak no boundary name carries
+    assert "random_init-seed0: L-I None, I-G None, peaks [3] (b)" in text
     # no control=none result, or other settings: no comparison
     assert compare([(single, "b", {})]) == []
     assert compare([(real, "a", {"data.n_sentences": "100"}), (single, "b", {})]) == []

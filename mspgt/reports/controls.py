@@ -213,6 +213,16 @@ def _point(layer: int | None, ci: tuple[int, int] | None) -> str:
     return "none" if layer is None else f"{layer} {_ci(ci)}"
 
 
+def _reproduced(o: ControlOnBoundary, c: Comparison) -> str:
+    """`yes (its L-I)`, `yes (its single peak, block 3)` or `no`."""
+    if not o.reproduces:
+        return "no"
+    if o.reproduced_by == "single peak":
+        run = next(r for r in c.runs if r.control == o.control)
+        return f"yes (its single peak, block {run.candidates()['single peak']})"
+    return f"yes (its {o.reproduced_by})"
+
+
 def controls_markdown(comparisons: list[Comparison]) -> str:
     lines = ["# Controls: are the boundaries learnt, and do they need word order?", "",
              f"Rule (pre-registered): {RULE}.", ""]
@@ -226,12 +236,12 @@ def controls_markdown(comparisons: list[Comparison]) -> str:
         for b in c.boundaries:
             cells = [b.boundary, _point(b.layer, b.ci) + ("" if b.accepted else " (not accepted)")]
             cells += [_point(o.same_name_layer, o.same_name_ci) for o in b.controls]
-            cells += [("yes (its " + str(o.reproduced_by) + ")") if o.reproduces else "no" for o in b.controls]
+            cells += [_reproduced(o, c) for o in b.controls]
             cells += [b.learnt, b.word_order]
             lines.append("| " + " | ".join(cells) + " |")
         lines += ["", "Peaks of every run (all with prominence >= the threshold are in its results.json): "
-                  + "; ".join(f"{r.control}: L-I {r.points.get('L-I')}, I-G {r.points.get('I-G')} ({r.folder})"
-                              for r in c.runs), ""]
+                  + "; ".join(f"{r.control}: L-I {r.points.get('L-I')}, I-G {r.points.get('I-G')}, peaks "
+                              f"{r.peaks or 'none'} ({r.folder})" for r in c.runs), ""]
         if c.cpu:
             lines += [f"Computed on: {c.cpu}.", ""]
     return "\n".join(lines) + "\n"
