@@ -240,3 +240,17 @@ def test_the_per_group_id_is_stored_beside_the_statistics_and_read_back(tmp_path
     assert cached and np.array_equal(again, first)
     other, cached = obtain_intrinsic_dimension(cfg, stats, RivalSettings(id_points=40), cache)
     assert not cached and not np.array_equal(other, first)
+
+
+def test_the_reports_say_whether_the_id_curves_are_calibrated():
+    from mspgt.reports.rivals_report import curve_label, rivals_markdown
+
+    settings = {"intrinsic_dimension": True, "id_reference": "gaussian", "gride_range_max": 8, "id_points": 128,
+                "logit_lens_tokens": 2}
+    assert curve_label("id_gride", settings) == "intrinsic dimension, GRIDE (calibrated: gaussian reference)"
+    assert curve_label("id_twonn", {**settings, "id_reference": "none"}).endswith("(dadapy raw)")
+    assert curve_label("block_influence", settings) == "block influence 1 - cos(h_{l-1}, h_l)"
+    result = {"rivals": {"transitions": [], "agreement": [], "rule": "r"}, "config": {"rivals": settings}}
+    text = rivals_markdown(result)
+    assert "GRIDE (ranks 4, 8) on up to 128 distinct words per group, calibrated against Gaussians" in text
+    assert "logit lens on 2 tokens per group" in text

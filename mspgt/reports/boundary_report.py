@@ -37,7 +37,7 @@ def boundary_figure(result: BoundaryResult, path: Path) -> Path:
     if result.rivals and result.rivals.get("curves"):  # the rival curves in a panel under the fused curve
         fig, (ax, ax_rivals) = plt.subplots(2, 1, figsize=(8, 7.4), dpi=130, sharex=True,
                                             gridspec_kw={"height_ratios": [1.3, 1]})
-        rivals_panel(ax_rivals, result.rivals, result.boundaries, BOUNDARY_COLOURS)
+        rivals_panel(ax_rivals, result.rivals, result.boundaries, BOUNDARY_COLOURS, (result.config or {}).get("rivals"))
     else:
         fig, ax = plt.subplots(figsize=(8, 4.2), dpi=130)
     for name, values in result.signals.items():
