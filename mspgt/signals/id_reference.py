@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from mspgt.signals.id_estimators import raw_estimates
+
 log = logging.getLogger(__name__)
 
 TABLE = Path(__file__).with_name("id_reference.json")
@@ -35,8 +37,6 @@ REFERENCE_SEEDS = 32
 def reference_row(n: int, gride_range_max: int, dims: tuple[int, ...] = REFERENCE_DIMS,
                   seeds: int = REFERENCE_SEEDS) -> np.ndarray:
     """[2, len(dims)] mean raw (TwoNN, GRIDE) of n isotropic Gaussian points in R^d, over `seeds` samples."""
-    from mspgt.signals.intrinsic_dimension import raw_estimates
-
     out = np.zeros((2, len(dims)))
     for j, d in enumerate(dims):
         for s in range(seeds):

@@ -31,62 +31,20 @@ whole corpus's states; the coverage of its interval is checked on a planted case
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
-import torch
+
+from mspgt.signals.id_estimators import dadapy_estimates, distinct_first, nearest_neighbours, raw_estimates
+from mspgt.signals.id_reference import calibrate
+
+__all__ = ["ID_RULE_VERSION", "distinct_first", "group_intrinsic_dimension", "intrinsic_dimension",
+           "mean_over_groups", "nearest_neighbours", "raw_estimates", "states_intrinsic_dimension"]
 
 ID_RULE_VERSION = 2  # the per-group ID artifact's rule (points, neighbours, calibration); bump when it changes
-GRIDE_SEARCH = (0.001, 1000.0, 1e-7)  # dadapy's defaults for GRIDE's search: lowest, highest ID, precision
-
-
-def distinct_first(points: np.ndarray, limit: int) -> np.ndarray:
-    """Indices of the first `limit` distinct rows of points [n, d] in their order (exact equality)."""
-    rows = np.ascontiguousarray(points).view(np.dtype((np.void, points.dtype.itemsize * points.shape[1])))
-    _, first = np.unique(rows.ravel(), return_index=True)
-    return np.sort(first)[:limit]
-
-
-def nearest_neighbours(points: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """points [..., n, d] (distinct rows) -> (distances [..., n, k + 1] float64, indices [..., n, k + 1]): each
-    point first (distance 0), then its k nearest neighbours in increasing distance. From float64 Gram matrices
-    of the centred points (one batched product over the leading axes) and torch's top-k."""
-    x = torch.from_numpy(np.ascontiguousarray(points)).to(torch.float64)
-    x -= x.mean(-2, keepdim=True)
-    sq = x.square().sum(-1)  # [..., n]
-    d2 = sq[..., :, None] + sq[..., None, :] - 2.0 * (x @ x.transpose(-1, -2))  # [..., n, n]
-    d2.diagonal(dim1=-2, dim2=-1).fill_(-1.0)  # each point is its own first "neighbour"
-    near, index = torch.topk(d2, k + 1, dim=-1, largest=False, sorted=True)  # [..., n, k + 1]
-    return near.clamp_min(0.0).sqrt().numpy(), index.numpy()
-
-
-def _dadapy(distances: np.ndarray, index: np.ndarray, k: int) -> tuple[float, float]:
-    """(TwoNN, GRIDE at (k / 2, k)) by dadapy from one state's neighbour distances [n, k + 1] and indices."""
-    from dadapy.id_estimation import IdEstimation  # imported on use: dadapy pulls in jax (seconds)
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        estimator = IdEstimation(distances=(distances, index), maxk=k, verbose=False, n_jobs=1)
-        twonn = float(estimator.compute_id_2NN()[0])
-        mus = distances[:, k] / distances[:, k // 2]  # ratio of the n2-th to the n1-th neighbour distance
-        gride = float(estimator._compute_id_gride_single_scale(*GRIDE_SEARCH[:2], mus, k // 2, k,
-                                                                 GRIDE_SEARCH[2])[0])
-    return twonn, gride
-
-
-def raw_estimates(points: np.ndarray, gride_range_max: int = 8) -> tuple[float, float]:
-    """(TwoNN, GRIDE at (gride_range_max / 2, gride_range_max)) by dadapy, uncalibrated, from distinct points
-    [n, d], n > gride_range_max."""
-    return _dadapy(*nearest_neighbours(points, gride_range_max), gride_range_max)
-
-
 def states_intrinsic_dimension(states: np.ndarray, gride_range_max: int = 8, min_points: int = 32,
                                max_points: int = 128, reference: str = "gaussian") -> np.ndarray:
     """[m, n, d] states of n points (in the order to take them) -> [2, m] (TwoNN, GRIDE): per state, the first
     `max_points` distinct points; nan where fewer than `min_points` distinct points remain. States whose first
     `max_points` points are all distinct (every state but h_0, in practice) share one batched Gram product."""
-    from mspgt.signals.id_reference import calibrate
-
     k = gride_range_max
     out = np.full((2, states.shape[0]), np.nan)
     takes = [distinct_first(points, max_points) for points in states]
@@ -100,7 +58,7 @@ def states_intrinsic_dimension(states: np.ndarray, gride_range_max: int = 8, min
         if len(take) < max(min_points, k + 1):
             continue
         neighbours = found[state] if state in found else nearest_neighbours(states[state, take], k)
-        raw = _dadapy(*neighbours, k)
+        raw = dadapy_estimates(*neighbours, k)
         out[:, state] = raw if reference == "none" else calibrate(np.array(raw), len(take), k)
     return out
 
