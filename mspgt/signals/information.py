@@ -259,7 +259,8 @@ def v_information(prior_ce: np.ndarray, probe_ce: np.ndarray, group_index: np.nd
     """I_V(h_l -> Y) in bits = (sum of prior CE - sum of probe CE) / labelled words, over held-out groups.
 
     prior_ce [N] and probe_ce [N, L+1] (nats, nan where unlabelled), group_index [N] in 0..n_groups-1,
-    weights None, [n_groups] or [B, n_groups] -> [L+1] or [B, L+1]."""
+    weights None, [n_groups] or [B, n_groups] -> [L+1] or [B, L+1]; nan where the groups drawn hold no labelled
+    word."""
     ok = np.isfinite(prior_ce)
     gi = group_index[ok]
     prior = np.bincount(gi, weights=prior_ce[ok], minlength=n_groups)  # [G]
@@ -268,4 +269,5 @@ def v_information(prior_ce: np.ndarray, probe_ce: np.ndarray, group_index: np.nd
                       for j in range(probe_ce.shape[1])], 1)  # [G, L+1]
     w = np.ones(n_groups) if weights is None else np.asarray(weights, dtype=float)
     gain = (w @ (prior[:, None] - probe))  # [L+1] or [B, L+1]
-    return gain / (w @ count)[..., None] / np.log(2.0)
+    with np.errstate(invalid="ignore", divide="ignore"):  # a resample without labelled words: nan, undefined
+        return gain / (w @ count)[..., None] / np.log(2.0)
