@@ -145,7 +145,9 @@ def main(cfg: DictConfig) -> dict[str, Any]:
         signum = _TERMINATED[-1] if _TERMINATED else signal.SIGINT
         log.error(INTERRUPTED.format("Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name))
         sys.exit(128 + signum)
-    except Exception as err:
+    except SystemExit:
+        raise
+    except BaseException as err:  # an Exception, or a library's panic (pyo3's PanicException is a BaseException)
         if single:
             raise
         log.exception("job failed (its traceback is in error.txt)")

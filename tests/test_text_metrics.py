@@ -268,3 +268,18 @@ def test_brittleness_is_mean_absolute_relative_change():
     }
     assert brittleness(comps, ["a", "b"]) == pytest.approx(20.0)
     assert brittleness(comps, ["b"]) == pytest.approx(30.0)
+
+
+def test_a_text_harper_cannot_lint_is_left_out_not_a_crash(harper_checker):
+    """harper-core 2.13 panics on some texts (a noised SmolLM2 continuation ending in "both 20" found it); pyo3
+    raises the panic as PanicException, a BaseException that used to end the whole sweep."""
+    panics = 'But the most recent, "The Monsters" and "The Mothrafter" were both 20'
+    fine = "She walked to the station and caught the early train."
+    before = harper_checker.unreadable
+    assert harper_checker.count_errors(panics) is None
+    assert harper_checker.unreadable == before + 1
+    # the unreadable sample is left out of both counts: the prompt's value is the readable samples' rate
+    assert tm.grammar_errors_per_word(harper_checker, "Prompt:", [panics, "He go to school yesterday."]) == (
+        tm.grammar_errors_per_word(harper_checker, "Prompt:", ["He go to school yesterday."]))
+    assert np.isnan(tm.grammar_errors_per_word(harper_checker, "Prompt:", [panics]))
+    assert tm.grammar_errors_per_word(harper_checker, "Prompt:", [panics, fine]) == 0.0

@@ -187,6 +187,8 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
             "backend": checker.name,
             "detail": checker.detail,
             "ignore_kinds": list(cfg.metrics.grammar.get("ignore_kinds") or []),
+            # samples (either condition) the checker could not read (harper's panics), left out of grammar_errors
+            "unreadable_samples": int(getattr(checker, "unreadable", 0)),
         },
         sbert_source=sbert.source,
         timing=timing,

@@ -147,13 +147,17 @@ def load_sbert(source: str = "packaged", device: str = "cpu") -> SbertEncoder:
 
 
 def grammar_errors_per_word(checker, prompt: str, samples: list[str]) -> float:
-    """Errors inside the continuations per continuation word (the checker sees prompt + continuation)."""
+    """Errors inside the continuations per continuation word (the checker sees prompt + continuation). A sample
+    the checker cannot read (count None) is left out of both counts; nan where no sample is left."""
     errors, n_words = 0, 0
     for cont in samples:
         if not cont.strip():
             continue
         text = f"{prompt} {cont}"
-        errors += checker.count_errors(text, start=len(prompt) + 1)
+        found = checker.count_errors(text, start=len(prompt) + 1)
+        if found is None:
+            continue
+        errors += found
         n_words += len(words(cont))
     return errors / n_words if n_words else float("nan")
 
