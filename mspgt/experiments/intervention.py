@@ -211,7 +211,7 @@ def clean_condition(cfg: DictConfig, loaded: LoadedModel, prompts: list[str], sb
     scores = score_prompts(prompts, generated.continuations, sbert, checker)
     clean = CleanCondition(generated, scores, reused=False, metrics_s=time.perf_counter() - t0)
     if reuse:
-        store_clean(path, clean, path.stem)
+        store_clean(path, clean)
     return clean
 
 

@@ -87,9 +87,10 @@ def load_clean(path: Path, n_prompts: int, samples: int) -> CleanCondition | Non
     return CleanCondition(Generated(conts, int(r["new_tokens"]), float(r["seconds"])), scores, reused=True)
 
 
-def store_clean(path: Path, clean: CleanCondition, key: str) -> None:
+def store_clean(path: Path, clean: CleanCondition) -> None:
+    """Write the clean condition to `path` (clean_path: its file name is its key)."""
     record: dict[str, Any] = {
-        "version": CLEAN_VERSION, "key": key, "continuations": clean.generated.continuations,
+        "version": CLEAN_VERSION, "key": path.stem, "continuations": clean.generated.continuations,
         "new_tokens": clean.generated.new_tokens, "seconds": clean.generated.seconds,
         "scores": {m: [float(v) for v in vals] for m, vals in clean.scores.items()},
     }

@@ -63,8 +63,8 @@ class Run:
             machine = f"{m.get('cpu')}, {m.get('cpus')} CPUs{memory}, torch {m.get('torch')}"
         else:
             machine = "machine not recorded (a result written before results carried it)"
-        times = getattr(self.record, "timings", None) or getattr(self.record, "timing", None) or {}
-        took = f"; {times['total_s']:.0f} s" if isinstance(times.get("total_s"), int | float) else ""
+        seconds = _seconds(self)
+        took = "" if seconds is None else f"; {seconds:.0f} s"
         return f"`{self.command}` ({self.folder}; {date}{took}; {machine})"
 
 
