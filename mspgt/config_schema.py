@@ -250,10 +250,17 @@ class GrammarSettings:
 
 
 @dataclass(frozen=True)
+class BrittlenessSettings:
+    null_permutations: int = _positive("2000")
+    null_seed: int = _seed()
+
+
+@dataclass(frozen=True)
 class MetricSettings:
     """conf/metrics/default.yaml: the checked keys."""
 
     grammar: GrammarSettings = setting()
+    brittleness: BrittlenessSettings = setting()
 
 
 @dataclass(frozen=True)

@@ -223,7 +223,8 @@ class InterventionResult:
     sigma: float | None = None  # None for scale=none
     sigma_setting: float | None = None
     metrics: dict[str, Any] = field(default_factory=dict)  # metric -> paired comparison
-    brittleness: dict[str, Any] = field(default_factory=dict)  # value, metrics, definition
+    brittleness: dict[str, Any] = field(default_factory=dict)  # value, metrics, definition, null
+    per_prompt: dict[str, Any] = field(default_factory=dict)  # n_prompts, clean / noised -> metric -> values
     noise: dict[str, Any] = field(default_factory=dict)
     activation_std: dict[str, Any] = field(default_factory=dict)
     generation: dict[str, Any] = field(default_factory=dict)

@@ -164,6 +164,32 @@ def test_real_entry_point_tiny_llama_noise_changes_metrics(tmp_path, cache_dir):
     table = (run_dir / "intervention_table.md").read_text()
     assert "Self-BLEU" in table and "Brittleness" in table and "our definition" in table
     assert (run_dir / "wandb").exists()
+    # the per-prompt scores reproduce the recorded means; the brittleness null is recorded beside the value
+    per_prompt, britt = result["per_prompt"], result["brittleness"]
+    assert per_prompt["n_prompts"] == 6
+    for m, c in result["metrics"].items():
+        clean = [v for v, x in zip(per_prompt["clean"][m], per_prompt["noised"][m], strict=True)
+                 if v is not None and x is not None]
+        assert c["clean_mean"] == pytest.approx(sum(clean) / len(clean), rel=1e-12)
+    assert britt["null"]["observed"] == pytest.approx(britt["value"], rel=1e-12)
+    assert britt["null"]["n_permutations"] == 2000 and 0 < britt["null"]["p"] <= 1
+    # rescore (a run made before these fields existed): the same scores again, the same null, or a clear error
+    from mspgt.interventions.rescore import main as rescore
+
+    stripped = {k: v for k, v in result.items() if k != "per_prompt"}
+    stripped["brittleness"] = {k: v for k, v in britt.items() if k != "null"}
+    (run_dir / "intervention.json").write_text(json.dumps(stripped))
+    rescore([str(tmp_path / "job")])
+    again = read_result(run_dir)
+    assert again["per_prompt"] == per_prompt and again["brittleness"]["null"] == britt["null"]
+    samples = (run_dir / "samples.jsonl").read_text().splitlines()
+    first = json.loads(samples[0])
+    first["noised"] = ["an altered sample."] * len(first["noised"])
+    (run_dir / "samples.jsonl").write_text("\n".join([json.dumps(first), *samples[1:]]) + "\n")
+    before = (run_dir / "intervention.json").read_text()
+    with pytest.raises(SystemExit, match="do not score as the run recorded"):
+        rescore(["--force", str(run_dir)])
+    assert (run_dir / "intervention.json").read_text() == before  # nothing written
 
 
 def test_run_boundary_first_stores_a_result_and_uses_it(tmp_path, cache_dir):

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from mspgt.reports.robustness import (
+    INCONCLUSIVE,
     MIXED,
     REFUTED,
     SUPPORTED,
@@ -39,14 +40,16 @@ def boundary_result(folder: Path, model: str, family: str, n_blocks: int, li: in
 
 def intervention_result(folder: Path, model: str, family: str, scale: str, sigma: float, structure_pct: float,
                         brittleness: float, data: str = "bbc-1234", p: float = 0.01,
-                        alpha: float | None = None) -> Path:
+                        alpha: float | None = None, null_p: float | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "intervention.json"
     path.write_text(json.dumps({
         "experiment": "intervention", "model": {"name": model, "family": family}, "data": {"key": data},
         "scale": {"name": scale}, "sigma": sigma,
         "metrics": {"length_variance": {"relative_change_pct": structure_pct, "p": p}},
-        "brittleness": {"value": brittleness}, **({} if alpha is None else {"alpha": alpha}),
+        "brittleness": {"value": brittleness,
+                        **({} if null_p is None else {"null": {"p": null_p, "floor": 3.0, "null_mean": 2.0}})},
+        **({} if alpha is None else {"alpha": alpha}),
     }))
     return path
 
@@ -143,7 +146,7 @@ def test_structure_changes_that_are_not_significant_decide_nothing(tmp_path):
     for scale, pct in (("local", -4.0), ("intermediate", 2.0), ("global", 17.0)):
         intervention_result(tmp_path / scale, "m1", "llama", scale, 0.1, pct, 5.0, p=0.3)
     v = by_id(robustness([tmp_path]))["intermediate_structure"]
-    assert v["verdict"] == UNTESTABLE
+    assert v["verdict"] == INCONCLUSIVE  # the data are there: not "untestable here"
     (evidence,) = v["evidence"].values()
     assert evidence["holds"] is None and "inconclusive" in evidence["note"]
     intervention_result(tmp_path / "global", "m1", "llama", "global", 0.1, 17.0, 5.0, p=0.01)
@@ -156,7 +159,7 @@ def test_tier_2_uses_the_runs_own_significance_level(tmp_path):
     for scale, pct in (("local", -4.0), ("intermediate", 2.0), ("global", 17.0)):
         intervention_result(tmp_path / scale, "m1", "llama", scale, 0.1, pct, 5.0, p=0.01, alpha=0.001)
     v = by_id(robustness([tmp_path]))["intermediate_structure"]
-    assert v["verdict"] == UNTESTABLE and "p < 0.001" in next(iter(v["evidence"].values()))["note"]
+    assert v["verdict"] == INCONCLUSIVE and "p < 0.001" in next(iter(v["evidence"].values()))["note"]
     assert by_id(robustness([tmp_path], alpha=0.05))["intermediate_structure"]["verdict"] == REFUTED
 
 
@@ -186,7 +189,10 @@ def test_fisher_results_give_the_a5_verdict_and_the_predicted_brittleness_ratio(
     assert a5["verdict"] == MIXED
     across = a5["evidence"]["local brittleness across families"]
     assert across["predicted_ratio"] == pytest.approx(4.0)
-    assert across["measured_brittleness_ratio"] == {"sigma=0.1": pytest.approx(3.0)}
+    assert across["families"] == ["llama", "qwen"]
+    measured = across["measured_brittleness_ratio"]["sigma=0.1"]
+    assert measured["ratio"] == pytest.approx(3.0) and measured["same_direction"] is True
+    assert measured["beyond_null"] is None  # these results record no null
     text = (tmp_path / "out" / "robustness.md").read_text()
     assert "## Appendix A.5" in text and "| smollm2 | bbc-1234 | 0.005 |" in text
 
@@ -226,3 +232,35 @@ def test_a_peak_at_the_first_or_last_block_is_marked_as_an_edge(tmp_path):
     assert "24 (1.00) (not accepted) (edge: block 24 of 24)" in text
     assert "20 (0.67) |" in text and "(edge: block 20" not in text
     assert "an edge artefact is possible" in text
+
+
+def test_local_brittleness_within_its_null_decides_nothing(tmp_path):
+    """Tier 3 counts a sigma only where every family's local brittleness lies beyond its resampling null."""
+    intervention_result(tmp_path / "a1", "smollm2", "llama", "local", 0.1, 1.0, 2.0, null_p=0.8)
+    intervention_result(tmp_path / "b1", "qwen25_05b", "qwen", "local", 0.1, 1.0, 40.0, null_p=0.001)
+    v = by_id(robustness([tmp_path]))["local_brittleness_ratio"]
+    assert v["verdict"] == INCONCLUSIVE  # a 20x ratio, but one side is the noise floor
+    (evidence,) = v["evidence"].values()
+    assert evidence["holds"] is None and "smollm2 2% (floor 3%, p=0.8)" in evidence["note"]
+    intervention_result(tmp_path / "a2", "smollm2", "llama", "local", 1.0, 1.0, 30.0, null_p=0.001)
+    intervention_result(tmp_path / "b2", "qwen25_05b", "qwen", "local", 1.0, 1.0, 40.0, null_p=0.001)
+    v = by_id(robustness([tmp_path]))["local_brittleness_ratio"]
+    assert v["verdict"] == REFUTED and v["evidence"]["sigma=1"]["holds"] is False
+    intervention_result(tmp_path / "b2", "qwen25_05b", "qwen", "local", 1.0, 1.0, 400.0, null_p=0.001)
+    assert by_id(robustness([tmp_path]))["local_brittleness_ratio"]["verdict"] == SUPPORTED
+
+
+def test_the_fisher_ratio_and_the_measured_one_are_compared_in_one_direction(tmp_path):
+    """Predicted llama / qwen = 4; measured llama / qwen = 1/3: the ratios' sizes are close (4 vs 3), their
+    directions opposite, and the report says so."""
+    fisher_result(tmp_path / "f1", "smollm2", "llama", "supported", {"local": 1.0}, 8.0)
+    fisher_result(tmp_path / "f2", "qwen25_05b", "qwen", "supported", {"local": 1.0}, 2.0)
+    intervention_result(tmp_path / "i1", "smollm2", "llama", "local", 0.5, 1.0, 10.0, null_p=0.001)
+    intervention_result(tmp_path / "i2", "qwen25_05b", "qwen", "local", 0.5, 1.0, 30.0, null_p=0.01)
+    record = write_robustness([tmp_path], tmp_path / "out")
+    across = by_id(record)["fisher_trace"]["evidence"]["local brittleness across families"]
+    assert across["predicted_ratio"] == pytest.approx(4.0)
+    assert across["measured_brittleness_ratio"]["sigma=0.5"] == {
+        "ratio": pytest.approx(1 / 3), "beyond_null": True, "same_direction": False}
+    text = (tmp_path / "out" / "robustness.md").read_text()
+    assert "sigma=0.5: 0.33 (opposite direction; both beyond their resampling null)" in text

@@ -33,7 +33,9 @@ from mspgt.interventions.paired_stats import (
     BRITTLENESS_DEFINITION,
     PairedComparison,
     brittleness,
+    brittleness_null,
     compare_paired,
+    per_prompt_record,
 )
 from mspgt.interventions.power import power_record
 from mspgt.interventions.scale_layers import check_scale_name, noise_blocks
@@ -103,6 +105,8 @@ class Measured:
     noise: ScaleNoise | None
     comparisons: dict[str, PairedComparison]
     brittleness: float
+    brittleness_null: dict[str, Any]  # the sign-flip permutation null of the brittleness (paired_stats.py)
+    scores: dict[str, dict[str, np.ndarray]]  # "clean" / "noised" -> metric -> [n_prompts]
     grammar: dict[str, Any]
     sbert_source: str
     timing: dict[str, float]
@@ -170,6 +174,7 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
     treated_scores = score_prompts(prompts, treated.continuations, sbert, checker)
     timing["metrics_s"] = time.perf_counter() - t0 + clean.metrics_s
     comparisons = {m: compare_paired(clean_scores[m], treated_scores[m]) for m in METRICS}
+    britt_metrics = list(cfg.metrics.brittleness.metrics)
     return Measured(
         loaded=loaded,
         blocks=blocks,
@@ -182,7 +187,11 @@ def measure(cfg: DictConfig, out_dir: Path, checker: GrammarChecker) -> Measured
         treated=treated,
         noise=noise,
         comparisons=comparisons,
-        brittleness=brittleness(comparisons, list(cfg.metrics.brittleness.metrics)),
+        brittleness=brittleness(comparisons, britt_metrics),
+        brittleness_null=brittleness_null(clean_scores, treated_scores, britt_metrics,
+                                          int(cfg.metrics.brittleness.null_permutations),
+                                          int(cfg.metrics.brittleness.null_seed)),
+        scores={"clean": clean_scores, "noised": treated_scores},
         grammar={
             "backend": checker.name,
             "detail": checker.detail,
@@ -270,7 +279,9 @@ def result_record(cfg: DictConfig, m: Measured) -> dict[str, Any]:
         grammar=m.grammar,
         sbert={"model": m.sbert_source, "compared": "prompt vs its continuation (generated text only)"},
         brittleness={"value": m.brittleness, "metrics": britt_metrics,
-                     "definition": BRITTLENESS_DEFINITION.format(metrics=britt_metrics)},
+                     "definition": BRITTLENESS_DEFINITION.format(metrics=britt_metrics),
+                     "null": m.brittleness_null},
+        per_prompt=per_prompt_record(m.prompts, m.scores),
         timing=_timing_record(m.timing),
         device=str(loaded.device),
         torch_threads=torch.get_num_threads(),

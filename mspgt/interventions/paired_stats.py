@@ -9,6 +9,12 @@
   mean's own uncertainty is ignored: an approximation, said so in the reports).
 - brittleness coefficient of a scale at a sigma: the mean absolute relative change (in %) over the
   configured metrics (the paper's eq. 8 is unreadable in our copy: OUR definition, docs/method.md).
+- the brittleness null (ours): under "noise changes nothing" the two conditions of a prompt are exchangeable,
+  so swapping them per prompt (every metric of a prompt swapped together: their correlation is kept) gives
+  a brittleness the sampling alone produces. `brittleness_null` draws such swaps (a sign-flip permutation
+  test over prompts) and reports the null's mean, its 95th percentile (the resampling floor) and the
+  permutation p of the observed brittleness, (1 + #{null >= observed}) / (1 + permutations). A brittleness
+  below that floor is no evidence that the noise did anything, however large it looks.
 Prompts where either condition is nan (an undefined metric) are dropped from the pair; `n` says how many
 pairs remain.
 """
@@ -17,9 +23,16 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 from scipy import stats
+
+BRITTLENESS_NULL_DEFINITION = (
+    "sign-flip permutation null (ours): the clean and noised values of each prompt swapped at random, all "
+    "metrics of a prompt together; p = (1 + #{null brittleness >= observed}) / (1 + permutations); floor: the "
+    "null's 95th percentile"
+)
 
 BRITTLENESS_DEFINITION = (
     "our definition (the paper's eq. 8 is unreadable): mean absolute relative change, in %, of the per-metric "
@@ -103,3 +116,59 @@ def brittleness(comparisons: dict[str, PairedComparison], metrics: list[str] | t
         raise ValueError("brittleness needs at least one metric")
     values = [abs(comparisons[m].relative_change_pct) for m in metrics]
     return float(np.mean(values))
+
+
+def _relative_changes(clean: np.ndarray, noised: np.ndarray, swaps: np.ndarray) -> np.ndarray:
+    """|relative change| (%) of the means for each row of `swaps` ([P, n] of 0/1: 1 swaps that prompt's
+    clean and noised values); prompts where either value is nan are left out, as in `compare_paired`."""
+    keep = ~(np.isnan(clean) | np.isnan(noised))
+    c, x, s = clean[keep], noised[keep], swaps[:, keep].astype(float)
+    if c.size == 0:
+        return np.full(len(swaps), np.nan)
+    d = x - c
+    moved = s @ d / c.size  # how far each swap moves the clean mean up (and the noised mean down)
+    clean_mean, noised_mean = c.mean() + moved, x.mean() - moved
+    with np.errstate(divide="ignore", invalid="ignore"):
+        rel = np.where(clean_mean == 0, np.where(noised_mean == 0, 0.0, np.nan),
+                       (noised_mean - clean_mean) / np.abs(clean_mean) * 100.0)
+    return np.abs(rel)
+
+
+def brittleness_null(clean: dict[str, np.ndarray], noised: dict[str, np.ndarray], metrics: list[str],
+                     n_permutations: int = 2000, seed: int = 0) -> dict[str, float | int | str]:
+    """The brittleness of these per-prompt scores beside its sign-flip permutation null (module docstring):
+    observed, null mean, null 95th percentile (`floor`), permutation p. One swap pattern per permutation is
+    shared by every metric (a prompt's metrics move together)."""
+    if n_permutations < 1:
+        raise ValueError(f"n_permutations must be >= 1, got {n_permutations}")
+    arrays = {m: (np.asarray(clean[m], dtype=float), np.asarray(noised[m], dtype=float)) for m in metrics}
+    n = {a.shape for pair in arrays.values() for a in pair}
+    if len(n) != 1 or len(next(iter(n))) != 1:
+        raise ValueError(f"per-prompt scores must be 1-D and of one length, got shapes {sorted(n)}")
+    n_prompts = next(iter(n))[0]
+    swaps = np.random.default_rng(seed).integers(0, 2, size=(n_permutations, n_prompts))
+    none = np.zeros((1, n_prompts), dtype=int)
+    observed = float(np.mean([_relative_changes(c, x, none)[0] for c, x in arrays.values()]))
+    null = np.mean([_relative_changes(c, x, swaps) for c, x in arrays.values()], axis=0)  # [P]
+    finite = null[np.isfinite(null)]
+    if not math.isfinite(observed) or finite.size == 0:
+        nan = float("nan")
+        return {"observed": observed, "null_mean": nan, "floor": nan, "p": nan,
+                "n_permutations": n_permutations, "seed": seed, "definition": BRITTLENESS_NULL_DEFINITION}
+    return {
+        "observed": observed,
+        "null_mean": float(finite.mean()),
+        "floor": float(np.quantile(finite, 0.95)),
+        "p": float((1 + np.sum(finite >= observed - 1e-12 * max(1.0, abs(observed)))) / (1 + finite.size)),
+        "n_permutations": n_permutations,
+        "seed": seed,
+        "definition": BRITTLENESS_NULL_DEFINITION,
+    }
+
+
+def per_prompt_record(prompts: list[str], scores: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:
+    """Every metric's value per prompt and condition (None where undefined): what the paired tests and the
+    brittleness null were computed from, so a reader can recompute them."""
+    return {"n_prompts": len(prompts),
+            **{cond: {m: [None if not np.isfinite(v) else float(v) for v in vals] for m, vals in by_metric.items()}
+               for cond, by_metric in scores.items()}}

@@ -59,6 +59,8 @@ PAPER_BOUNDARIES = {
 }
 
 SUPPORTED, REFUTED, MIXED, UNTESTABLE, NOT_TESTED = "supported", "refuted", "mixed", "untestable here", "not tested"
+# the data to test a prediction are here, but every unit's effect lies within its null (ours): no verdict either way
+INCONCLUSIVE = "inconclusive"
 
 
 @dataclass(frozen=True)
@@ -107,6 +109,12 @@ class ScaleIntervention:
     brittleness: float | None
     source: str
     alpha: float = DEFAULT_ALPHA  # the run's significance level of the paired t-tests (experiment.alpha)
+    brittleness_p: float | None = None  # permutation p against the brittleness null (None: not recorded)
+    brittleness_floor: float | None = None  # the null's 95th percentile
+
+    def above_null(self) -> bool | None:
+        """Brittleness beyond what resampling alone gives (p < alpha); None where no null was recorded."""
+        return None if self.brittleness_p is None else bool(self.brittleness_p < self.alpha)
 
 
 def _boundary_row(r: BoundaryResult, path: Path) -> ModelBoundaries:
@@ -139,6 +147,8 @@ def _intervention_row(r: InterventionResult, path: Path) -> ScaleIntervention:
         scale=str(r.scale["name"]), sigma=float(r.sigma or 0.0),
         structure_change_pct=structure.get("relative_change_pct"), structure_p=structure.get("p"),
         brittleness=r.brittleness.get("value"), source=str(path), alpha=float(r.alpha),
+        brittleness_p=(r.brittleness.get("null") or {}).get("p"),
+        brittleness_floor=(r.brittleness.get("null") or {}).get("floor"),
     )
 
 
@@ -222,9 +232,11 @@ def cross_family_offsets(stats: dict[str, dict[str, dict[str, Any]]]) -> list[di
     return rows
 
 
-def _overall(holds: list[bool]) -> str:
+def _overall(holds: list[bool], inconclusive: bool = False) -> str:
+    """supported / refuted / mixed over the units tested; with none: inconclusive where units were there but
+    every one lay within its null, untestable here where none was there."""
     if not holds:
-        return UNTESTABLE
+        return INCONCLUSIVE if inconclusive else UNTESTABLE
     return SUPPORTED if all(holds) else REFUTED if not any(holds) else MIXED
 
 
@@ -246,23 +258,7 @@ def fisher_verdict(tests: list[FisherTest], interventions: list[ScaleInterventio
         if c is not None and math.isfinite(c):
             local[t.family].append(c)
     if len(local) >= 2:
-        means = {f: float(np.mean(v)) for f, v in local.items()}
-        low = min(means.values())
-        measured: dict[str, Any] = {}
-        for sigma in sorted({iv.sigma for iv in interventions if iv.scale == "local"}):
-            fams = defaultdict(list)
-            for iv in interventions:
-                if iv.scale == "local" and iv.sigma == sigma and iv.brittleness is not None:
-                    fams[iv.family].append(iv.brittleness)
-            if len(fams) >= 2:
-                m = {f: float(np.mean(v)) for f, v in fams.items()}
-                measured[f"sigma={sigma:g}"] = max(m.values()) / min(m.values()) if min(m.values()) > 0 else None
-        evidence["local brittleness across families"] = {
-            "predicted_local_coefficient": means,
-            "predicted_ratio": max(means.values()) / low if low > 0 else float("inf"),
-            "measured_brittleness_ratio": measured or None, "holds": None,
-            "note": "predicted ratio (Fisher) beside the measured brittleness ratio (experiment=intervention)",
-        }
+        evidence["local brittleness across families"] = fisher_brittleness_comparison(local, interventions)
     model_verdicts = {t.verdict for t in tests}
     verdict = (UNTESTABLE if not tests else SUPPORTED if model_verdicts == {SUPPORTED}
                else REFUTED if model_verdicts == {REFUTED} else MIXED)
@@ -273,6 +269,47 @@ def fisher_verdict(tests: list[FisherTest], interventions: list[ScaleInterventio
         "evidence": evidence, "verdict": verdict,
         "needs": "experiment=fisher (per-block Fisher traces, measured against predicted KL per scale)",
     }
+
+
+def fisher_brittleness_comparison(local: dict[str, list[float]],
+                                  interventions: list[ScaleIntervention]) -> dict[str, Any]:
+    """The Fisher-predicted local-brittleness ratio of two families beside the measured one, both oriented
+    the same way (first family / second, names sorted) so that their directions can be compared: predicted
+    from the family means of (1/2) sum s_l^2 Tr F_l over the local blocks, measured per sigma from the
+    scale=local brittleness, with whether each family's runs lie beyond their resampling null (ours)."""
+    first, second = sorted(local)[:2]
+    coef = {f: float(np.mean(local[f])) for f in (first, second)}
+    predicted = coef[first] / coef[second] if coef[second] > 0 else float("inf")
+    measured: dict[str, Any] = {}
+    for sigma, fams in sorted(local_runs_by_sigma(interventions).items()):
+        if first not in fams or second not in fams:
+            continue
+        m = {f: float(np.mean([iv.brittleness for iv in fams[f]])) for f in (first, second)}
+        above = [iv.above_null() for f in (first, second) for iv in fams[f]]
+        measured[f"sigma={sigma:g}"] = {
+            "ratio": m[first] / m[second] if m[second] > 0 else None,
+            "beyond_null": None if None in above else all(above),
+            "same_direction": None if m[second] <= 0 else (m[first] > m[second]) == (predicted > 1),
+        }
+    return {"families": [first, second], "predicted_local_coefficient": coef, "predicted_ratio": predicted,
+            "measured_brittleness_ratio": measured or None, "holds": None,
+            "note": across_families_text(first, second, predicted, measured)}
+
+
+def across_families_text(first: str, second: str, predicted: float, measured: dict[str, Any]) -> str:
+    """The predicted and measured local-brittleness ratios in words, each measured one with its direction
+    against the predicted one and whether it stands beyond the resampling null."""
+    def one(v: dict[str, Any]) -> str:
+        direction = {True: "direction as predicted", False: "opposite direction"}.get(v["same_direction"],
+                                                                                       "direction undefined")
+        null = {True: "both beyond their resampling null", False: "within the resampling null: no evidence"}.get(
+            v["beyond_null"], "no null recorded")
+        return f"{_fmt(v['ratio'], '.2f')} ({direction}; {null})"
+
+    said = "; ".join(f"{k}: {one(v)}" for k, v in measured.items())
+    return (f"{first} / {second}, predicted ratio (Fisher, experiment=fisher) {_fmt(predicted, '.2f')}; measured "
+            f"brittleness ratio (experiment=intervention, scale=local) "
+            f"{said or 'n/a (no scale=local interventions on two families)'}")
 
 
 def verdicts(rows: list[ModelBoundaries], interventions: list[ScaleIntervention],
@@ -349,32 +386,55 @@ def structure_verdict(interventions: list[ScaleIntervention], alpha: float | Non
         "tier": 2, "id": "intermediate_structure",
         "prediction": "noise in the Intermediate scale changes structure (sentence-length variance) more than "
                       "noise in the Local or the Global scale (|relative change|, our reading)",
-        "evidence": evidence, "verdict": _overall(holds),
+        "evidence": evidence, "verdict": _overall(holds, inconclusive=bool(evidence)),
         "needs": "experiment=intervention with scale=local,intermediate,global at one sigma, same model and data, "
                  "where some scale changes structure at p < alpha (the runs' experiment.alpha)",
     }
 
 
-def local_brittleness_verdict(interventions: list[ScaleIntervention]) -> dict[str, Any]:
-    """Tier 3: local brittleness differs by more than LOCAL_BRITTLENESS_RATIO_MIN x across families."""
-    local: dict[float, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+def _null_note(runs: list[ScaleIntervention]) -> str:
+    return ", ".join(f"{iv.model} {_fmt(iv.brittleness, '.3g')}% (floor {_fmt(iv.brittleness_floor, '.3g')}%, "
+                     f"p={_fmt(iv.brittleness_p, '.2g')})" for iv in runs)
+
+
+def local_runs_by_sigma(interventions: list[ScaleIntervention]) -> dict[float, dict[str, list[ScaleIntervention]]]:
+    """The scale=local runs with a brittleness, by sigma and family."""
+    local: dict[float, dict[str, list[ScaleIntervention]]] = defaultdict(lambda: defaultdict(list))
     for iv in interventions:
         if iv.scale == "local" and iv.brittleness is not None and math.isfinite(iv.brittleness):
-            local[iv.sigma][iv.family].append(iv.brittleness)
+            local[iv.sigma][iv.family].append(iv)
+    return local
+
+
+def local_brittleness_verdict(interventions: list[ScaleIntervention]) -> dict[str, Any]:
+    """Tier 3: local brittleness differs by more than LOCAL_BRITTLENESS_RATIO_MIN x across families. A sigma
+    counts only where every family's local brittleness lies beyond its resampling null (p < alpha, the
+    brittleness null of paired_stats.py): a ratio of two noise floors says nothing about the families (ours).
+    Runs made before the null was recorded count, with a note (python -m mspgt.interventions.rescore adds it)."""
     evidence, holds = {}, []
-    for sigma, fams in sorted(local.items()):
+    for sigma, fams in sorted(local_runs_by_sigma(interventions).items()):
         if len(fams) < 2:
             continue
-        means = {f: float(np.mean(v)) for f, v in fams.items()}
+        means = {f: float(np.mean([iv.brittleness for iv in runs])) for f, runs in fams.items()}
         low = min(means.values())
         ratio = (max(means.values()) / low) if low > 0 else float("inf")
+        runs = [iv for f in sorted(fams) for iv in fams[f]]
+        within = [iv for iv in runs if iv.above_null() is False]
+        key = f"sigma={sigma:g}"
+        if within:
+            evidence[key] = {"local_brittleness": means, "ratio": ratio, "holds": None,
+                             "note": "inconclusive: local brittleness within its resampling null for "
+                                     + _null_note(within)}
+            continue
         ok = ratio > LOCAL_BRITTLENESS_RATIO_MIN
         holds.append(ok)
-        evidence[f"sigma={sigma:g}"] = {"local_brittleness": means, "ratio": ratio, "holds": ok}
+        evidence[key] = {"local_brittleness": means, "ratio": ratio, "holds": ok,
+                         **({"null": "not recorded for " + ", ".join(iv.model for iv in runs if iv.above_null() is None)}
+                            if any(iv.above_null() is None for iv in runs) else {})}
     return {
         "tier": 3, "id": "local_brittleness_ratio",
         "prediction": f"local brittleness differs by more than {LOCAL_BRITTLENESS_RATIO_MIN:g}x across families",
-        "evidence": evidence, "verdict": _overall(holds),
+        "evidence": evidence, "verdict": _overall(holds, inconclusive=bool(evidence)),
         "needs": "experiment=intervention scale=local at one sigma on models of two or more families",
     }
 
@@ -488,9 +548,7 @@ def fisher_lines(record: dict[str, Any]) -> list[str]:
     (a5,) = [v for v in record["predictions"] if v["id"] == "fisher_trace"]
     across = a5["evidence"].get("local brittleness across families")
     if across:
-        lines += ["", "Local brittleness across families: predicted ratio (Fisher) "
-                  f"{_fmt(across['predicted_ratio'], '.2f')}, measured brittleness ratio "
-                  f"{across['measured_brittleness_ratio'] or 'n/a (no scale=local interventions on two families)'}."]
+        lines += ["", f"Local brittleness across families: {across['note']}."]
     return lines
 
 

@@ -33,6 +33,7 @@ from typing import Any
 import yaml
 
 from mspgt.layers import BOUNDARY_NAMES
+from mspgt.reports.intervention_report import BRITTLENESS_NOTE, brittleness_cell
 from mspgt.results import BoundaryResult, FisherResult, InterventionResult
 
 MARKER = "<!-- mspgt.reports.tables: everything below is generated; do not edit -->"
@@ -255,13 +256,13 @@ def intervention_table(runs: list[Run]) -> Table | None:
             c = r.metrics.get(m) or {}
             rel = c.get("relative_change_pct")
             cells.append("n/a" if rel is None else f"{rel:+.1f}% (p={fmt(c.get('p'), '.2g')})")
-        cells.append(fmt((r.brittleness or {}).get("value"), ".1f") + "%")
+        cells.append(brittleness_cell(r.brittleness or {}))
         rows.append(cells)
     columns = ["model", "scale (blocks)", "sigma",
                *((runs[0].record.metrics[m].get("column") or m) for m in metrics), "brittleness"]
     return Table("Scale interventions (experiment=intervention)", columns, rows, [r.provenance for r in runs],
                  ["Relative change of the per-prompt mean, noised vs clean, paired t-test p over prompts; "
-                  "brittleness: mean |relative change| over the metrics (docs/method.md)."])
+                  f"{BRITTLENESS_NOTE}."])
 
 
 def fisher_table(runs: list[Run]) -> Table | None:

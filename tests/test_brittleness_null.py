@@ -1,0 +1,70 @@
+"""The brittleness null (mspgt/interventions/paired_stats.py): planted answers and its calibration.
+
+A null is only worth reporting if it behaves like one: identical conditions give brittleness 0 and p = 1; a
+planted shift far beyond the sampling noise gets the smallest p a permutation test can give; where the two
+conditions are exchangeable by construction, p < 0.05 happens about 5% of the time; and a metric counted
+twice is the same test (the swaps are shared across a prompt's metrics)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from mspgt.interventions.paired_stats import brittleness, brittleness_null, compare_paired
+
+
+def scores(rng: np.random.Generator, n: int, shift: float = 0.0) -> tuple[dict, dict]:
+    clean = {"a": rng.normal(10, 2, n), "b": rng.lognormal(0, 0.5, n)}
+    noised = {"a": clean["a"] + rng.normal(shift, 1, n), "b": clean["b"] * np.exp(rng.normal(0, 0.3, n))}
+    return clean, noised
+
+
+def test_identical_conditions_give_zero_and_p_one():
+    clean, _ = scores(np.random.default_rng(0), 40)
+    null = brittleness_null(clean, clean, ["a", "b"], n_permutations=200)
+    assert null["observed"] == 0 and null["p"] == 1 and null["floor"] == 0
+
+
+def test_the_observed_value_is_the_brittleness_and_a_planted_shift_gets_the_smallest_p():
+    clean, noised = scores(np.random.default_rng(1), 60, shift=5.0)
+    null = brittleness_null(clean, noised, ["a", "b"], n_permutations=500)
+    comps = {m: compare_paired(clean[m], noised[m]) for m in "ab"}
+    assert null["observed"] == pytest.approx(brittleness(comps, ["a", "b"]), rel=1e-12)
+    assert null["p"] == pytest.approx(1 / 501) and null["observed"] > null["floor"] > null["null_mean"]
+
+
+def test_a_metric_counted_twice_is_the_same_test():
+    clean, noised = scores(np.random.default_rng(2), 30)
+    one = brittleness_null(clean, noised, ["a"], n_permutations=300, seed=4)
+    two = brittleness_null(clean, noised, ["a", "a"], n_permutations=300, seed=4)
+    assert {k: two[k] for k in ("observed", "null_mean", "floor", "p")} == pytest.approx(
+        {k: one[k] for k in ("observed", "null_mean", "floor", "p")}, rel=1e-12)
+
+
+def test_undefined_values_are_left_out_as_the_paired_test_leaves_them_out():
+    clean, noised = scores(np.random.default_rng(3), 30, shift=1.0)
+    clean["a"][[0, 5]] = np.nan
+    comps = {m: compare_paired(clean[m], noised[m]) for m in "ab"}
+    assert brittleness_null(clean, noised, ["a", "b"], n_permutations=50)["observed"] == pytest.approx(
+        brittleness(comps, ["a", "b"]), rel=1e-12)
+
+
+def test_under_exchangeable_conditions_p_below_005_is_rare_as_it_should_be():
+    """400 data sets where noise does nothing (both conditions are draws of one distribution per prompt):
+    the share with p < 0.05 lies within a binomial 99.9% band around 0.05."""
+    rng = np.random.default_rng(5)
+    ps = []
+    for _ in range(400):
+        centre = rng.normal(10, 2, 30)
+        clean = {"a": centre + rng.normal(0, 1, 30)}
+        noised = {"a": centre + rng.normal(0, 1, 30)}
+        ps.append(brittleness_null(clean, noised, ["a"], n_permutations=199, seed=int(rng.integers(1 << 30)))["p"])
+    rate = float(np.mean(np.array(ps) < 0.05))
+    assert 0.015 <= rate <= 0.095, rate
+
+
+def test_bad_shapes_are_refused():
+    with pytest.raises(ValueError, match="one length"):
+        brittleness_null({"a": np.ones(3)}, {"a": np.ones(4)}, ["a"])
+    with pytest.raises(ValueError, match="n_permutations"):
+        brittleness_null({"a": np.ones(3)}, {"a": np.ones(3)}, ["a"], n_permutations=0)
