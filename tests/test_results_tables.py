@@ -151,3 +151,6 @@ def test_compute_table_sums_each_runs_own_wall_time(runs, tmp_path):
     assert by["all", ""]["runs"] == "3"
     assert float(by["all", ""]["minutes (sum of the runs)"]) == pytest.approx(sum(seconds.values()) / 60, abs=0.051)
     assert by["fisher", "tiny_llama"]["machine"].endswith(" CPUs")
+    # the re-fused run read the extraction pass from the cache: the table says so (its minutes are not a fresh run's)
+    assert by["boundary", "tiny_llama"]["reused from the cache"] == "extraction: 1 of 2"
+    assert by["fisher", "tiny_llama"]["reused from the cache"] == "none"

@@ -358,12 +358,27 @@ def compute_table(runs: list[Run]) -> Table | None:
         seconds = [s for s in map(_seconds, members) if s is not None]
         total += sum(seconds)
         cpus = {str(m.record.machine.get("cpus", "?")) for m in members}
-        rows.append([experiment, model, str(len(members)), f"{sum(seconds) / 60:.1f}", f"{cpu}, {'/'.join(sorted(cpus))} CPUs"])
-    rows.append(["all", "", str(len(runs)), f"{total / 60:.1f}", ""])
+        reused = [stage for stage in map(_reused_stage, members) if stage]
+        rows.append([experiment, model, str(len(members)), f"{sum(seconds) / 60:.1f}",
+                     f"{reused[0]}: {len(reused)} of {len(members)}" if reused else "none",
+                     f"{cpu}, {'/'.join(sorted(cpus))} CPUs"])
+    rows.append(["all", "", str(len(runs)), f"{total / 60:.1f}", "", ""])
     return Table("Compute: the runs' wall times", ["experiment", "model", "runs", "minutes (sum of the runs)",
-                                                    "machine"], rows,
+                                                    "reused from the cache", "machine"], rows,
                  notes=["Each run's own total wall time (`timing.total_s`/`timings.total_s` in its result file), "
-                        "summed; runs that shared the machine with other work are slower than alone."])
+                        "summed; runs that shared the machine with other work are slower than alone. A run that "
+                        "reused a stage from the cache (a boundary run the extraction pass, an intervention run "
+                        "the clean condition) cost less than a run from an empty cache would."])
+
+
+def _reused_stage(run: Run) -> str | None:
+    """The stage a run read from the cache instead of computing it, from its timings (None: none)."""
+    r = run.record
+    if isinstance(r, BoundaryResult):
+        return "extraction" if r.timings and "extract_s" not in r.timings else None
+    if isinstance(r, InterventionResult):
+        return "clean condition" if (r.timing or {}).get("clean_reused") == 1 else None
+    return None
 
 
 def _n_overrides(run: Run) -> int:
