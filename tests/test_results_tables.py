@@ -154,3 +154,26 @@ def test_compute_table_sums_each_runs_own_wall_time(runs, tmp_path):
     # the re-fused run read the extraction pass from the cache: the table says so (its minutes are not a fresh run's)
     assert by["boundary", "tiny_llama"]["reused from the cache"] == "extraction: 1 of 2"
     assert by["fisher", "tiny_llama"]["reused from the cache"] == "none"
+
+
+def test_intervention_rows_show_the_null_and_a_range_drawn_at_an_unaccepted_boundary(tmp_path):
+    """Planted intervention.json files: the brittleness cell carries its null's floor and p where recorded, and
+    a scale drawn at a boundary that failed the acceptance rule says so."""
+    from mspgt.results import InterventionResult
+
+    def write(name: str, accepted: bool, null: dict | None) -> None:
+        record = InterventionResult(
+            model={"name": name, "family": "qwen", "n_blocks": 24}, data={"key": "bbc-1"},
+            scale={"name": "global", "first_last": [24, 24], "boundary": {"boundaries": {
+                "L-I": {"layer": 3, "accepted": True}, "I-G": {"layer": 24, "accepted": accepted}}}},
+            sigma=0.5, metrics={"self_bleu": {"relative_change_pct": -12.0, "p": 0.001, "column": "Self-BLEU"}},
+            brittleness={"value": 12.0, **({"null": null} if null else {})}, machine={})
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "intervention.json").write_text(json.dumps(record.to_json()))
+
+    write("m_edge", False, {"floor": 6.62, "p": 0.0005})
+    write("m_plain", True, None)
+    rows = {r["model"]: r for r in _tables(_render(tmp_path, str(tmp_path)))["Scale interventions (experiment=intervention)"]}
+    assert rows["m_edge"]["scale (blocks)"] == "global (24-24) (I-G not accepted)"
+    assert rows["m_edge"]["brittleness"] == "12.00% (floor 6.62%, p=0.0005)"
+    assert rows["m_plain"]["scale (blocks)"] == "global (24-24)" and rows["m_plain"]["brittleness"] == "12.00%"

@@ -251,6 +251,9 @@ def intervention_table(runs: list[Run]) -> Table | None:
         r = run.record
         first_last = r.scale.get("first_last")
         scale = f"{r.scale['name']} ({first_last[0]}-{first_last[1]})" if first_last else r.scale["name"]
+        bounds = ((r.scale.get("boundary") or {}).get("boundaries") or {})
+        unaccepted = [n for n, b in bounds.items() if isinstance(b, dict) and b.get("accepted") is False]
+        scale += "".join(f" ({n} not accepted)" for n in unaccepted)
         cells = [r.model["name"], scale, fmt(r.sigma, "g")]
         for m in metrics:
             c = r.metrics.get(m) or {}
@@ -262,7 +265,9 @@ def intervention_table(runs: list[Run]) -> Table | None:
                *((runs[0].record.metrics[m].get("column") or m) for m in metrics), "brittleness"]
     return Table("Scale interventions (experiment=intervention)", columns, rows, [r.provenance for r in runs],
                  ["Relative change of the per-prompt mean, noised vs clean, paired t-test p over prompts; "
-                  f"{BRITTLENESS_NOTE}."])
+                  f"{BRITTLENESS_NOTE}. Blocks: the scale's range from the model's stored boundary result; "
+                  "'not accepted' marks a range drawn at a boundary that failed the acceptance rule "
+                  "(docs/method.md), whose scales are the peak's, not a finding."])
 
 
 def fisher_table(runs: list[Run]) -> Table | None:
