@@ -40,7 +40,8 @@ def boundary_result(folder: Path, model: str, family: str, n_blocks: int, li: in
 
 def intervention_result(folder: Path, model: str, family: str, scale: str, sigma: float, structure_pct: float,
                         brittleness: float, data: str = "bbc-1234", p: float = 0.01,
-                        alpha: float | None = None, null_p: float | None = None) -> Path:
+                        alpha: float | None = None, null_p: float | None = None,
+                        per_prompt: tuple[list, list] | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "intervention.json"
     path.write_text(json.dumps({
@@ -50,6 +51,9 @@ def intervention_result(folder: Path, model: str, family: str, scale: str, sigma
         "brittleness": {"value": brittleness,
                         **({} if null_p is None else {"null": {"p": null_p, "floor": 3.0, "null_mean": 2.0}})},
         **({} if alpha is None else {"alpha": alpha}),
+        **({} if per_prompt is None else {"per_prompt": {"n_prompts": len(per_prompt[0]),
+                                                         "clean": {"length_variance": per_prompt[0]},
+                                                         "noised": {"length_variance": per_prompt[1]}}}),
     }))
     return path
 
@@ -264,3 +268,26 @@ def test_the_fisher_ratio_and_the_measured_one_are_compared_in_one_direction(tmp
         "ratio": pytest.approx(1 / 3), "beyond_null": True, "same_direction": False}
     text = (tmp_path / "out" / "robustness.md").read_text()
     assert "sigma=0.5: 0.33 (opposite direction; both beyond their resampling null)" in text
+
+
+def test_tier_2_decides_by_the_paired_bootstrap_where_runs_record_per_prompt_values(tmp_path):
+    """Planted per-prompt sentence-length variances on one shared clean condition: the intermediate scale
+    shifts them by +30% (local +2%, global -3%), so it holds; with intermediate at +2% and local at +40% it
+    fails; with all three at the noise level the data cannot tell. The recorded p is not what decides."""
+    rng = np.random.default_rng(0)
+    clean = rng.normal(60, 12, 90)
+
+    def plant(shifts: dict[str, float]) -> str:
+        for scale, pct in shifts.items():
+            noised = clean * (1 + pct / 100) + rng.normal(0, 3, 90)
+            change = (noised.mean() - clean.mean()) / clean.mean() * 100
+            intervention_result(tmp_path / scale, "m1", "llama", scale, 0.5, change, 5.0, p=0.9,
+                                per_prompt=(clean.tolist(), noised.tolist()))
+        v = by_id(robustness([tmp_path]))["intermediate_structure"]
+        (evidence,) = v["evidence"].values()
+        assert set(evidence["contrast"]["differences"]) == {"local", "global"}
+        return v["verdict"]
+
+    assert plant({"local": 2.0, "intermediate": 30.0, "global": -3.0}) == SUPPORTED
+    assert plant({"local": 40.0, "intermediate": 2.0, "global": -3.0}) == REFUTED
+    assert plant({"local": 0.0, "intermediate": 0.0, "global": 0.0}) == INCONCLUSIVE

@@ -15,7 +15,8 @@ Definitions (ours where the paper's equations are unreadable; each report says s
 - per family: mean, sample standard deviation (ddof=1) and CV = std / mean of the relative positions of the
   models whose curve had that peak (models without it are counted, not averaged);
 - "degrades structure more": a larger |relative change| of the structure metric (variance of sentence
-  lengths) at the same sigma, for the same model and data;
+  lengths) at the same sigma, for the same model and data, decided by the paired-bootstrap interval of the
+  difference over prompts where the runs record per-prompt values (mspgt/interventions/paired_stats.py);
 - local brittleness of a family: the mean over its models of the local scale's brittleness coefficient
   (experiment=intervention, scale=local) at one sigma.
 """
@@ -35,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from mspgt.fusion.phase_transition import combine_verdicts
+from mspgt.interventions.paired_stats import scale_contrast
 from mspgt.layers import BOUNDARY_NAMES
 from mspgt.reports.store import write_json_atomic
 from mspgt.results import BoundaryCI, BoundaryResult, FisherResult, InterventionResult
@@ -111,6 +113,8 @@ class ScaleIntervention:
     alpha: float = DEFAULT_ALPHA  # the run's significance level of the paired t-tests (experiment.alpha)
     brittleness_p: float | None = None  # permutation p against the brittleness null (None: not recorded)
     brittleness_floor: float | None = None  # the null's 95th percentile
+    # the structure metric per prompt, (clean, noised), None for a missing value; None: not recorded
+    structure_per_prompt: tuple[tuple[float | None, ...], tuple[float | None, ...]] | None = None
 
     def above_null(self) -> bool | None:
         """Brittleness beyond what resampling alone gives (p < alpha); None where no null was recorded."""
@@ -149,7 +153,13 @@ def _intervention_row(r: InterventionResult, path: Path) -> ScaleIntervention:
         brittleness=r.brittleness.get("value"), source=str(path), alpha=float(r.alpha),
         brittleness_p=(r.brittleness.get("null") or {}).get("p"),
         brittleness_floor=(r.brittleness.get("null") or {}).get("floor"),
+        structure_per_prompt=_per_prompt(r, STRUCTURE_METRIC),
     )
+
+
+def _per_prompt(r: InterventionResult, metric: str) -> tuple[tuple[float | None, ...], tuple[float | None, ...]] | None:
+    clean, noised = ((r.per_prompt or {}).get(c, {}).get(metric) for c in ("clean", "noised"))
+    return None if clean is None or noised is None else (tuple(clean), tuple(noised))
 
 
 def _fisher_row(r: FisherResult, path: Path) -> FisherTest:
@@ -358,9 +368,12 @@ def information_verdict(rows: list[ModelBoundaries]) -> dict[str, Any]:
 
 
 def structure_verdict(interventions: list[ScaleIntervention], alpha: float | None = None) -> dict[str, Any]:
-    """Tier 2: perturbing the Intermediate scale degrades structure more than Local or Global; a model/sigma
-    counts only where some scale changed structure at p < alpha (None: the runs' own, the smallest of the
-    three where they differ)."""
+    """Tier 2: perturbing the Intermediate scale degrades structure more than Local or Global. Per model, data
+    and sigma with all three scales: where the runs record per-prompt values (on the same prompts), the
+    paired-bootstrap intervals of |rel_intermediate| - |rel_s|, s = local, global, decide (paired_stats.
+    scale_contrast: holds where both lie above 0, fails where one lies below, inconclusive otherwise); otherwise (runs made before per-prompt
+    values were recorded) a cell counts only where some scale changed structure at p < alpha (None: the runs'
+    own, the smallest of the three where they differ) and the larger |relative change| decides."""
     cells: dict[tuple[str, str, float], dict[str, ScaleIntervention]] = defaultdict(dict)
     for iv in interventions:
         cells[iv.model, iv.data, iv.sigma][iv.scale] = iv
@@ -375,6 +388,17 @@ def structure_verdict(interventions: list[ScaleIntervention], alpha: float | Non
             continue
         level = alpha if alpha is not None else min(iv.alpha for iv in three)
         key = f"{model} / {data} / sigma={sigma:g}"
+        contrast = _structure_contrast(three)
+        if contrast is not None:
+            ok = contrast["holds"]
+            evidence[key] = {"structure_change_pct": change, "p": p, "contrast": contrast, "holds": ok,
+                             **({"note": "inconclusive: " + "; ".join(
+                                 f"|intermediate| - |{s}| = {_fmt(d, '.3g')} points, 95% interval "
+                                 f"[{_fmt(contrast['ci95'][s][0], '.3g')}, {_fmt(contrast['ci95'][s][1], '.3g')}]"
+                                 for s, d in contrast["differences"].items())} if ok is None else {})}
+            if ok is not None:
+                holds.append(ok)
+            continue
         if not any(v is not None and v < level for v in p.values()):
             evidence[key] = {"structure_change_pct": change, "p": p, "alpha": level, "holds": None,
                              "note": f"inconclusive: no scale changed structure at p < {level:g}"}
@@ -387,9 +411,27 @@ def structure_verdict(interventions: list[ScaleIntervention], alpha: float | Non
         "prediction": "noise in the Intermediate scale changes structure (sentence-length variance) more than "
                       "noise in the Local or the Global scale (|relative change|, our reading)",
         "evidence": evidence, "verdict": _overall(holds, inconclusive=bool(evidence)),
-        "needs": "experiment=intervention with scale=local,intermediate,global at one sigma, same model and data, "
-                 "where some scale changes structure at p < alpha (the runs' experiment.alpha)",
+        "needs": "experiment=intervention with scale=local,intermediate,global at one sigma, same model and data",
     }
+
+
+def _structure_contrast(three: list[ScaleIntervention]) -> dict[str, Any] | None:
+    """scale_contrast over the runs' per-prompt structure values, or None where a run lacks them or the runs
+    hold different numbers of prompts."""
+    if any(iv.structure_per_prompt is None for iv in three):
+        return None
+    if len({len(v) for iv in three for v in iv.structure_per_prompt}) != 1:
+        return None
+
+    def arr(values: tuple[float | None, ...]) -> np.ndarray:
+        return np.array([np.nan if v is None else v for v in values], dtype=float)
+
+    clean = {iv.scale: arr(iv.structure_per_prompt[0]) for iv in three}
+    noised = {iv.scale: arr(iv.structure_per_prompt[1]) for iv in three}
+    return {**scale_contrast(clean, noised, "intermediate"),
+            "test": "paired bootstrap over prompts of |rel_intermediate| - |rel_s| for s = local, global; holds "
+                    "where both 95% intervals lie above 0, fails where one lies below 0 (Bonferroni), percentile "
+                    "intervals (ours; mspgt/interventions/paired_stats.py)"}
 
 
 def _null_note(runs: list[ScaleIntervention]) -> str:
@@ -471,8 +513,10 @@ def robustness(folders: Iterable[str | Path], alpha: float | None = None) -> dic
         "definitions": {
             "relative": "boundary block l / number of blocks L",
             "family_spread": "sample std (ddof=1) and CV = std / mean over the models that found the peak (ours)",
-            "structure": "|relative change| of the sentence-length variance, same model, data and sigma; counted "
-                         "only where some scale's change has paired-t p < alpha, the runs' experiment.alpha "
+            "structure": "|relative change| of the sentence-length variance, same model, data and sigma: "
+                         "intermediate against local and against global by paired-bootstrap intervals of the "
+                         "differences over prompts (holds where both lie above 0); for runs without per-prompt values, counted only "
+                         "where some scale's change has paired-t p < alpha, the runs' experiment.alpha "
                          f"({'as recorded' if alpha is None else f'here {alpha:g}'}; ours)",
             "local_brittleness": "mean over a family's models of the scale=local brittleness coefficient (ours)",
             "fisher": "experiment=fisher: measured / predicted teacher-forced KL per scale at the smallest sigma, "
