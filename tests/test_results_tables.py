@@ -177,3 +177,24 @@ def test_intervention_rows_show_the_null_and_a_range_drawn_at_an_unaccepted_boun
     assert rows["m_edge"]["scale (blocks)"] == "global (24-24) (I-G not accepted)"
     assert rows["m_edge"]["brittleness"] == "12.00% (floor 6.62%, p=0.0005)"
     assert rows["m_plain"]["scale (blocks)"] == "global (24-24)" and rows["m_plain"]["brittleness"] == "12.00%"
+
+
+def test_controls_table_gives_the_preregistered_verdicts(tmp_path):
+    """Planted boundary results of one model under the three controls: the table's verdicts are the controls
+    report's (the same rule), one row per real boundary."""
+    from tests.test_controls import _result
+
+    runs = {"none": _result("none", 3, 12, (2, 4), (11, 14)),
+            "random_init": _result("random_init-seed0", 4, 25, (1, 9), (20, 28)),
+            "shuffled_words": _result("shuffled_words-seed0", 13, 20)}
+    for name, result in runs.items():
+        folder = tmp_path / name
+        (folder / ".hydra").mkdir(parents=True)
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- model=m\n- control={name}\n")
+        (folder / "results.json").write_text(json.dumps(result.to_json()))
+    rows = _tables(_render(tmp_path, str(tmp_path)))["Controls: are the boundaries learnt, and do they need word order?"]
+    by = {r["boundary"]: r for r in rows}
+    assert by["L-I"]["block [95% CI]"] == "3 [2, 4]" and by["L-I"]["random_init reproduces it"] == "yes (random_init-seed0)"
+    assert (by["L-I"]["learnt?"], by["L-I"]["word order?"]) == ("architecture", "needs word order")
+    assert (by["I-G"]["learnt?"], by["I-G"]["word order?"]) == ("learnt", "survives shuffling")
+    assert by["I-G"]["shuffled_words reproduces it"] == "yes (shuffled_words-seed0)"

@@ -8,12 +8,16 @@ the results found:
 - the boundary table (each run's L-I and I-G: block, relative position, 95% CI, acceptance, selection);
 - the variant table (one row per run where several runs share a model and corpus: a sweep over
   `signals=` / `weights=` / fusion settings), labelled by the overrides that differ between the runs;
+- the controls table (per real boundary: does random_init or shuffled_words reproduce it; learnt, needs word
+  order: the pre-registered rule of mspgt/reports/controls.py);
 - the eq. 28 table (information curves: `information.eq28.tests[curve].boundaries[name]`, with whatever
   columns those records hold);
-- the intervention table (paper Table 2 style: relative change per metric, paired-t p, brittleness);
+- the intervention table (paper Table 2 style: relative change per metric, paired-t p, brittleness with its
+  resampling null);
 - the Fisher table (appendix A.5: predicted against measured KL per scale);
 - the robustness verdicts (mspgt/reports/robustness.py over the same results; per model and corpus, the
-  boundary run with the fewest overrides, so a sweep's variants do not stand in for the default).
+  boundary run with the fewest overrides, so a sweep's variants do not stand in for the default);
+- the compute table (the runs' wall times, and which runs reused a stage from the cache).
 `--out docs/results.md` replaces only what follows the file's marker line (MARKER), so the document keeps its
 own introduction. Each table is headed by the command that made each run (`python -m mspgt.run` + the run's
 `.hydra/overrides.yaml`), its folder, date and machine (the record's `machine`, mspgt/results.py). Markdown,
@@ -185,6 +189,33 @@ def boundary_table(runs: list[Run]) -> Table | None:
                   "missing / undefined / relabelled", "most selected"], rows, sources,
                  ["Missing: resamples without the peak; undefined: resamples whose evidence was NaN; relabelled: "
                   "resamples whose peak matching differed from layer order (docs/method.md, Bootstrap)."])
+
+
+def controls_table(folders: list[Path], runs: list[Run]) -> Table | None:
+    """The controls' verdicts per real boundary (mspgt/reports/controls.py, its pre-registered rule): is the
+    boundary learnt (random_init does not reproduce it), does it need word order (shuffled_words does not)."""
+    from mspgt.reports.controls import RULE, collect, compare
+
+    comparisons = compare(collect(folders))
+    if not comparisons:
+        return None
+    by_folder = {str(r.folder): r for r in runs}
+    rows, sources = [], []
+    for c in comparisons:
+        sources += [by_folder[r.folder].provenance for r in c.runs if r.folder in by_folder]
+        for b in c.boundaries:
+            cells = [c.model, c.data.split("-")[0], b.boundary,
+                     "none" if b.layer is None else f"{b.layer} [{b.ci[0]}, {b.ci[1]}]" if b.ci else str(b.layer),
+                     "yes" if b.accepted else "no"]
+            for name in ("random_init", "shuffled_words"):
+                said = [("yes" if o.reproduces else "no") + f" ({o.control})" for o in b.controls
+                        if o.control.startswith(name)]
+                cells.append(", ".join(said) or "not run")
+            rows.append([*cells, b.learnt, b.word_order])
+    return Table("Controls: are the boundaries learnt, and do they need word order?",
+                 ["model", "data", "boundary", "block [95% CI]", "accepted", "random_init reproduces it",
+                  "shuffled_words reproduces it", "learnt?", "word order?"], rows, sources,
+                 [f"Rule (pre-registered, docs/controls.md): {RULE}."])
 
 
 def variant_table(runs: list[Run]) -> Table | None:
@@ -395,7 +426,8 @@ def build_tables(folders: list[Path]) -> list[Table]:
     runs = collect_runs(folders)
     by_kind = {cls: [r for r in runs if isinstance(r.record, cls)] for cls in RESULT_FILES.values()}
     boundary = by_kind[BoundaryResult]
-    tables = [boundary_table(boundary), variant_table(boundary), eq28_table(boundary), rivals_table(boundary),
+    tables = [boundary_table(boundary), variant_table(boundary), controls_table(folders, boundary),
+              eq28_table(boundary), rivals_table(boundary),
               intervention_table(by_kind[InterventionResult]), fisher_table(by_kind[FisherResult]),
               robustness_table(runs) if runs else None, compute_table(runs)]
     return [t for t in tables if t is not None]
