@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -291,3 +292,7 @@ def test_tier_2_decides_by_the_paired_bootstrap_where_runs_record_per_prompt_val
     assert plant({"local": 2.0, "intermediate": 30.0, "global": -3.0}) == SUPPORTED
     assert plant({"local": 40.0, "intermediate": 2.0, "global": -3.0}) == REFUTED
     assert plant({"local": 0.0, "intermediate": 0.0, "global": 0.0}) == INCONCLUSIVE
+    write_robustness([tmp_path], tmp_path / "out")
+    rows = [ln for ln in (tmp_path / "out" / "robustness.md").read_text().splitlines() if ln.startswith("| 2 |")]
+    cells = re.split(r"(?<!\\)\|", rows[0])[1:-1]  # split at the pipes that are not escaped
+    assert len(cells) == 4 and "\\|intermediate\\|" in cells[3]  # the note's own pipes are escaped

@@ -569,7 +569,7 @@ def robustness_markdown(record: dict[str, Any]) -> str:
     for v in record["predictions"]:
         ev = "; ".join(f"{k}: {e['note'] if e.get('holds') is None else 'holds' if e['holds'] else 'fails'}"
                        for k, e in v["evidence"].items())
-        prediction = v["prediction"].replace("|", "\\|")  # a pipe inside a cell would end it
+        prediction, ev = (t.replace("|", "\\|") for t in (v["prediction"], ev))  # a pipe inside a cell would end it
         lines.append(f"| {v['tier']} | {prediction} | **{v['verdict']}** | {ev or 'needs ' + v['needs']} |")
     lines += fisher_lines(record)
     lines += ["", "Definitions (ours where the paper's equations are unreadable): " + "; ".join(
