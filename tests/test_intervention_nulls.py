@@ -114,3 +114,11 @@ def test_scale_contrast_without_differences_rarely_claims_one():
             verdicts.append(scale_contrast(clean, noised, "intermediate", n_resamples=400,
                                            seed=int(rng.integers(1 << 30)))["holds"])
         assert verdicts.count(True) / 200 <= 0.05 and verdicts.count(False) / 200 <= 0.09, (shift, verdicts)
+
+
+def test_rescore_counts_a_mean_as_reproduced_only_when_both_are_defined_and_equal_or_both_undefined():
+    from mspgt.interventions.rescore import _same
+
+    nan = float("nan")
+    assert _same(None, nan) and _same(nan, nan) and _same(1.0, 1.0 + 1e-9)
+    assert not _same(None, 1.0) and not _same(1.0, nan) and not _same(1.0, 1.01)

@@ -56,10 +56,12 @@ def read_samples(folder: Path) -> tuple[list[str], list[list[str]], list[list[st
     return [r["prompt"] for r in rows], [r["clean"] for r in rows], [r["noised"] for r in rows]
 
 
-def _same(a: float | None, b: float) -> bool:
-    if a is None or not math.isfinite(b):
-        return a is None or (isinstance(a, float) and not math.isfinite(a) and not math.isfinite(b))
-    return math.isclose(a, b, rel_tol=RTOL, abs_tol=1e-12)
+def _same(recorded: float | None, now: float) -> bool:
+    """The recorded mean (None or nan: undefined) equals the one computed now, to RTOL."""
+    undefined = recorded is None or not math.isfinite(recorded), not math.isfinite(now)
+    if any(undefined):
+        return all(undefined)
+    return math.isclose(recorded, now, rel_tol=RTOL, abs_tol=1e-12)
 
 
 def rescore(folder: Path, force: bool = False, sbert: Any = None) -> dict[str, Any] | None:
