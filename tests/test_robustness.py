@@ -42,12 +42,14 @@ def boundary_result(folder: Path, model: str, family: str, n_blocks: int, li: in
 def intervention_result(folder: Path, model: str, family: str, scale: str, sigma: float, structure_pct: float,
                         brittleness: float, data: str = "bbc-1234", p: float = 0.01,
                         alpha: float | None = None, null_p: float | None = None,
-                        per_prompt: tuple[list, list] | None = None) -> Path:
+                        per_prompt: tuple[list, list] | None = None, ig_accepted: bool | None = None) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "intervention.json"
     path.write_text(json.dumps({
         "experiment": "intervention", "model": {"name": model, "family": family}, "data": {"key": data},
-        "scale": {"name": scale}, "sigma": sigma,
+        "scale": {"name": scale, **({} if ig_accepted is None else {"boundary": {"boundaries": {
+            "L-I": {"layer": 3, "accepted": True}, "I-G": {"layer": 24, "accepted": ig_accepted}}}})},
+        "sigma": sigma,
         "metrics": {"length_variance": {"relative_change_pct": structure_pct, "p": p}},
         "brittleness": {"value": brittleness,
                         **({} if null_p is None else {"null": {"p": null_p, "floor": 3.0, "null_mean": 2.0}})},
@@ -296,3 +298,21 @@ def test_tier_2_decides_by_the_paired_bootstrap_where_runs_record_per_prompt_val
     rows = [ln for ln in (tmp_path / "out" / "robustness.md").read_text().splitlines() if ln.startswith("| 2 |")]
     cells = re.split(r"(?<!\\)\|", rows[0])[1:-1]  # split at the pipes that are not escaped
     assert len(cells) == 4 and "\\|intermediate\\|" in cells[3]  # the note's own pipes are escaped
+
+
+def test_scales_drawn_at_an_unaccepted_boundary_are_not_counted(tmp_path):
+    """Qwen2.5-0.5B's I-G is block 24 of 24, not accepted: its Global scale is that one block. Tier 2 needs
+    the intermediate and global ranges, so the cell is not counted (said so); Tier 3 needs only L-I."""
+    for scale, pct in (("local", 1.0), ("intermediate", 40.0), ("global", 2.0)):
+        intervention_result(tmp_path / scale, "qwen25_05b", "qwen", scale, 0.5, pct, 5.0, ig_accepted=False)
+    v = by_id(robustness([tmp_path]))
+    (evidence,) = v["intermediate_structure"]["evidence"].values()
+    assert evidence["holds"] is None and "qwen25_05b global (I-G)" in evidence["note"]
+    assert "qwen25_05b intermediate (I-G)" in evidence["note"] and "local" not in evidence["note"]
+    assert v["intermediate_structure"]["verdict"] == UNTESTABLE
+    intervention_result(tmp_path / "l2", "smollm2", "llama", "local", 0.5, 1.0, 40.0, ig_accepted=True)
+    assert by_id(robustness([tmp_path]))["local_brittleness_ratio"]["verdict"] == SUPPORTED  # 40 / 5
+    for scale in ("intermediate", "global"):
+        intervention_result(tmp_path / scale, "qwen25_05b", "qwen", scale, 0.5, 40.0 if scale == "intermediate" else 2,
+                            5.0, ig_accepted=True)
+    assert by_id(robustness([tmp_path]))["intermediate_structure"]["verdict"] == SUPPORTED

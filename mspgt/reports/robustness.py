@@ -115,6 +115,9 @@ class ScaleIntervention:
     brittleness_floor: float | None = None  # the null's 95th percentile
     # the structure metric per prompt, (clean, noised), None for a missing value; None: not recorded
     structure_per_prompt: tuple[tuple[float | None, ...], tuple[float | None, ...]] | None = None
+    # the boundaries that delimit this run's scale but failed the acceptance rule (its range is then the
+    # peak's, not a finding): local needs L-I, intermediate both, global I-G; () for explicit scale.layers
+    unaccepted: tuple[str, ...] = ()
 
     def above_null(self) -> bool | None:
         """Brittleness beyond what resampling alone gives (p < alpha); None where no null was recorded."""
@@ -154,7 +157,25 @@ def _intervention_row(r: InterventionResult, path: Path) -> ScaleIntervention:
         brittleness_p=(r.brittleness.get("null") or {}).get("p"),
         brittleness_floor=(r.brittleness.get("null") or {}).get("floor"),
         structure_per_prompt=_per_prompt(r, STRUCTURE_METRIC),
+        unaccepted=_unaccepted(r),
     )
+
+
+# the boundaries that delimit each scale (mspgt.layers.scales_from_boundaries)
+SCALE_BOUNDARIES = {"local": ("L-I",), "intermediate": ("L-I", "I-G"), "global": ("I-G",)}
+
+
+def _unaccepted(r: InterventionResult) -> tuple[str, ...]:
+    bounds = (r.scale.get("boundary") or {}).get("boundaries") or {}
+    return tuple(n for n in SCALE_BOUNDARIES.get(str(r.scale.get("name")), ())
+                 if isinstance(bounds.get(n), dict) and bounds[n].get("accepted") is False)
+
+
+def _unaccepted_note(runs: list[ScaleIntervention]) -> str | None:
+    """`not counted: ...` where a run's scale was drawn at a boundary that failed the acceptance rule."""
+    said = sorted({f"{iv.model} {iv.scale} ({', '.join(iv.unaccepted)})" for iv in runs if iv.unaccepted})
+    return None if not said else ("not counted: scales drawn at a boundary that failed the acceptance rule: "
+                                  + "; ".join(said))
 
 
 def _per_prompt(r: InterventionResult, metric: str) -> tuple[tuple[float | None, ...], tuple[float | None, ...]] | None:
@@ -388,6 +409,9 @@ def structure_verdict(interventions: list[ScaleIntervention], alpha: float | Non
             continue
         level = alpha if alpha is not None else min(iv.alpha for iv in three)
         key = f"{model} / {data} / sigma={sigma:g}"
+        if (note := _unaccepted_note(three)) is not None:
+            evidence[key] = {"structure_change_pct": change, "p": p, "holds": None, "note": note}
+            continue
         contrast = _structure_contrast(three)
         if contrast is not None:
             ok = contrast["holds"]
@@ -410,8 +434,10 @@ def structure_verdict(interventions: list[ScaleIntervention], alpha: float | Non
         "tier": 2, "id": "intermediate_structure",
         "prediction": "noise in the Intermediate scale changes structure (sentence-length variance) more than "
                       "noise in the Local or the Global scale (|relative change|, our reading)",
-        "evidence": evidence, "verdict": _overall(holds, inconclusive=bool(evidence)),
-        "needs": "experiment=intervention with scale=local,intermediate,global at one sigma, same model and data",
+        "evidence": evidence, "verdict": _overall(holds, inconclusive=any(e["note"].startswith("inconclusive")
+                                                                           for e in evidence.values() if "note" in e)),
+        "needs": "experiment=intervention with scale=local,intermediate,global at one sigma, same model and data, "
+                 "the scales drawn at accepted boundaries",
     }
 
 
@@ -463,6 +489,9 @@ def local_brittleness_verdict(interventions: list[ScaleIntervention]) -> dict[st
         runs = [iv for f in sorted(fams) for iv in fams[f]]
         within = [iv for iv in runs if iv.above_null() is False]
         key = f"sigma={sigma:g}"
+        if (note := _unaccepted_note(runs)) is not None:
+            evidence[key] = {"local_brittleness": means, "ratio": ratio, "holds": None, "note": note}
+            continue
         if within:
             evidence[key] = {"local_brittleness": means, "ratio": ratio, "holds": None,
                              "note": "inconclusive: local brittleness within its resampling null for "
@@ -476,8 +505,10 @@ def local_brittleness_verdict(interventions: list[ScaleIntervention]) -> dict[st
     return {
         "tier": 3, "id": "local_brittleness_ratio",
         "prediction": f"local brittleness differs by more than {LOCAL_BRITTLENESS_RATIO_MIN:g}x across families",
-        "evidence": evidence, "verdict": _overall(holds, inconclusive=bool(evidence)),
-        "needs": "experiment=intervention scale=local at one sigma on models of two or more families",
+        "evidence": evidence, "verdict": _overall(holds, inconclusive=any(e["note"].startswith("inconclusive")
+                                                                           for e in evidence.values() if "note" in e)),
+        "needs": "experiment=intervention scale=local at one sigma on models of two or more families, the local "
+                 "scale drawn at an accepted L-I boundary",
     }
 
 
