@@ -238,6 +238,11 @@ def test_a_peak_at_the_first_or_last_block_is_marked_as_an_edge(tmp_path):
     text = (tmp_path / "out" / "robustness.md").read_text()
     assert "24 (1.00) (not accepted) (edge: block 24 of 24)" in text
     assert "20 (0.67) |" in text and "(edge: block 20" not in text
+    from mspgt.reports.figure10 import figure10_points  # the figure draws them apart (faint, crossed)
+
+    ours = {p["label"]: p["not_accepted"] for p in figure10_points(json.loads((tmp_path / "out" / "robustness.json")
+                                                                              .read_text())) if not p["paper"]}
+    assert ours == {"qwen25_05b": ["L-I", "I-G"], "smollm2": []}
     assert "an edge artefact is possible" in text
 
 

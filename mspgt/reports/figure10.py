@@ -22,13 +22,15 @@ def figure10_points(record: dict[str, Any]) -> list[dict[str, Any]]:
     points = []
     for m in record["models"]:
         n = m["n_blocks"]
-        entry = {"label": m["model"], "family": m["family"], "paper": False}
+        entry = {"label": m["model"], "family": m["family"], "paper": False,
+                 "not_accepted": [name for name in MARKERS if m["relative"][name] is not None
+                                  and not m.get("accepted", {}).get(name, True)]}
         for name in MARKERS:
             rel, ci = m["relative"][name], m["ci"][name]
             entry[name] = None if rel is None else (rel, None if ci is None else (ci[0] / n, ci[1] / n))
         points.append(entry)
     for label, family, li, ig, n in PAPER_MODELS:
-        points.append({"label": label, "family": family, "paper": True,
+        points.append({"label": label, "family": family, "paper": True, "not_accepted": [],
                        "L-I": (li / n, None), "I-G": (ig / n, None)})
     return sorted(points, key=lambda p: (p["family"], p["paper"], p["label"]))
 
@@ -56,16 +58,20 @@ def robustness_figure(record: dict[str, Any], path: str | Path) -> Path:
             rel, ci = value
             offset = -0.12 if i == 0 else 0.12
             yerr = None if ci is None else [[rel - ci[0]], [ci[1] - rel]]
+            weak = name in p["not_accepted"]  # drawn faint, with an x over it: a peak, not a boundary
             ax.errorbar([x + offset], [rel], yerr=yerr, fmt=marker, color=colour, capsize=4,
-                        mfc="none" if p["paper"] else colour, ms=8,
-                        label=f"{name}{' (paper)' if p['paper'] else ''}")
+                        mfc="none" if p["paper"] else colour, ms=8, alpha=0.35 if weak else 1.0,
+                        label=f"{name}{' (paper)' if p['paper'] else ' (not accepted)' if weak else ''}")
+            if weak:
+                ax.plot([x + offset], [rel], "x", color="black", ms=7)
     handles, labels = ax.get_legend_handles_labels()
     unique = dict(zip(labels, handles, strict=True))
     ax.legend(unique.values(), unique.keys(), loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.set_xticks(range(len(points)), [p["label"] for p in points], rotation=30, ha="right", fontsize=8)
     ax.set_ylim(0, 1.08)
     ax.set_ylabel("relative position l / L")
-    ax.set_title("Boundary positions by family (paper Fig. 10); bars: 95% bootstrap CIs (ours)", fontsize=10)
+    ax.set_title("Boundary positions by family (paper Fig. 10); bars: 95% bootstrap CIs (ours); faint with x: "
+                 "not accepted", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     fig.savefig(Path(path).with_suffix(".pdf"))  # the same figure as PDF beside the PNG, for papers
