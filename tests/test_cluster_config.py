@@ -285,6 +285,13 @@ def test_sweep_summary_lists_every_job_side_by_side(tmp_path):
     columns, data = table_rows(summary["jobs"])
     assert len(data) == 3 and all(len(row) == len(columns) for row in data)
     assert data[0][columns.index("L-I_ci_low")] == 1 and data[1][columns.index("L-I_layer")] is None
+    # a Fisher job finds no boundaries: its boundary cells say "-", not "none ... no"
+    (sweep / "4-fisher").mkdir()
+    (sweep / "4-fisher" / "fisher.json").write_text(json.dumps({
+        "experiment": "fisher", "model": {"name": "tiny_llama", "family": "llama", "n_blocks": 6},
+        "data": {"key": "bbc-12345678"}}))
+    md = (sweep / "sweep_summary.md").read_text() if write_sweep_summary(sweep, tracking=None) else ""
+    assert "| 4 | tiny_llama | llama | 6 | bbc-12345678 | none | - | - | - | - | - | - | - | - | - | - |" in md
 
 
 def test_summary_by_hand_for_a_sweep_that_stopped(tmp_path, capsys):

@@ -36,9 +36,9 @@ SKIPPED_FOLDERS = (".submitit", "wandb")
 
 
 def job_folders(sweep_dir: Path) -> list[Path]:
-    """The sweep's job folders (those with a results.json, an error.txt or Hydra's saved job config: a job
+    """The sweep's job folders (those with a result file, an error.txt or Hydra's saved job config: a job
     that ended without either), in job-number order."""
-    found = {p.parent for name in ("results.json", "error.txt", ".hydra") for p in sweep_dir.glob(f"*/{name}")
+    found = {p.parent for name in (*RESULT_FILES, "error.txt", ".hydra") for p in sweep_dir.glob(f"*/{name}")
              if p.parent.name not in SKIPPED_FOLDERS}
 
     def job_number(p: Path) -> tuple[int, str]:
@@ -91,7 +91,7 @@ def job_row(folder: Path) -> dict[str, Any]:
     if results is None:
         if not (folder / "error.txt").exists():
             return {**job, "status": "failed", "error": "ended without a result (results.json, intervention.json, "
-                    "fisher.json) or error.txt (killed? see its log in .submitit/ or the job folder)",
+                    "fisher.json) or error.txt (still running, or killed? see its log in .submitit/ or the job folder)",
                     "boundaries": {}}
         return {**job, "status": "failed", "error": error_line(folder / "error.txt"), "boundaries": {}}
     try:
@@ -162,6 +162,9 @@ def summary_markdown(sweep_name: str, rows: list[dict[str, Any]], swept: list[st
                  str(row["data"]), str(row.get("control", "none"))]
         for n in names:
             b = row["boundaries"].get(n)
+            if row.get("experiment") not in (None, "boundary"):  # a Fisher or intervention job finds no boundaries
+                cells += ["-"] * 5
+                continue
             if b is None or b["layer"] is None:
                 cells += ["none", "", "", "no" if b is None else str(b["accepted"]).lower(),
                           "" if b is None else f"{b['n_missing']}/{b['n_resamples']}"]
@@ -171,7 +174,8 @@ def summary_markdown(sweep_name: str, rows: list[dict[str, Any]], swept: list[st
                       f"{b['n_missing']}/{b['n_resamples']}" + (f" (+{b['n_undefined']} NaN)" if b.get("n_undefined") else "")]
         lines.append("| " + " | ".join(cells) + " |")
     lines += ["", "CI: bootstrap percentile interval over sentence groups (layers are 1-based blocks); "
-              "missing: resamples that found no such peak (NaN: resamples whose evidence was undefined). Each job folder holds its results.json, "
+              "missing: resamples that found no such peak (NaN: resamples whose evidence was undefined); -: a job of "
+              "another experiment (Fisher, interventions), which finds no boundaries. Each job folder holds its results.json, "
               "figure, logs and W&B run (wandb/)."]
     return "\n".join(lines) + "\n"
 
