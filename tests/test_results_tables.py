@@ -153,6 +153,8 @@ def test_compute_table_sums_each_runs_own_wall_time(runs, tmp_path):
     assert by["fisher", "tiny_llama"]["machine"].endswith(" CPUs")
     # the re-fused run read the extraction pass from the cache: the table says so (its minutes are not a fresh run's)
     assert by["boundary", "tiny_llama"]["reused from the cache"] == "extraction: 1 of 2"
+    assert float(by["boundary", "tiny_llama"]["median minutes of a run without reuse"]) == pytest.approx(
+        seconds["boundary"] / 60, abs=0.051)  # the re-fused run is left out
     assert by["fisher", "tiny_llama"]["reused from the cache"] == "none"
 
 

@@ -30,6 +30,7 @@ import argparse
 import datetime
 import json
 import math
+import statistics
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -395,11 +396,14 @@ def compute_table(runs: list[Run]) -> Table | None:
         total += sum(seconds)
         cpus = {str(m.record.machine.get("cpus", "?")) for m in members}
         reused = [stage for stage in map(_reused_stage, members) if stage]
+        fresh = [t for m, t in ((m, _seconds(m)) for m in members) if t is not None and not _reused_stage(m)]
         rows.append([experiment, model, str(len(members)), f"{sum(seconds) / 60:.1f}",
+                     f"{statistics.median(fresh) / 60:.1f}" if fresh else "n/a",
                      f"{reused[0]}: {len(reused)} of {len(members)}" if reused else "none",
                      f"{cpu}, {'/'.join(sorted(cpus))} CPUs"])
-    rows.append(["all", "", str(len(runs)), f"{total / 60:.1f}", "", ""])
+    rows.append(["all", "", str(len(runs)), f"{total / 60:.1f}", "", "", ""])
     return Table("Compute: the runs' wall times", ["experiment", "model", "runs", "minutes (sum of the runs)",
+                                                    "median minutes of a run without reuse",
                                                     "reused from the cache", "machine"], rows,
                  notes=["Each run's own total wall time (`timing.total_s`/`timings.total_s` in its result file), "
                         "summed; runs that shared the machine with other work are slower than alone. A run that "
