@@ -16,6 +16,8 @@ from mspgt.errors import MspgtError
 SCALES = ("local", "intermediate", "global")
 # The two boundaries, in order; the block of each is the first block of the next scale (scales_from_boundaries)
 BOUNDARY_NAMES = ("L-I", "I-G")
+# The boundaries that delimit each scale's range (scales_from_boundaries below)
+SCALE_BOUNDARIES = {"local": ("L-I",), "intermediate": ("L-I", "I-G"), "global": ("I-G",)}
 
 
 def relative_position(layer: int, n_blocks: int) -> float:

@@ -126,6 +126,13 @@ def brittleness(comparisons: dict[str, PairedComparison], metrics: list[str] | t
     return float(np.mean(values))
 
 
+def relative_changes_pct(clean_mean: np.ndarray, noised_mean: np.ndarray) -> np.ndarray:
+    """`relative_change_pct` over arrays of means (0 where both are 0, nan where only the clean one is)."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.where(clean_mean == 0, np.where(noised_mean == 0, 0.0, np.nan),
+                        (noised_mean - clean_mean) / np.abs(clean_mean) * 100.0)
+
+
 def _relative_changes(clean: np.ndarray, noised: np.ndarray, swaps: np.ndarray) -> np.ndarray:
     """|relative change| (%) of the means for each row of `swaps` ([P, n] of 0/1: 1 swaps that prompt's
     clean and noised values); prompts where either value is nan are left out, as in `compare_paired`."""
@@ -135,11 +142,7 @@ def _relative_changes(clean: np.ndarray, noised: np.ndarray, swaps: np.ndarray) 
         return np.full(len(swaps), np.nan)
     d = x - c
     moved = s @ d / c.size  # how far each swap moves the clean mean up (and the noised mean down)
-    clean_mean, noised_mean = c.mean() + moved, x.mean() - moved
-    with np.errstate(divide="ignore", invalid="ignore"):
-        rel = np.where(clean_mean == 0, np.where(noised_mean == 0, 0.0, np.nan),
-                       (noised_mean - clean_mean) / np.abs(clean_mean) * 100.0)
-    return np.abs(rel)
+    return np.abs(relative_changes_pct(c.mean() + moved, x.mean() - moved))
 
 
 def brittleness_null(clean: dict[str, np.ndarray], noised: dict[str, np.ndarray], metrics: list[str],
@@ -206,8 +209,7 @@ def scale_contrast(clean: dict[str, np.ndarray], noised: dict[str, np.ndarray], 
 
     def rel(idx: np.ndarray) -> np.ndarray:  # [scale, ...] |relative change| in %
         means = values[:, :, idx].mean(axis=2)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            return np.abs((means[:, 1] - means[:, 0]) / np.abs(means[:, 0])) * 100.0
+        return np.abs(relative_changes_pct(means[:, 0], means[:, 1]))
 
     observed = rel(np.arange(n))
     boot = rel(np.random.default_rng(seed).integers(0, n, size=(n, n_resamples)))  # [scale, B]

@@ -30,7 +30,9 @@ from mspgt.interventions.text_metrics import METRICS, load_sbert, score_prompts
 log = logging.getLogger(__name__)
 
 RTOL = 1e-6  # how closely the scores made again must match the recorded means
-DEFAULT_NULL = {"null_permutations": 2000, "null_seed": 0}  # conf/metrics/default.yaml, for runs made before it
+# the run's metrics.brittleness settings -> brittleness_null's arguments (a run made before they existed gets
+# brittleness_null's defaults, those of conf/metrics/default.yaml)
+NULL_SETTINGS = {"null_permutations": "n_permutations", "null_seed": "seed"}
 
 
 def intervention_folders(paths: list[str | Path]) -> list[Path]:
@@ -96,9 +98,9 @@ def rescore(folder: Path, force: bool = False, sbert: Any = None) -> dict[str, A
                          "rescore on the machine and with the packages (SBERT, grammar checker) the run used, "
                          "or run the job again")
     britt = record["brittleness"]
-    null_cfg = {**DEFAULT_NULL, **{k: v for k, v in metric_cfg.get("brittleness", {}).items() if k in DEFAULT_NULL}}
-    null = brittleness_null(scores["clean"], scores["noised"], list(britt["metrics"]),
-                            int(null_cfg["null_permutations"]), int(null_cfg["null_seed"]))
+    null_args = {arg: int(v) for key, arg in NULL_SETTINGS.items()
+                 if (v := metric_cfg.get("brittleness", {}).get(key)) is not None}
+    null = brittleness_null(scores["clean"], scores["noised"], list(britt["metrics"]), **null_args)
     if not math.isclose(null["observed"], britt["value"], rel_tol=1e-9, abs_tol=1e-12):
         raise MspgtError(f"{folder}: brittleness now {null['observed']}, recorded {britt['value']}",
                          "run the job again")

@@ -209,7 +209,8 @@ def _ci(ci: tuple[int, int] | None) -> str:
     return "-" if ci is None else f"[{ci[0]}, {ci[1]}]"
 
 
-def _point(layer: int | None, ci: tuple[int, int] | None) -> str:
+def point_text(layer: int | None, ci: tuple[int, int] | None) -> str:
+    """`2 [1, 3]`, `2 -` (no CI) or `none`."""
     return "none" if layer is None else f"{layer} {_ci(ci)}"
 
 
@@ -234,8 +235,8 @@ def controls_markdown(comparisons: list[Comparison]) -> str:
                 *[f"{k} reproduces" for k in controls], "learnt?", "word order?"]
         lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         for b in c.boundaries:
-            cells = [b.boundary, _point(b.layer, b.ci) + ("" if b.accepted else " (not accepted)")]
-            cells += [_point(o.same_name_layer, o.same_name_ci) for o in b.controls]
+            cells = [b.boundary, point_text(b.layer, b.ci) + ("" if b.accepted else " (not accepted)")]
+            cells += [point_text(o.same_name_layer, o.same_name_ci) for o in b.controls]
             cells += [_reproduced(o, c) for o in b.controls]
             cells += [b.learnt, b.word_order]
             lines.append("| " + " | ".join(cells) + " |")

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 
 from mspgt.files import json_safe, write_json_atomic
+from mspgt.layers import SCALE_BOUNDARIES
 
 SCALE_COLOURS = {"local": "#1f77b4", "intermediate": "#ff7f0e", "global": "#2ca02c", "none": "#7f7f7f"}
 SCALE_ORDER = {"none": 0, "local": 1, "intermediate": 2, "global": 3}
@@ -42,6 +43,14 @@ def brittleness_cell(b: dict) -> str:
 BRITTLENESS_NOTE = ("brittleness: mean |relative change| over the metrics (ours, docs/method.md); floor: the 95th "
                     "percentile of its resampling null, p: the sign-flip permutation p over prompts (a brittleness "
                     "below the floor is no evidence that the noise did anything)")
+
+
+def unaccepted_boundaries(scale: dict) -> tuple[str, ...]:
+    """The boundaries that delimit this run's scale (mspgt.layers.SCALE_BOUNDARIES) but failed the acceptance
+    rule in the stored boundary result it was drawn from; () for explicit scale.layers or scale=none."""
+    bounds = (scale.get("boundary") or {}).get("boundaries") or {}
+    return tuple(n for n in SCALE_BOUNDARIES.get(str(scale.get("name")), ())
+                 if isinstance(bounds.get(n), dict) and bounds[n].get("accepted") is False)
 
 
 def scale_label(result: dict) -> str:

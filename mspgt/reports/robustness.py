@@ -38,6 +38,7 @@ import numpy as np
 from mspgt.fusion.phase_transition import combine_verdicts
 from mspgt.interventions.paired_stats import scale_contrast
 from mspgt.layers import BOUNDARY_NAMES
+from mspgt.reports.intervention_report import unaccepted_boundaries
 from mspgt.reports.store import write_json_atomic
 from mspgt.results import BoundaryCI, BoundaryResult, FisherResult, InterventionResult
 
@@ -157,18 +158,8 @@ def _intervention_row(r: InterventionResult, path: Path) -> ScaleIntervention:
         brittleness_p=(r.brittleness.get("null") or {}).get("p"),
         brittleness_floor=(r.brittleness.get("null") or {}).get("floor"),
         structure_per_prompt=_per_prompt(r, STRUCTURE_METRIC),
-        unaccepted=_unaccepted(r),
+        unaccepted=unaccepted_boundaries(r.scale),
     )
-
-
-# the boundaries that delimit each scale (mspgt.layers.scales_from_boundaries)
-SCALE_BOUNDARIES = {"local": ("L-I",), "intermediate": ("L-I", "I-G"), "global": ("I-G",)}
-
-
-def _unaccepted(r: InterventionResult) -> tuple[str, ...]:
-    bounds = (r.scale.get("boundary") or {}).get("boundaries") or {}
-    return tuple(n for n in SCALE_BOUNDARIES.get(str(r.scale.get("name")), ())
-                 if isinstance(bounds.get(n), dict) and bounds[n].get("accepted") is False)
 
 
 def _unaccepted_note(runs: list[ScaleIntervention]) -> str | None:
@@ -398,7 +389,7 @@ def structure_verdict(interventions: list[ScaleIntervention], alpha: float | Non
     cells: dict[tuple[str, str, float], dict[str, ScaleIntervention]] = defaultdict(dict)
     for iv in interventions:
         cells[iv.model, iv.data, iv.sigma][iv.scale] = iv
-    evidence, holds = {}, []
+    evidence, holds, inconclusive = {}, [], False  # inconclusive: some cell tested that its data cannot decide
     for (model, data, sigma), by_scale in sorted(cells.items()):
         if not {"local", "intermediate", "global"} <= set(by_scale):
             continue
@@ -420,12 +411,15 @@ def structure_verdict(interventions: list[ScaleIntervention], alpha: float | Non
                                  f"|intermediate| - |{s}| = {_fmt(d, '.3g')} points, 95% interval "
                                  f"[{_fmt(contrast['ci95'][s][0], '.3g')}, {_fmt(contrast['ci95'][s][1], '.3g')}]"
                                  for s, d in contrast["differences"].items())} if ok is None else {})}
-            if ok is not None:
+            if ok is None:
+                inconclusive = True
+            else:
                 holds.append(ok)
             continue
         if not any(v is not None and v < level for v in p.values()):
             evidence[key] = {"structure_change_pct": change, "p": p, "alpha": level, "holds": None,
                              "note": f"inconclusive: no scale changed structure at p < {level:g}"}
+            inconclusive = True
             continue
         ok = abs(change["intermediate"]) > max(abs(change["local"]), abs(change["global"]))
         holds.append(ok)
@@ -434,8 +428,7 @@ def structure_verdict(interventions: list[ScaleIntervention], alpha: float | Non
         "tier": 2, "id": "intermediate_structure",
         "prediction": "noise in the Intermediate scale changes structure (sentence-length variance) more than "
                       "noise in the Local or the Global scale (|relative change|, our reading)",
-        "evidence": evidence, "verdict": _overall(holds, inconclusive=any(e["note"].startswith("inconclusive")
-                                                                           for e in evidence.values() if "note" in e)),
+        "evidence": evidence, "verdict": _overall(holds, inconclusive),
         "needs": "experiment=intervention with scale=local,intermediate,global at one sigma, same model and data, "
                  "the scales drawn at accepted boundaries",
     }
@@ -479,7 +472,7 @@ def local_brittleness_verdict(interventions: list[ScaleIntervention]) -> dict[st
     counts only where every family's local brittleness lies beyond its resampling null (p < alpha, the
     brittleness null of paired_stats.py): a ratio of two noise floors says nothing about the families (ours).
     Runs made before the null was recorded count, with a note (python -m mspgt.interventions.rescore adds it)."""
-    evidence, holds = {}, []
+    evidence, holds, inconclusive = {}, [], False  # inconclusive: some sigma with a family within its null
     for sigma, fams in sorted(local_runs_by_sigma(interventions).items()):
         if len(fams) < 2:
             continue
@@ -496,6 +489,7 @@ def local_brittleness_verdict(interventions: list[ScaleIntervention]) -> dict[st
             evidence[key] = {"local_brittleness": means, "ratio": ratio, "holds": None,
                              "note": "inconclusive: local brittleness within its resampling null for "
                                      + _null_note(within)}
+            inconclusive = True
             continue
         ok = ratio > LOCAL_BRITTLENESS_RATIO_MIN
         holds.append(ok)
@@ -505,8 +499,7 @@ def local_brittleness_verdict(interventions: list[ScaleIntervention]) -> dict[st
     return {
         "tier": 3, "id": "local_brittleness_ratio",
         "prediction": f"local brittleness differs by more than {LOCAL_BRITTLENESS_RATIO_MIN:g}x across families",
-        "evidence": evidence, "verdict": _overall(holds, inconclusive=any(e["note"].startswith("inconclusive")
-                                                                           for e in evidence.values() if "note" in e)),
+        "evidence": evidence, "verdict": _overall(holds, inconclusive),
         "needs": "experiment=intervention scale=local at one sigma on models of two or more families, the local "
                  "scale drawn at an accepted L-I boundary",
     }

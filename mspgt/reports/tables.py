@@ -38,7 +38,7 @@ from typing import Any
 import yaml
 
 from mspgt.layers import BOUNDARY_NAMES
-from mspgt.reports.intervention_report import BRITTLENESS_NOTE, brittleness_cell
+from mspgt.reports.intervention_report import BRITTLENESS_NOTE, brittleness_cell, unaccepted_boundaries
 from mspgt.results import BoundaryResult, FisherResult, InterventionResult
 
 MARKER = "<!-- mspgt.reports.tables: everything below is generated; do not edit -->"
@@ -195,7 +195,7 @@ def boundary_table(runs: list[Run]) -> Table | None:
 def controls_table(folders: list[Path], runs: list[Run]) -> Table | None:
     """The controls' verdicts per real boundary (mspgt/reports/controls.py, its pre-registered rule): is the
     boundary learnt (random_init does not reproduce it), does it need word order (shuffled_words does not)."""
-    from mspgt.reports.controls import RULE, collect, compare
+    from mspgt.reports.controls import RULE, collect, compare, point_text
 
     comparisons = compare(collect(folders))
     if not comparisons:
@@ -205,9 +205,9 @@ def controls_table(folders: list[Path], runs: list[Run]) -> Table | None:
     for c in comparisons:
         sources += [by_folder[r.folder].provenance for r in c.runs if r.folder in by_folder]
         for b in c.boundaries:
-            cells = [c.model, c.data.split("-")[0], b.boundary,
-                     "none" if b.layer is None else f"{b.layer} [{b.ci[0]}, {b.ci[1]}]" if b.ci else str(b.layer),
-                     "yes" if b.accepted else "no"]
+            real = by_folder.get(c.runs[0].folder)  # the control=none run
+            cells = [c.model, real.record.data.get("name", c.data) if real else c.data, b.boundary,
+                     point_text(b.layer, b.ci), "yes" if b.accepted else "no"]
             for name in ("random_init", "shuffled_words"):
                 said = [("yes" if o.reproduces else "no") + f" ({o.control})" for o in b.controls
                         if o.control.startswith(name)]
@@ -283,9 +283,7 @@ def intervention_table(runs: list[Run]) -> Table | None:
         r = run.record
         first_last = r.scale.get("first_last")
         scale = f"{r.scale['name']} ({first_last[0]}-{first_last[1]})" if first_last else r.scale["name"]
-        bounds = ((r.scale.get("boundary") or {}).get("boundaries") or {})
-        unaccepted = [n for n, b in bounds.items() if isinstance(b, dict) and b.get("accepted") is False]
-        scale += "".join(f" ({n} not accepted)" for n in unaccepted)
+        scale += "".join(f" ({n} not accepted)" for n in unaccepted_boundaries(r.scale))
         cells = [r.model["name"], scale, fmt(r.sigma, "g")]
         for m in metrics:
             c = r.metrics.get(m) or {}
