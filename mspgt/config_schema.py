@@ -190,6 +190,7 @@ class FusionSettings:
     weights: FusionWeights = setting()
     signals: FusionSignals = setting()
     prominence: float = _prominence()
+    edges: Choice = setting(choices="mspgt.fusion.peaks:EDGE_CHOICES")
     cka: CkaVariant = setting()
     attention: AttentionVariant = setting()
 

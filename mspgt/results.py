@@ -153,6 +153,8 @@ class BoundaryResult:
     control: dict[str, Any] = field(default_factory=lambda: dict(NO_CONTROL))  # name, seed, key (docs/controls.md)
     found_two_peaks: bool = False
     peaks: dict[str, Any] = field(default_factory=dict)  # layers, prominences
+    # the interior detection where a boundary is at block 1 or L (fusion/edge_check.py; None: none is, or older)
+    edge_check: dict[str, Any] | None = None
     scales: dict[str, Any] | None = None  # scale -> blocks (None: fewer than two peaks)
     layers: list[int] = field(default_factory=list)  # 1..L
     signals: dict[str, list[float | None]] = field(default_factory=dict)  # signal -> S(l), l = 1..L

@@ -16,6 +16,7 @@ BAD = [
     (["probes.epochs=0"], "probes.epochs"),
     (["probes.epochs=-3"], "probes.epochs"),
     (["fusion.attention.first_block=bogus"], "fusion.attention.first_block"),
+    (["fusion.edges=both"], "fusion.edges"),
     (["data.max_tokens=0"], "data.max_tokens"),
     (["extraction.chunk_groups=0"], "extraction.chunk_groups"),
     (["experiment=intervention", "experiment.activation_std.n_sentences=0"], "experiment.activation_std.n_sentences"),

@@ -92,6 +92,17 @@ def test_changed_fusion_settings_reuse_the_cache_without_the_model(tmp_path):
     for k in a["signals"]:
         np.testing.assert_allclose(a["signals"][k], b["signals"][k])
     assert a["evidence"] != b["evidence"]
+    # fusion.edges: the same curve, the edge candidates dropped; a padded run checks exactly its edge boundaries
+    third = tmp_path / "c"
+    run_mspgt(["model=tiny_llama", *TINY, "fusion.edges=interior", f"hydra.run.dir={third}"], tmp_path)
+    c = read_results(third)
+    n_blocks = a["model"]["n_blocks"]
+    assert c["evidence"] == a["evidence"] and c["edge_check"] is None and c["notes"]["edges"].startswith("interior")
+    assert c["peaks"]["layers"] == [b for b in a["peaks"]["layers"] if b not in (1, n_blocks)]
+    at_edge = [n for n, x in a["boundaries"].items() if x["layer"] in (1, n_blocks)]
+    assert (a["edge_check"] or {}).get("edge_boundaries", []) == at_edge
+    if at_edge:  # the check is the interior run's detection and bootstrap
+        assert a["edge_check"]["boundaries"] == c["boundaries"]
 
 
 def _chunks(cache: Path) -> list[Path]:

@@ -114,6 +114,7 @@ def test_the_default_composition_keeps_every_fusion_key_of_before():
     fusion = OmegaConf.to_container(_compose([]).fusion)
     assert fusion == {
         "prominence": 0.3,
+        "edges": "padded",
         "cka": {"exclude_first_position": False, "standardise": False},
         "attention": {"drop_sink": False, "first_block": "replicate"},
         "weights": {"representation_change": 1.0, "probe_jump": 1.0, "attention_drift": 1.0},

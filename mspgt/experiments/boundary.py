@@ -32,6 +32,7 @@ from mspgt.extraction.extract import build_statistics, cache_material
 from mspgt.extraction.groups import prepare_corpus
 from mspgt.files import writable_folder
 from mspgt.fusion.bootstrap import bootstrap_boundaries, check_bootstrap_settings, resample_counts
+from mspgt.fusion.edge_check import edge_check
 from mspgt.fusion.fuse import fuse, validate_fusion
 from mspgt.fusion.peaks import MATCHING_RULE, BoundaryPick, detect_boundaries
 from mspgt.fusion.rival_transitions import rival_result
@@ -280,6 +281,7 @@ class Found:
     cis: dict[str, BoundaryCI]
     cka_variant: str
     js_variant: str
+    edge_check: dict[str, Any] | None = None  # the interior detection where a boundary is at an edge
 
 
 def detect_with_bootstrap(fusion: FusionSettings, bootstrap: BootstrapSettings, f1_average: str,
@@ -291,7 +293,7 @@ def detect_with_bootstrap(fusion: FusionSettings, bootstrap: BootstrapSettings, 
     signals = layer_signals(stats, probes, enabled, cka_v, js_v, first_block, f1_average=f1_average)
     evidence = fuse(signals, weights, enabled)
     replicated_first = fusion.signals.attention_drift and first_block == "replicate"
-    pick = detect_boundaries(evidence, fusion.prominence, replicated_first)
+    pick = detect_boundaries(evidence, fusion.prominence, replicated_first, fusion.edges)
 
     def evidence_fn(counts: np.ndarray, seed_counts: np.ndarray | None = None
                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -299,18 +301,24 @@ def detect_with_bootstrap(fusion: FusionSettings, bootstrap: BootstrapSettings, 
         resampled = layer_signals(stats, drawn, enabled, cka_v, js_v, first_block, counts, f1_average)
         return fuse(resampled, weights, enabled), resampled
 
+    def run_bootstrap(point: BoundaryPick, edges: str) -> dict[str, BoundaryCI]:
+        b = bootstrap
+        cis = bootstrap_boundaries(
+            evidence_fn, stats.n_groups, stats.n_blocks, point, n_resamples=b.n_resamples, seed=b.seed,
+            ci_level=b.ci_level, acceptance_width=b.acceptance_width, max_missing_fraction=b.max_missing_fraction,
+            prominence=fusion.prominence, replicated_first=replicated_first,
+            n_probe_seeds=len(probes.runs) if isinstance(probes, ProbeSeeds) else 1, edges=edges,
+        )
+        for ci in cis.values():
+            ci.relative = relative_position(ci.layer, stats.n_blocks) if ci.layer else None
+        return cis
+
     t = time.perf_counter()
-    b = bootstrap
-    cis = bootstrap_boundaries(
-        evidence_fn, stats.n_groups, stats.n_blocks, pick, n_resamples=b.n_resamples, seed=b.seed,
-        ci_level=b.ci_level, acceptance_width=b.acceptance_width, max_missing_fraction=b.max_missing_fraction,
-        prominence=fusion.prominence, replicated_first=replicated_first,
-        n_probe_seeds=len(probes.runs) if isinstance(probes, ProbeSeeds) else 1,
-    )
+    cis = run_bootstrap(pick, fusion.edges)
+    checked = (edge_check(evidence, pick, fusion.prominence, replicated_first, run_bootstrap)
+               if fusion.edges == "padded" else None)
     timings["bootstrap_s"] = time.perf_counter() - t
-    for ci in cis.values():
-        ci.relative = relative_position(ci.layer, stats.n_blocks) if ci.layer else None
-    return Found(signals, evidence, pick, cis, cka_v, js_v)
+    return Found(signals, evidence, pick, cis, cka_v, js_v, checked)
 
 
 def boundary_record(cfg: DictConfig, stats: CorpusStatistics, probes: ProbeResult | ProbeSeeds | None, found: Found,
@@ -334,6 +342,7 @@ def boundary_record(cfg: DictConfig, stats: CorpusStatistics, probes: ProbeResul
         boundaries=dict(found.cis),
         found_two_peaks=pick.li is not None,
         peaks={"layers": pick.peaks, "prominences": pick.prominences},
+        edge_check=found.edge_check,
         scales=scales,
         layers=list(range(1, L + 1)),
         signals={k: v.tolist() for k, v in found.signals.items()},
@@ -359,6 +368,8 @@ def boundary_notes(cfg: DictConfig, cka_variant: str, js_variant: str) -> dict[s
         "cka_estimator": f"{ESTIMATOR}; variant={cka_variant}",
         "cka_estimand": CKA_ESTIMANDS[cfg.bootstrap.grouping],
         "peak_matching": MATCHING_RULE,
+        "edges": cfg.fusion.edges + (" (E padded with a zero at each end: block 1 and block L may be peaks)"
+                                     if cfg.fusion.edges == "padded" else " (peaks at blocks 2..L-1 only)"),
         "attention_variant": js_variant,
         "attention_first_block": cfg.fusion.attention.first_block + (
             " (S_attn(1) = S_attn(2); a plateau this makes at blocks 1-2 is centred from block 2 on)"

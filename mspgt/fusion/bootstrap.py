@@ -157,6 +157,7 @@ def bootstrap_boundaries(
     chunk: int = 250,
     replicated_first: bool = False,
     n_probe_seeds: int = 1,
+    edges: str = "padded",
 ) -> dict[str, BoundaryCI]:
     """Bootstrap CIs of the L-I and I-G boundaries over resamples of sentence groups.
 
@@ -166,7 +167,8 @@ def bootstrap_boundaries(
     are matched to `point` (peaks.MATCHING_RULE). A boundary is accepted iff the full data found it, its CI
     width is below `acceptance_width` layers (the paper: 5) and at most `max_missing_fraction` of the
     resamples found no such peak or were undefined (that last condition is our definition).
-    replicated_first: E(1) copies block 2's attention drift (peaks.find_evidence_peaks). Deterministic for a seed.
+    replicated_first: E(1) copies block 2's attention drift (peaks.find_evidence_peaks); edges: may block 1 and
+    block L be peaks (peaks.EDGE_CHOICES). Deterministic for a seed.
     n_probe_seeds: P > 1 probe training seeds are resampled too (probes.n_seeds): each resample also draws
     seed counts [P] ~ multinomial(P, 1/P) from its own stream (the group counts stay those of `seed`), and
     evidence_fn is called as evidence_fn(group_counts [b, G], seed_counts [b, P]).
@@ -190,7 +192,7 @@ def bootstrap_boundaries(
                 f"evidence_fn returned shape {evidence.shape}, expected {(part.shape[0], n_blocks)}",
                 "return one fused evidence curve over the L blocks per resample",
             )
-        picks = detect_boundaries_batch(evidence, prominence, pair, replicated_first)
+        picks = detect_boundaries_batch(evidence, prominence, pair, replicated_first, edges)
         parts.append(picks)
         for name, k in _undefined_signals(signals, picks.li == UNDEFINED).items():
             undefined[name] = undefined.get(name, 0) + k

@@ -21,6 +21,14 @@ Two rules of ours (docs/method.md, "Fusion and peaks"):
   peaks: neither boundary, as on the full data. Without a point estimate (fewer than two peaks on the
   full data) resamples fall back to the two most prominent in layer order. How often matching gave
   another result than that order-based labelling is reported (`n_relabelled`).
+
+Edges (`fusion.edges`, our definition): `padded` (the default, above) lets block 1 and block L be peaks;
+such a peak has a neighbour on one side only, so its height is measured against the zero we pad with.
+`interior` drops the candidates at block 1 and block L after find_peaks, and nothing else: the padding and
+so every other peak's prominence are unchanged, and a peak that `padded` finds inside the curve is found the
+same way. A boundary run whose padded detection puts a boundary at an edge also runs the interior detection
+and its bootstrap (mspgt/experiments/boundary.py, `edge_check`): is there an interior pair the edge peak
+displaced, or does the boundary exist only as an edge peak?
 """
 
 from __future__ import annotations
@@ -62,6 +70,8 @@ class ResamplePicks:
     ig_relabelled: np.ndarray  # [B] bool
 
 
+EDGE_CHOICES = ("padded", "interior")  # fusion.edges: may block 1 and block L be peaks (module docstring)
+
 # The one range of the peak prominence (the fused evidence lies in [0, 1]): (test, in words); the config
 # schema (mspgt/config_schema.py) uses it too.
 PROMINENCE_RANGE: tuple[Callable[[float], bool], str] = (lambda v: 0 < v <= 1, "in (0, 1]")
@@ -76,20 +86,32 @@ def check_prominence(prominence: float) -> None:
         )
 
 
+def check_edges(edges: str) -> None:
+    """fusion.edges is one of EDGE_CHOICES."""
+    if edges not in EDGE_CHOICES:
+        raise MspgtError(f"fusion.edges={edges!r} is not one of {EDGE_CHOICES}",
+                         "set fusion.edges=padded (block 1 and L may be peaks) or fusion.edges=interior")
+
+
 def find_evidence_peaks(
-    evidence: np.ndarray, prominence: float, replicated_first: bool = False
+    evidence: np.ndarray, prominence: float, replicated_first: bool = False, edges: str = "padded"
 ) -> tuple[np.ndarray, np.ndarray]:
     """Peaks of one curve [L] as 1-based blocks (padding index i is block i) and their prominences.
 
     replicated_first: E(1) copies a value of block 2 (see the module docstring); a plateau that starts at
-    block 1 is then centred on its blocks from 2 on.
+    block 1 is then centred on its blocks from 2 on. edges="interior": peaks at block 1 or block L are
+    dropped (the others and their prominences are those of "padded").
     """
     padded = np.concatenate(([0.0], evidence, [0.0]))  # [L + 2]
     index, props = find_peaks(padded, prominence=prominence, plateau_size=1)
     if replicated_first and index.size:
         left, right = props["left_edges"], props["right_edges"]  # [P] padded indices
         index = np.where((left == 1) & (right >= 2), (2 + right) // 2, index)  # find_peaks: (left+right)//2
-    return index.astype(np.int64), props["prominences"]
+    prominences = props["prominences"]
+    if edges == "interior":
+        inside = (index > 1) & (index < len(evidence))  # [P]
+        index, prominences = index[inside], prominences[inside]
+    return index.astype(np.int64), prominences
 
 
 def _two_most_prominent(blocks: np.ndarray, prominences: np.ndarray) -> tuple[int, int] | None:
@@ -122,16 +144,18 @@ def _check_curve(evidence: np.ndarray, ndim: int) -> np.ndarray:
     return evidence
 
 
-def detect_boundaries(evidence: np.ndarray, prominence: float = 0.3, replicated_first: bool = False) -> BoundaryPick:
+def detect_boundaries(evidence: np.ndarray, prominence: float = 0.3, replicated_first: bool = False,
+                      edges: str = "padded") -> BoundaryPick:
     """L-I and I-G boundaries of a fused evidence curve E [L] (index i = block i + 1)."""
     check_prominence(prominence)
+    check_edges(edges)
     evidence = _check_curve(evidence, 1)
     if not np.isfinite(evidence).all():
         raise MspgtError(
             f"evidence must be a finite curve over layers [L], got shape {evidence.shape} with NaN/inf values",
             "check the signals that were fused (a constant representation gives an undefined CKA)",
         )
-    blocks, prominences = find_evidence_peaks(evidence, prominence, replicated_first)
+    blocks, prominences = find_evidence_peaks(evidence, prominence, replicated_first, edges)
     pair = _two_most_prominent(blocks, prominences)
     li, ig = pair if pair is not None else (None, None)
     return BoundaryPick(li, ig, [int(b) for b in blocks], [float(p) for p in prominences])
@@ -142,12 +166,14 @@ def detect_boundaries_batch(
     prominence: float = 0.3,
     point: tuple[int, int] | None = None,
     replicated_first: bool = False,
+    edges: str = "padded",
 ) -> ResamplePicks:
     """Boundaries of many curves E [B, L], matched to the point estimate `point` (MATCHING_RULE).
 
     A curve with NaN/inf values (an undefined signal in that resample) is UNDEFINED, never "none found".
     """
     check_prominence(prominence)
+    check_edges(edges)
     evidence = _check_curve(evidence, 2)
     n = evidence.shape[0]
     li = np.full(n, NONE_FOUND, dtype=np.int64)  # [B]
@@ -157,7 +183,7 @@ def detect_boundaries_batch(
     finite = np.isfinite(evidence).all(axis=1)  # [B]
     li[~finite] = ig[~finite] = UNDEFINED
     for row in np.flatnonzero(finite):
-        blocks, prominences = find_evidence_peaks(evidence[row], prominence, replicated_first)
+        blocks, prominences = find_evidence_peaks(evidence[row], prominence, replicated_first, edges)
         by_order = _two_most_prominent(blocks, prominences)
         if by_order is None:
             continue

@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
+from mspgt.fusion.edge_check import edge_check_text
 from mspgt.fusion.fuse import minmax_normalise
 from mspgt.reports.rivals_report import rivals_panel
 from mspgt.reports.tracking import Tracker
@@ -102,6 +103,8 @@ def boundary_markdown(result: BoundaryResult) -> str:
             + f" ({sample['rule']})."]
     if not result.found_two_peaks:
         lines += ["", f"Fewer than two peaks with prominence >= the threshold: peaks at {result.peaks['layers']}."]
+    if result.edge_check is not None:
+        lines += ["", edge_check_text(result.edge_check, result.n_blocks)]
     lines += ["", "| block | " + " | ".join(result.signals) + " | E(l) |",
               "|---|" + "---|" * (len(result.signals) + 1)]
     for i, layer in enumerate(result.layers):
@@ -132,6 +135,11 @@ def log_boundary_to_wandb(cfg: DictConfig, out_dir: Path, result: BoundaryResult
         for field in ("layer", "relative", "ci_low", "ci_high", "width", "accepted", "n_missing", "n_undefined",
                       "n_relabelled"):
             summary[f"{k}/{field}"] = getattr(b, field)
+    if result.edge_check is not None:  # the interior detection of an edge boundary (fusion/edge_check.py)
+        summary["edge_check/interior_two_peaks"] = result.edge_check["found_two_peaks"]
+        for name, b in result.edge_check["boundaries"].items():
+            summary[f"edge_check/{name.replace('-', '_')}/layer"] = b["layer"]
+            summary[f"edge_check/{name.replace('-', '_')}/accepted"] = b["accepted"]
     summary.update({f"timings/{k}": v for k, v in result.timings.items()})
     tracker.summary(summary)
     cols = ["block", *result.signals, "evidence"]

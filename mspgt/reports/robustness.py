@@ -35,6 +35,7 @@ from typing import Any
 
 import numpy as np
 
+from mspgt.fusion.edge_check import edge_check_text
 from mspgt.fusion.phase_transition import combine_verdicts
 from mspgt.interventions.paired_stats import scale_contrast
 from mspgt.layers import BOUNDARY_NAMES
@@ -80,6 +81,7 @@ class ModelBoundaries:
     ci: dict[str, tuple[int, int] | None]
     source: str
     eq28: dict[str, Any] | None = None  # curve -> {verdict, per boundary verdicts} (None: no information curves)
+    edge_check: dict[str, Any] | None = None  # the interior detection of an edge boundary (fusion/edge_check.py)
 
 
 @dataclass(frozen=True)
@@ -136,6 +138,7 @@ def _boundary_row(r: BoundaryResult, path: Path) -> ModelBoundaries:
         ci={n: None if b.ci_low is None else (b.ci_low, b.ci_high) for n, b in bounds.items()},
         source=str(path),
         eq28=_eq28_summary(r),
+        edge_check=r.edge_check,
     )
 
 
@@ -528,7 +531,8 @@ def robustness(folders: Iterable[str | Path], alpha: float | None = None) -> dic
         "experiment": "robustness",
         "models": [{"model": r.model, "family": r.family, "n_blocks": r.n_blocks, "data": r.data,
                     "layer": r.layer, "relative": r.relative, "accepted": r.accepted, "ci": r.ci,
-                    "paper": PAPER_BOUNDARIES.get(r.model), "source": r.source} for r in rows],
+                    "paper": PAPER_BOUNDARIES.get(r.model), "edge_check": r.edge_check, "source": r.source}
+                   for r in rows],
         "families": stats,
         "offsets": cross_family_offsets(stats),
         "interventions": [iv.__dict__ for iv in interventions],
@@ -575,9 +579,12 @@ def robustness_markdown(record: dict[str, Any]) -> str:
         lines.append("| " + " | ".join(cells) + " |")
     if any(m["layer"][n] in (1, m["n_blocks"]) for m in record["models"] for n in BOUNDARY_NAMES):
         lines += ["", "Edge: a peak at the first or the last block has no block on one side, so the fused curve's "
-                  "peak there rests on one neighbour only (an edge artefact is possible); the controls "
-                  "(controls.md: does the random-weight network put a peak there too?) and the rival "
-                  "transitions (results.json `rivals`) are the evidence to weigh it with."]
+                  "peak there rests on one neighbour only (an edge artefact is possible); the edge check (the "
+                  "same curve with peaks at interior blocks only, below), the controls (controls.md: does the "
+                  "random-weight network put a peak there too?) and the rival transitions (results.json "
+                  "`rivals`) are the evidence to weigh it with."]
+        lines += [f"- {m['model']}: {edge_check_text(m['edge_check'], m['n_blocks'])}" for m in record["models"]
+                  if m.get("edge_check")]
     lines += ["", "## Families (relative positions)", "",
               "| family | boundary | models | found | accepted | mean | std | CV | range |",
               "|---|---|---|---|---|---|---|---|---|"]

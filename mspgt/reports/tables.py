@@ -37,6 +37,7 @@ from typing import Any
 
 import yaml
 
+from mspgt.fusion.edge_check import edge_check_text
 from mspgt.layers import BOUNDARY_NAMES
 from mspgt.reports.intervention_report import BRITTLENESS_NOTE, brittleness_cell, unaccepted_boundaries
 from mspgt.results import BoundaryResult, FisherResult, InterventionResult
@@ -174,13 +175,15 @@ def _most_selected(b: Any) -> str:
 
 
 def boundary_table(runs: list[Run]) -> Table | None:
-    rows, sources = [], []
+    rows, sources, edge_notes = [], [], []
     for run in runs:
         r = run.record
         sources.append(run.provenance)
+        label = r.name + ("" if r.control.get("key", "none") == "none" else f" ({r.control['key']})")
+        if r.edge_check is not None:  # a boundary at block 1 or L: what the interior detection found
+            edge_notes += ["", f"{label}: {edge_check_text(r.edge_check, r.n_blocks)}"]
         for name, b in r.boundaries.items():
-            rows.append([r.name + ("" if r.control.get("key", "none") == "none" else f" ({r.control['key']})"),
-                         r.data.get("name", ""), str(r.n_blocks), name, fmt(b.layer), fmt(b.relative, ".1%"),
+            rows.append([label, r.data.get("name", ""), str(r.n_blocks), name, fmt(b.layer), fmt(b.relative, ".1%"),
                          _ci(b), fmt(b.width), fmt(b.accepted), f"{b.n_missing} / {b.n_undefined} / {b.n_relabelled}",
                          _most_selected(b)])
     if not rows:
@@ -189,7 +192,8 @@ def boundary_table(runs: list[Run]) -> Table | None:
                  ["model", "data", "blocks", "boundary", "block", "relative", "95% CI", "width", "accepted",
                   "missing / undefined / relabelled", "most selected"], rows, sources,
                  ["Missing: resamples without the peak; undefined: resamples whose evidence was NaN; relabelled: "
-                  "resamples whose peak matching differed from layer order (docs/method.md, Bootstrap)."])
+                  "resamples whose peak matching differed from layer order (docs/method.md, Bootstrap).",
+                  *edge_notes])
 
 
 def controls_table(folders: list[Path], runs: list[Run]) -> Table | None:
