@@ -85,13 +85,21 @@ def test_edge_check_says_when_a_boundary_exists_only_as_an_edge_peak() -> None:
     evidence, run = _bootstrap_of(_group_curves(_curve([4, 11, 20], [1.0, 0.15, 0.9]), noise=0.05))
     pick = detect_boundaries(evidence)
     assert (pick.li, pick.ig) == (4, 20)
-    check = edge_check(evidence, pick, 0.3, False, run)
+    raw = {"attention_drift": 3.0 * evidence + 1.0, "probe_jump": -evidence}  # what each contributes at L
+    check = edge_check(evidence, pick, 0.3, False, run, raw)
     assert check is not None and not check["found_two_peaks"] and check["peaks"]["layers"] == [4]
+    assert check["edge_blocks"] == {"I-G": N_BLOCKS}
+    at_l = check["normalised_signals_at_edge"]["I-G"]
+    assert at_l["attention_drift"] == pytest.approx(minmax_normalise(evidence)[-1])
+    assert at_l["probe_jump"] == pytest.approx(1.0 - minmax_normalise(evidence)[-1])
     assert check["boundaries"]["I-G"]["layer"] is None and not check["boundaries"]["I-G"]["accepted"]
     layers, prominences = check["candidates"]["layers"], check["candidates"]["prominences"]
     assert layers[0] == 4 and 11 in layers
     assert prominences == sorted(prominences, reverse=True) and prominences[layers.index(11)] < 0.3
-    assert "only as an edge peak" in edge_check_text(check, N_BLOCKS)
+    text = edge_check_text(check, N_BLOCKS)
+    assert "only as an edge peak" in text and "I-G at block 20 of 20" in text and "attention_drift" in text
+    ig = check["boundaries"]["I-G"]
+    assert f"two interior peaks: {ig['n_resamples'] - ig['n_missing'] - ig['n_undefined']} of 300" in text
 
 
 def test_no_edge_no_check() -> None:

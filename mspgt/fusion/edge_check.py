@@ -14,11 +14,12 @@ detection over the same resamples. The record says which of two things the data 
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 
+from mspgt.fusion.fuse import minmax_normalise
 from mspgt.fusion.peaks import BoundaryPick, detect_boundaries, find_evidence_peaks
 from mspgt.layers import BOUNDARY_NAMES
 from mspgt.results import BoundaryCI
@@ -50,11 +51,13 @@ def edge_check(
     prominence: float,
     replicated_first: bool,
     bootstrap: Callable[[BoundaryPick, str], dict[str, BoundaryCI]],
+    signals: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, Any] | None:
     """The interior detection of a curve E [L] whose padded pick has a boundary at an edge (None: it has not).
 
     bootstrap(point, edges) runs the run's own bootstrap (same resamples, seed and acceptance rule) for a
-    point estimate and an edge mode.
+    point estimate and an edge mode. signals: the fused signals [L] (name -> raw curve); the record then says
+    what each contributes at the edge block (min-max normalised, as fused: which signal makes the edge peak).
     """
     n_blocks = len(evidence)
     at_edge = edge_boundaries(pick, n_blocks)
@@ -62,9 +65,14 @@ def edge_check(
         return None
     inner = detect_boundaries(evidence, prominence, replicated_first, "interior")
     cis = bootstrap(inner, "interior")
+    layer_of = dict(zip(BOUNDARY_NAMES, (pick.li, pick.ig), strict=True))
+    at_block = {name: {signal: float(minmax_normalise(curve)[layer_of[name] - 1])
+                       for signal, curve in (signals or {}).items()} for name in at_edge}
     return {
         "rule": EDGE_CHECK_RULE,
         "edge_boundaries": at_edge,
+        "edge_blocks": {name: layer_of[name] for name in at_edge},
+        "normalised_signals_at_edge": at_block,
         "prominence": prominence,
         "found_two_peaks": inner.li is not None,
         "peaks": {"layers": inner.peaks, "prominences": inner.prominences},
@@ -75,15 +83,25 @@ def edge_check(
 
 def edge_check_text(check: dict[str, Any], n_blocks: int) -> str:
     """One sentence for reports: what the interior detection found."""
-    where = ", ".join(check["edge_boundaries"])
-    head = f"Edge check ({where} at block 1 or {n_blocks} of {n_blocks}; peaks at blocks 2..{n_blocks - 1} only): "
+    blocks = check.get("edge_blocks", {})
+    where = ", ".join(f"{n} at block {blocks[n]} of {n_blocks}" if n in blocks else n for n in check["edge_boundaries"])
+    made = "; ".join(f"{n}: " + ", ".join(f"{k} {v:.2f}" for k, v in by.items())
+                     for n, by in check.get("normalised_signals_at_edge", {}).items() if by)
+    head = (f"Edge check ({where}" + (f"; the normalised signals there, {made}" if made else "")
+            + f"; peaks at blocks 2..{n_blocks - 1} only): ")
     cands = ", ".join(f"{b} ({p:.3f})" for b, p in zip(check["candidates"]["layers"],
                                                        check["candidates"]["prominences"], strict=True))
     if not check["found_two_peaks"]:
         peaks = check["peaks"]["layers"]
+        ig = check["boundaries"].get("I-G", {})
+        found = ig.get("n_resamples", 0) - ig.get("n_missing", 0) - ig.get("n_undefined", 0)
+        freq = sorted((ig.get("selection_frequency") or {}).items(), key=lambda kv: -kv[1])[:3]
+        where_found = ", ".join(f"{k}: {v}" for k, v in freq)
         return (head + f"fewer than two interior peaks with prominence >= {check['prominence']} "
                 f"(found: {peaks or 'none'}); so the boundary exists here only as an edge peak. Strongest "
-                f"interior local maxima (block (prominence)): {cands or 'none'}.")
+                f"interior local maxima (block (prominence)): {cands or 'none'}. Resamples with two interior "
+                f"peaks: {found} of {ig.get('n_resamples', 0)}" + (f" (second peak at {where_found})" if freq else "")
+                + ".")
     parts = []
     for name, b in check["boundaries"].items():
         ci = "no CI" if b.get("ci_low") is None else f"[{b['ci_low']}, {b['ci_high']}]"
