@@ -27,7 +27,7 @@ such a peak has a neighbour on one side only, so its height is measured against 
 `interior` drops the candidates at block 1 and block L after find_peaks, and nothing else: the padding and
 so every other peak's prominence are unchanged, and a peak that `padded` finds inside the curve is found the
 same way. A boundary run whose padded detection puts a boundary at an edge also runs the interior detection
-and its bootstrap (mspgt/experiments/boundary.py, `edge_check`): is there an interior pair the edge peak
+and its bootstrap (mspgt/fusion/edge_check.py): is there an interior pair the edge peak
 displaced, or does the boundary exist only as an edge peak?
 """
 
