@@ -80,7 +80,7 @@ def test_scale_contrast_finds_the_planted_largest_scale_and_says_when_it_cannot_
     rng = np.random.default_rng(0)
     clean, noised = _three(rng, {"local": 0.0, "intermediate": 10.0, "global": 2.0})
     r = scale_contrast(clean, noised, "intermediate")
-    assert r["holds"] is True and min(lo for lo, _ in r["ci95"].values()) > 0
+    assert r["holds"] is True and min(lo for lo, _ in r["ci"].values()) > 0
     for s in ("local", "global"):
         assert r["differences"][s] == pytest.approx(abs(noised["intermediate"].mean() / clean[s].mean() - 1) * 100
                                                     - abs(noised[s].mean() / clean[s].mean() - 1) * 100, rel=1e-12)
@@ -122,3 +122,16 @@ def test_rescore_counts_a_mean_as_reproduced_only_when_both_are_defined_and_equa
     nan = float("nan")
     assert _same(None, nan) and _same(nan, nan) and _same(1.0, 1.0 + 1e-9)
     assert not _same(None, 1.0) and not _same(1.0, nan) and not _same(1.0, 1.01)
+
+
+def test_scale_contrast_at_a_smaller_alpha_widens_its_intervals_and_says_its_level():
+    rng = np.random.default_rng(3)
+    clean, noised = _three(rng, {"local": 1.0, "intermediate": 4.0, "global": 0.0})
+    wide, narrow = (scale_contrast(clean, noised, "intermediate", alpha=a) for a in (0.01, 0.05))
+    assert wide["ci_level"] == pytest.approx(0.99) and narrow["ci_level"] == pytest.approx(0.95)
+    assert wide["differences"] == narrow["differences"]  # the estimate does not depend on the level
+    for s in ("local", "global"):
+        assert wide["ci"][s][0] <= narrow["ci"][s][0] <= narrow["ci"][s][1] <= wide["ci"][s][1]
+    for bad in (0.0, 1.0, -0.1):
+        with pytest.raises(ValueError, match="alpha"):
+            scale_contrast(clean, noised, "intermediate", alpha=bad)

@@ -321,3 +321,34 @@ def test_scales_drawn_at_an_unaccepted_boundary_are_not_counted(tmp_path):
         intervention_result(tmp_path / scale, "qwen25_05b", "qwen", scale, 0.5, 40.0 if scale == "intermediate" else 2,
                             5.0, ig_accepted=True)
     assert by_id(robustness([tmp_path]))["intermediate_structure"]["verdict"] == SUPPORTED
+
+
+def _tied_cells(rng: np.random.Generator, sigmas: tuple[float, ...], n: int = 40) -> list:
+    """Three scales of one model per sigma, all drawn from one distribution (planted ties), per prompt."""
+    from mspgt.reports.robustness import ScaleIntervention
+
+    runs = []
+    for sigma in sigmas:
+        clean = rng.normal(60, 12, n)
+        for scale in ("local", "intermediate", "global"):
+            noised = clean * 1.02 + rng.normal(0, 6, n)
+            runs.append(ScaleIntervention(
+                "m1", "llama", "bbc", scale, sigma, float((noised.mean() / clean.mean() - 1) * 100), 0.5, 1.0, "",
+                structure_per_prompt=(tuple(clean.tolist()), tuple(noised.tolist()))))
+    return runs
+
+
+def test_tier_2_cells_share_one_error_rate():
+    """One verdict reads every cell (one failing cell is 'refuted'): each cell is decided at 0.05 / (cells),
+    so on planted ties over five sigmas the verdict is anything but inconclusive in at most ~5% of data sets
+    (binomial slack); without the correction it would be up to ~5 times that."""
+    from mspgt.reports.robustness import structure_verdict
+
+    rng = np.random.default_rng(5)
+    sigmas = (0.1, 0.25, 0.5, 0.75, 1.0)
+    record = structure_verdict(_tied_cells(rng, sigmas))
+    levels = [e["contrast"]["ci_level"] for e in record["evidence"].values()]
+    assert levels == pytest.approx([1 - 0.05 / 5] * 5) and "0.05 / 5 cells" in next(
+        iter(record["evidence"].values()))["contrast"]["test"]
+    decided = [structure_verdict(_tied_cells(rng, sigmas))["verdict"] != INCONCLUSIVE for _ in range(120)]
+    assert sum(decided) / len(decided) <= 0.09, sum(decided)

@@ -186,13 +186,17 @@ def per_prompt_record(prompts: list[str], scores: dict[str, dict[str, np.ndarray
 
 
 def scale_contrast(clean: dict[str, np.ndarray], noised: dict[str, np.ndarray], target: str,
-                   n_resamples: int = 2000, seed: int = 0) -> dict[str, Any]:
+                   n_resamples: int = 2000, seed: int = 0, alpha: float = 0.05) -> dict[str, Any]:
     """Does the `target` scale change one metric more than every other scale? Per other scale s, the paired
     difference D_s = |rel_target| - |rel_s| over per-prompt values (module docstring) with its paired-bootstrap
-    percentile interval. `holds`: True where every D_s's 95% interval lies above 0 (an intersection-union test:
-    each at 95% gives the conjunction at 95%); False where some D_s's interval at 1 - 0.05 / (number of other
-    scales) lies below 0 (Bonferroni over the other scales); None where the data cannot tell.
-    `clean` and `noised`: scale -> [n_prompts], the same prompts in the same order in every run."""
+    percentile interval at level 1 - alpha (`ci`). `holds`: True where every D_s's interval lies above 0 (an
+    intersection-union test: each at 1 - alpha gives the conjunction at 1 - alpha); False where some D_s's
+    one-sided upper bound at 1 - alpha / (number of other scales) lies below 0 (Bonferroni over the other
+    scales); None where the data cannot tell. A caller that decides several such contrasts together passes
+    alpha divided by their number (robustness.structure_verdict). `clean` and `noised`: scale -> [n_prompts],
+    the same prompts in the same order in every run."""
+    if not 0 < alpha < 1:
+        raise ValueError(f"alpha={alpha} must lie in (0, 1)")
     scales = sorted(clean)
     if target not in clean or len(scales) < 2 or set(noised) != set(clean):
         raise ValueError(f"need the target {target!r} and another scale, clean and noised, got {scales}")
@@ -204,8 +208,8 @@ def scale_contrast(clean: dict[str, np.ndarray], noised: dict[str, np.ndarray], 
     n, others = values.shape[2], [s for s in scales if s != target]
     nan = float("nan")
     if n < 2:
-        return {"differences": {s: nan for s in others}, "ci95": {s: [nan, nan] for s in others}, "holds": None,
-                "n_prompts": n}
+        return {"differences": {s: nan for s in others}, "ci": {s: [nan, nan] for s in others}, "ci_level": 1 - alpha,
+                "holds": None, "n_prompts": n}
 
     def rel(idx: np.ndarray) -> np.ndarray:  # [scale, ...] |relative change| in %
         means = values[:, :, idx].mean(axis=2)
@@ -214,21 +218,21 @@ def scale_contrast(clean: dict[str, np.ndarray], noised: dict[str, np.ndarray], 
     observed = rel(np.arange(n))
     boot = rel(np.random.default_rng(seed).integers(0, n, size=(n, n_resamples)))  # [scale, B]
     t = scales.index(target)
-    fail_q = 0.05 / len(others)
-    differences, ci95, above, below = {}, {}, [], []
+    fail_q = alpha / len(others)
+    differences, ci, above, below = {}, {}, [], []
     for s in others:
         i = scales.index(s)
         d = boot[t] - boot[i]
         d = d[np.isfinite(d)]
         differences[s] = float(observed[t] - observed[i])
         if d.size == 0:
-            ci95[s] = [nan, nan]
+            ci[s] = [nan, nan]
             above.append(False)
             continue
-        lo, hi = (float(np.quantile(d, q)) for q in (0.025, 0.975))
-        ci95[s] = [lo, hi]
+        lo, hi = (float(np.quantile(d, q)) for q in (alpha / 2, 1 - alpha / 2))
+        ci[s] = [lo, hi]
         above.append(lo > 0)
         below.append(float(np.quantile(d, 1 - fail_q)) < 0)
     holds = True if all(above) else False if any(below) else None
-    return {"differences": differences, "ci95": ci95, "holds": holds, "n_prompts": n,
+    return {"differences": differences, "ci": ci, "ci_level": 1 - alpha, "holds": holds, "n_prompts": n,
             "n_resamples": n_resamples, "seed": seed}

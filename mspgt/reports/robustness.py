@@ -382,38 +382,49 @@ def information_verdict(rows: list[ModelBoundaries]) -> dict[str, Any]:
     }
 
 
+CONTRAST_FAMILY_ALPHA = 0.05  # Tier 2: the error rate over all the cells one verdict decides (Bonferroni, ours)
+
+
 def structure_verdict(interventions: list[ScaleIntervention], alpha: float | None = None) -> dict[str, Any]:
     """Tier 2: perturbing the Intermediate scale degrades structure more than Local or Global. Per model, data
-    and sigma with all three scales: where the runs record per-prompt values (on the same prompts), the
-    paired-bootstrap intervals of |rel_intermediate| - |rel_s|, s = local, global, decide (paired_stats.
-    scale_contrast: holds where both lie above 0, fails where one lies below, inconclusive otherwise); otherwise (runs made before per-prompt
-    values were recorded) a cell counts only where some scale changed structure at p < alpha (None: the runs'
-    own, the smallest of the three where they differ) and the larger |relative change| decides."""
+    and sigma with all three scales (a cell): where the runs record per-prompt values (on the same prompts),
+    the paired-bootstrap intervals of |rel_intermediate| - |rel_s|, s = local, global, decide
+    (paired_stats.scale_contrast: holds where both lie above 0, fails where one lies below, inconclusive
+    otherwise), each at alpha = CONTRAST_FAMILY_ALPHA / (the number of cells so decided): the verdict reads
+    every cell at once (one failing cell is "refuted", one holding cell "mixed"), so the cells share the 5%
+    (Bonferroni). Otherwise (runs made before per-prompt values were recorded) a cell counts only where some
+    scale changed structure at p < alpha (None: the runs' own, the smallest of the three where they differ)
+    and the larger |relative change| decides."""
     cells: dict[tuple[str, str, float], dict[str, ScaleIntervention]] = defaultdict(dict)
     for iv in interventions:
         cells[iv.model, iv.data, iv.sigma][iv.scale] = iv
-    evidence, holds, inconclusive = {}, [], False  # inconclusive: some cell tested that its data cannot decide
+    complete = []  # (key, the three runs, their changes and p), for every cell with all three scales
     for (model, data, sigma), by_scale in sorted(cells.items()):
         if not {"local", "intermediate", "global"} <= set(by_scale):
             continue
         three = [by_scale[s] for s in ("local", "intermediate", "global")]
         change = {iv.scale: iv.structure_change_pct for iv in three}
-        p = {iv.scale: iv.structure_p for iv in three}
         if any(v is None or not math.isfinite(v) for v in change.values()):
             continue
+        complete.append((f"{model} / {data} / sigma={sigma:g}", three, change,
+                         {iv.scale: iv.structure_p for iv in three}))
+    contrasted = [c for c in complete if _unaccepted_note(c[1]) is None and _has_per_prompt(c[1])]
+    cell_alpha = CONTRAST_FAMILY_ALPHA / max(len(contrasted), 1)
+    evidence, holds, inconclusive = {}, [], False  # inconclusive: some cell tested that its data cannot decide
+    for key, three, change, p in complete:
         level = alpha if alpha is not None else min(iv.alpha for iv in three)
-        key = f"{model} / {data} / sigma={sigma:g}"
         if (note := _unaccepted_note(three)) is not None:
             evidence[key] = {"structure_change_pct": change, "p": p, "holds": None, "note": note}
             continue
-        contrast = _structure_contrast(three)
+        contrast = _structure_contrast(three, cell_alpha, len(contrasted))
         if contrast is not None:
             ok = contrast["holds"]
+            said = "inconclusive" if ok is None else "holds" if ok else "fails"
             evidence[key] = {"structure_change_pct": change, "p": p, "contrast": contrast, "holds": ok,
-                             **({"note": "inconclusive: " + "; ".join(
-                                 f"|intermediate| - |{s}| = {_fmt(d, '.3g')} points, 95% interval "
-                                 f"[{_fmt(contrast['ci95'][s][0], '.3g')}, {_fmt(contrast['ci95'][s][1], '.3g')}]"
-                                 for s, d in contrast["differences"].items())} if ok is None else {})}
+                             "note": f"{said}: " + "; ".join(
+                                 f"|intermediate| - |{s}| = {_fmt(d, '.3g')} points, "
+                                 f"{100 * contrast['ci_level']:.4g}% interval [{_fmt(contrast['ci'][s][0], '.3g')}, "
+                                 f"{_fmt(contrast['ci'][s][1], '.3g')}]" for s, d in contrast["differences"].items())}
             if ok is None:
                 inconclusive = True
             else:
@@ -437,12 +448,16 @@ def structure_verdict(interventions: list[ScaleIntervention], alpha: float | Non
     }
 
 
-def _structure_contrast(three: list[ScaleIntervention]) -> dict[str, Any] | None:
-    """scale_contrast over the runs' per-prompt structure values, or None where a run lacks them or the runs
-    hold different numbers of prompts."""
-    if any(iv.structure_per_prompt is None for iv in three):
-        return None
-    if len({len(v) for iv in three for v in iv.structure_per_prompt}) != 1:
+def _has_per_prompt(three: list[ScaleIntervention]) -> bool:
+    """The three runs record per-prompt values for one number of prompts (so scale_contrast can pair them)."""
+    return (all(iv.structure_per_prompt is not None for iv in three)
+            and len({len(v) for iv in three for v in iv.structure_per_prompt}) == 1)
+
+
+def _structure_contrast(three: list[ScaleIntervention], alpha: float, n_cells: int) -> dict[str, Any] | None:
+    """scale_contrast over the runs' per-prompt structure values at `alpha` (one of `n_cells` decided
+    together), or None where a run lacks them or the runs hold different numbers of prompts."""
+    if not _has_per_prompt(three):
         return None
 
     def arr(values: tuple[float | None, ...]) -> np.ndarray:
@@ -450,10 +465,11 @@ def _structure_contrast(three: list[ScaleIntervention]) -> dict[str, Any] | None
 
     clean = {iv.scale: arr(iv.structure_per_prompt[0]) for iv in three}
     noised = {iv.scale: arr(iv.structure_per_prompt[1]) for iv in three}
-    return {**scale_contrast(clean, noised, "intermediate"),
-            "test": "paired bootstrap over prompts of |rel_intermediate| - |rel_s| for s = local, global; holds "
-                    "where both 95% intervals lie above 0, fails where one lies below 0 (Bonferroni), percentile "
-                    "intervals (ours; mspgt/interventions/paired_stats.py)"}
+    return {**scale_contrast(clean, noised, "intermediate", alpha=alpha),
+            "test": f"paired bootstrap over prompts of |rel_intermediate| - |rel_s| for s = local, global, "
+                    f"percentile intervals at alpha = {CONTRAST_FAMILY_ALPHA} / {n_cells} cells (Bonferroni over "
+                    "the cells this verdict decides); holds where both intervals lie above 0, fails where one "
+                    "lies below 0 (Bonferroni over the two; ours; mspgt/interventions/paired_stats.py)"}
 
 
 def _null_note(runs: list[ScaleIntervention]) -> str:
@@ -598,7 +614,7 @@ def robustness_markdown(record: dict[str, Any]) -> str:
             f"{o['boundary']} {o['families'][0]} - {o['families'][1]} = {o['offset']:+.3f}" for o in offsets)]
     lines += ["", "## The paper's predictions", "", "| tier | prediction | verdict | evidence |", "|---|---|---|---|"]
     for v in record["predictions"]:
-        ev = "; ".join(f"{k}: {e['note'] if e.get('holds') is None else 'holds' if e['holds'] else 'fails'}"
+        ev = "; ".join(f"{k}: {e.get('note') or {True: 'holds', False: 'fails'}.get(e.get('holds'), 'undecided')}"
                        for k, e in v["evidence"].items())
         prediction, ev = (t.replace("|", "\\|") for t in (v["prediction"], ev))  # a pipe inside a cell would end it
         lines.append(f"| {v['tier']} | {prediction} | **{v['verdict']}** | {ev or 'needs ' + v['needs']} |")

@@ -341,7 +341,7 @@ def robustness_table(runs: list[Run]) -> Table | None:
         return None
     rows = []
     for v in record["predictions"]:
-        evidence = "; ".join(f"{k}: {e['note'] if e.get('holds') is None else 'holds' if e['holds'] else 'fails'}"
+        evidence = "; ".join(f"{k}: {e.get('note') or {True: 'holds', False: 'fails'}.get(e.get('holds'), 'undecided')}"
                              for k, e in v["evidence"].items())
         rows.append([str(v["tier"]), v["prediction"], v["verdict"], evidence or "needs " + v["needs"]])
     return Table("The paper's predictions over these results (mspgt/reports/robustness.py)",
