@@ -29,7 +29,7 @@ import pytest
 from mspgt.cluster.watchdog import SweepWatchdog
 from tests.conftest import REPO, TINY, read_results, run_cli
 from tests.test_cluster_config import dev_cluster, needs_dev_cluster  # noqa: F401 (dev_cluster: a fixture)
-from tests.test_wandb_live import wandb_runs
+from tests.test_wandb_live import wandb_records, wandb_runs
 
 pytestmark = [pytest.mark.slurm, needs_dev_cluster]
 
@@ -177,12 +177,27 @@ def test_sweep_summary_lists_both_models_and_logs_a_wandb_table(two_model_sweep)
 
 # -- preemption: requeue through submitit's checkpoint, resume from the cache ------------------------
 
+def _progress_on_disk(folder: Path) -> bool:
+    """The job's W&B offline log already holds a progress record (its writer flushes every ~15 s)."""
+    for run_file in folder.glob("wandb/offline-run-*/run-*.wandb"):
+        if run_file.stat().st_size > 64 and any(
+                "progress/sentences_done" in r["history"]["item"] for r in wandb_records(run_file)
+                if r.get("type") == "history"):
+            return True
+    return False
+
+
 def test_preempted_job_is_requeued_and_resumes_from_the_cached_chunks(two_model_sweep, tmp_path):
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
-    proc = start_sweep(["model=tiny_llama", *SLURM_SWEEP, "extraction.sleep_per_batch_s=2",
+    proc = start_sweep(["model=tiny_llama", *SLURM_SWEEP, "extraction.sleep_per_batch_s=8",
                         f"hydra.sweep.dir={sweep}"], tmp_path, cache)
     try:
         wait_for(lambda: any(cache.glob("stats/*/chunk_*.sha256")), 300, "cached chunk", proc)
+        # W&B's offline writer puts an attempt's records on disk every ~15 s, and Slurm's SIGTERM after the
+        # requeue ends it: records of the last seconds before a preemption are lost (docs/slurm.md). Preempt
+        # once the first attempt's records are on disk, as a real preemption (minutes into a job) would find.
+        wait_for(lambda: _progress_on_disk(sweep / "0-tiny_llama"), 120, "the first attempt's W&B progress on disk",
+                 proc)
         (job_id,) = job_ids(sweep)
         before = chunk_files(cache)
         slurm("scancel", "--signal=USR2", job_id)  # what Slurm sends on preemption (submitit's USR_SIG)
@@ -271,7 +286,7 @@ def test_two_jobs_needing_the_same_cache_build_it_once_and_agree(two_model_sweep
 
 def test_a_job_slurm_kills_ends_the_sweep_with_an_error_naming_it(tmp_path):
     sweep, cache = tmp_path / "sweep", tmp_path / "cache"
-    proc = start_sweep(["model=tiny_llama", *SLURM_SWEEP, "extraction.sleep_per_batch_s=5",
+    proc = start_sweep(["model=tiny_llama", *SLURM_SWEEP, "extraction.sleep_per_batch_s=8",
                         "hydra.callbacks.slurm_preflight.poll_s=2", "hydra.callbacks.slurm_preflight.grace_s=3",
                         f"hydra.sweep.dir={sweep}"], tmp_path, cache)
     try:
