@@ -100,7 +100,7 @@ def test_changed_fusion_settings_reuse_the_cache_without_the_model(tmp_path):
     assert c["evidence"] == a["evidence"] and c["edge_check"] is None and c["notes"]["edges"].startswith("interior")
     assert c["peaks"]["layers"] == [b for b in a["peaks"]["layers"] if b not in (1, n_blocks)]
     at_edge = [n for n, x in a["boundaries"].items() if x["layer"] in (1, n_blocks)]
-    assert (a["edge_check"] or {}).get("edge_boundaries", []) == at_edge
+    assert list((a["edge_check"] or {}).get("edge_blocks", {})) == at_edge
     if at_edge:  # the check is the interior run's detection and bootstrap
         assert a["edge_check"]["boundaries"] == c["boundaries"]
 

@@ -69,9 +69,9 @@ def test_edges_must_be_one_of_the_choices() -> None:
 def test_edge_check_finds_the_displaced_interior_boundary() -> None:
     evidence, run = _bootstrap_of(_group_curves(_curve([4, 12, 20], [0.9, 0.6, 1.0])))
     pick = detect_boundaries(evidence)
-    assert edge_boundaries(pick, N_BLOCKS) == ["I-G"]
+    assert edge_boundaries(pick, N_BLOCKS) == {"I-G": N_BLOCKS}
     check = edge_check(evidence, pick, 0.3, False, run)
-    assert check is not None and check["found_two_peaks"] and check["edge_boundaries"] == ["I-G"]
+    assert check is not None and check["found_two_peaks"] and list(check["edge_blocks"]) == ["I-G"]
     ig = check["boundaries"]["I-G"]
     assert ig["layer"] == 12 and ig["ci_low"] <= 12 <= ig["ci_high"] and ig["accepted"]
     assert check["boundaries"]["L-I"]["layer"] == 4

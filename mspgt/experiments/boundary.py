@@ -315,8 +315,7 @@ def detect_with_bootstrap(fusion: FusionSettings, bootstrap: BootstrapSettings, 
 
     t = time.perf_counter()
     cis = run_bootstrap(pick, fusion.edges)
-    checked = (edge_check(evidence, pick, fusion.prominence, replicated_first, run_bootstrap, signals)
-               if fusion.edges == "padded" else None)
+    checked = edge_check(evidence, pick, fusion.prominence, replicated_first, run_bootstrap, signals)
     timings["bootstrap_s"] = time.perf_counter() - t
     return Found(signals, evidence, pick, cis, cka_v, js_v, checked)
 

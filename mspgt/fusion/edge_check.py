@@ -32,10 +32,10 @@ EDGE_CHECK_RULE = (
 N_CANDIDATES = 5  # interior local maxima listed, most prominent first
 
 
-def edge_boundaries(pick: BoundaryPick, n_blocks: int) -> list[str]:
-    """The boundaries of `pick` that lie at block 1 or block L."""
-    return [name for name, layer in zip(BOUNDARY_NAMES, (pick.li, pick.ig), strict=True)
-            if layer is not None and layer in (1, n_blocks)]
+def edge_boundaries(pick: BoundaryPick, n_blocks: int) -> dict[str, int]:
+    """The boundaries of `pick` that lie at block 1 or block L, with their block."""
+    return {name: layer for name, layer in zip(BOUNDARY_NAMES, (pick.li, pick.ig), strict=True)
+            if layer is not None and layer in (1, n_blocks)}
 
 
 def interior_candidates(evidence: np.ndarray, replicated_first: bool) -> dict[str, list[Any]]:
@@ -65,14 +65,12 @@ def edge_check(
         return None
     inner = detect_boundaries(evidence, prominence, replicated_first, "interior")
     cis = bootstrap(inner, "interior")
-    layer_of = dict(zip(BOUNDARY_NAMES, (pick.li, pick.ig), strict=True))
-    at_block = {name: {signal: float(minmax_normalise(curve)[layer_of[name] - 1])
-                       for signal, curve in (signals or {}).items()} for name in at_edge}
+    normalised = {signal: minmax_normalise(curve) for signal, curve in (signals or {}).items()}  # name -> [L]
     return {
         "rule": EDGE_CHECK_RULE,
-        "edge_boundaries": at_edge,
-        "edge_blocks": {name: layer_of[name] for name in at_edge},
-        "normalised_signals_at_edge": at_block,
+        "edge_blocks": at_edge,
+        "normalised_signals_at_edge": {name: {signal: float(curve[block - 1]) for signal, curve in normalised.items()}
+                                       for name, block in at_edge.items()},
         "prominence": prominence,
         "found_two_peaks": inner.li is not None,
         "peaks": {"layers": inner.peaks, "prominences": inner.prominences},
@@ -83,10 +81,9 @@ def edge_check(
 
 def edge_check_text(check: dict[str, Any], n_blocks: int) -> str:
     """One sentence for reports: what the interior detection found."""
-    blocks = check.get("edge_blocks", {})
-    where = ", ".join(f"{n} at block {blocks[n]} of {n_blocks}" if n in blocks else n for n in check["edge_boundaries"])
+    where = ", ".join(f"{n} at block {b} of {n_blocks}" for n, b in check["edge_blocks"].items())
     made = "; ".join(f"{n}: " + ", ".join(f"{k} {v:.2f}" for k, v in by.items())
-                     for n, by in check.get("normalised_signals_at_edge", {}).items() if by)
+                     for n, by in check["normalised_signals_at_edge"].items() if by)
     head = (f"Edge check ({where}" + (f"; the normalised signals there, {made}" if made else "")
             + f"; peaks at blocks 2..{n_blocks - 1} only): ")
     cands = ", ".join(f"{b} ({p:.3f})" for b, p in zip(check["candidates"]["layers"],

@@ -398,7 +398,7 @@ def structure_verdict(interventions: list[ScaleIntervention], alpha: float | Non
     cells: dict[tuple[str, str, float], dict[str, ScaleIntervention]] = defaultdict(dict)
     for iv in interventions:
         cells[iv.model, iv.data, iv.sigma][iv.scale] = iv
-    complete = []  # (key, the three runs, their changes and p), for every cell with all three scales
+    complete = []  # (key, the three runs, their changes, p and unaccepted note), per cell with all three scales
     for (model, data, sigma), by_scale in sorted(cells.items()):
         if not {"local", "intermediate", "global"} <= set(by_scale):
             continue
@@ -407,16 +407,16 @@ def structure_verdict(interventions: list[ScaleIntervention], alpha: float | Non
         if any(v is None or not math.isfinite(v) for v in change.values()):
             continue
         complete.append((f"{model} / {data} / sigma={sigma:g}", three, change,
-                         {iv.scale: iv.structure_p for iv in three}))
-    contrasted = [c for c in complete if _unaccepted_note(c[1]) is None and _has_per_prompt(c[1])]
-    cell_alpha = CONTRAST_FAMILY_ALPHA / max(len(contrasted), 1)
+                         {iv.scale: iv.structure_p for iv in three}, _unaccepted_note(three)))
+    n_contrasted = sum(note is None and _has_per_prompt(three) for _, three, _, _, note in complete)
+    cell_alpha = CONTRAST_FAMILY_ALPHA / max(n_contrasted, 1)
     evidence, holds, inconclusive = {}, [], False  # inconclusive: some cell tested that its data cannot decide
-    for key, three, change, p in complete:
+    for key, three, change, p, note in complete:
         level = alpha if alpha is not None else min(iv.alpha for iv in three)
-        if (note := _unaccepted_note(three)) is not None:
+        if note is not None:
             evidence[key] = {"structure_change_pct": change, "p": p, "holds": None, "note": note}
             continue
-        contrast = _structure_contrast(three, cell_alpha, len(contrasted))
+        contrast = _structure_contrast(three, cell_alpha, n_contrasted)
         if contrast is not None:
             ok = contrast["holds"]
             said = "inconclusive" if ok is None else "holds" if ok else "fails"
@@ -577,6 +577,12 @@ def _fmt(x: Any, spec: str = ".3f") -> str:
     return format(x, spec) if isinstance(x, float) else str(x)
 
 
+def evidence_text(prediction: dict[str, Any]) -> str:
+    """A prediction's evidence in one line: per unit its note, else holds / fails."""
+    return "; ".join(f"{k}: {e.get('note') or {True: 'holds', False: 'fails'}.get(e.get('holds'), 'undecided')}"
+                     for k, e in prediction["evidence"].items())
+
+
 def robustness_markdown(record: dict[str, Any]) -> str:
     lines = ["# Cross-architecture robustness (paper 4.3)", "", "## Boundaries per model", "",
              "| model | family | blocks | data | L-I (rel.) | L-I CI | I-G (rel.) | I-G CI | paper L-I / I-G |",
@@ -614,8 +620,7 @@ def robustness_markdown(record: dict[str, Any]) -> str:
             f"{o['boundary']} {o['families'][0]} - {o['families'][1]} = {o['offset']:+.3f}" for o in offsets)]
     lines += ["", "## The paper's predictions", "", "| tier | prediction | verdict | evidence |", "|---|---|---|---|"]
     for v in record["predictions"]:
-        ev = "; ".join(f"{k}: {e.get('note') or {True: 'holds', False: 'fails'}.get(e.get('holds'), 'undecided')}"
-                       for k, e in v["evidence"].items())
+        ev = evidence_text(v)
         prediction, ev = (t.replace("|", "\\|") for t in (v["prediction"], ev))  # a pipe inside a cell would end it
         lines.append(f"| {v['tier']} | {prediction} | **{v['verdict']}** | {ev or 'needs ' + v['needs']} |")
     lines += fisher_lines(record)

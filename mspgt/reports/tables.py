@@ -325,7 +325,7 @@ def fisher_table(runs: list[Run]) -> Table | None:
 
 
 def robustness_table(runs: list[Run]) -> Table | None:
-    from mspgt.reports.robustness import robustness
+    from mspgt.reports.robustness import evidence_text, robustness
 
     # per model and corpus one boundary run: the one closest to the defaults (fewest overrides), not the newest
     # variant of a sweep; every intervention and Fisher run
@@ -341,8 +341,7 @@ def robustness_table(runs: list[Run]) -> Table | None:
         return None
     rows = []
     for v in record["predictions"]:
-        evidence = "; ".join(f"{k}: {e.get('note') or {True: 'holds', False: 'fails'}.get(e.get('holds'), 'undecided')}"
-                             for k, e in v["evidence"].items())
+        evidence = evidence_text(v)
         rows.append([str(v["tier"]), v["prediction"], v["verdict"], evidence or "needs " + v["needs"]])
     return Table("The paper's predictions over these results (mspgt/reports/robustness.py)",
                  ["tier", "prediction", "verdict", "evidence"], rows, [r.provenance for r in used],
